@@ -1,0 +1,49 @@
+#include "common/alloc.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static long fail_countdown = -1;
+
+static int should_fail(void) {
+    if (fail_countdown < 0) {
+        return 0;
+    }
+    if (fail_countdown == 0) {
+        return 1;
+    }
+    fail_countdown--;
+    return 0;
+}
+
+void *ep_malloc(size_t n) {
+    return should_fail() ? NULL : malloc(n ? n : 1);
+}
+
+void *ep_calloc(size_t count, size_t n) {
+    return should_fail() ? NULL : calloc(count ? count : 1, n ? n : 1);
+}
+
+void *ep_realloc(void *p, size_t n) {
+    return should_fail() ? NULL : realloc(p, n ? n : 1);
+}
+
+char *ep_strdup(const char *s) {
+    return should_fail() ? NULL : strdup(s);
+}
+
+char *ep_strndup(const char *s, size_t n) {
+    return should_fail() ? NULL : strndup(s, n);
+}
+
+void ep_free(void *p) {
+    free(p);
+}
+
+void ep_alloc_fail_after(long n) {
+    fail_countdown = n;
+}
+
+void ep_alloc_fail_reset(void) {
+    fail_countdown = -1;
+}

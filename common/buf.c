@@ -1,0 +1,61 @@
+#include "common/buf.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/alloc.h"
+#include "common/err.h"
+
+int buf_reserve(buf *b, size_t extra) {
+    if (b->cap - b->len >= extra) {
+        return EP_OK;
+    }
+    if (extra > SIZE_MAX / 2 - b->len) {
+        return EP_ERR_NOMEM;
+    }
+    size_t need = b->len + extra;
+    size_t cap = b->cap ? b->cap : 64;
+    while (cap < need) {
+        cap *= 2;
+    }
+    uint8_t *data = ep_realloc(b->data, cap);
+    if (data == NULL) {
+        return EP_ERR_NOMEM;
+    }
+    b->data = data;
+    b->cap = cap;
+    return EP_OK;
+}
+
+int buf_append(buf *b, const void *p, size_t n) {
+    if (n == 0) {
+        return EP_OK;
+    }
+    int rv = buf_reserve(b, n);
+    if (rv != EP_OK) {
+        return rv;
+    }
+    memcpy(b->data + b->len, p, n);
+    b->len += n;
+    return EP_OK;
+}
+
+void buf_free(buf *b) {
+    ep_free(b->data);
+    b->data = NULL;
+    b->len = b->cap = 0;
+}
+
+void buf_free_secure(buf *b) {
+    if (b->data != NULL) {
+        explicit_bzero(b->data, b->cap);
+    }
+    buf_free(b);
+}
+
+void buf_wipe(buf *b) {
+    if (b->data != NULL) {
+        explicit_bzero(b->data, b->len);
+    }
+    b->len = 0;
+}

@@ -1,0 +1,69 @@
+/*
+ * transformer: one provider chain (spec section 2), the unit kube-apiserver calls a
+ * "transformer" for one group-resource.
+ *
+ * Writes use the first provider (and, inside aes/secretbox, its first key) and prepend its
+ * prefix. Reads walk the providers in order, try every one whose prefix is a byte prefix of the
+ * stored value, discard identity's refusal, remember other errors, and report "stale" when the
+ * value was read by anything but the first provider/key. The bytes produced and accepted are
+ * exactly kube-apiserver's.
+ *
+ * A transformer is immutable after creation and safe to use from many threads at once.
+ */
+#ifndef EP_CRYPTO_TRANSFORMER_H
+#define EP_CRYPTO_TRANSFORMER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "common/buf.h"
+#include "common/err.h"
+#include "common/str.h"
+#include "config/encryption_config.h"
+
+typedef struct crypto_transformer crypto_transformer;
+
+/* What a successful read used; names point into the transformer and live as long as it. */
+typedef struct {
+    bool stale;
+    const char *provider; /* "identity", "aesgcm", ..., "kms" */
+    const char *key_name; /* aes/secretbox key name or kms provider name; "" for identity */
+    const char *prefix;   /* the matched outer prefix, e.g. "k8s:enc:aesgcm:v1:"; "" identity */
+} crypto_read_info;
+
+/* Builds a transformer from |n| providers (borrowed config; keys are copied and expanded once).
+ * Returns 0, EP_ERR_CONFIG (message in |err|) for a provider this build cannot serve, or
+ * EP_ERR_NOMEM. */
+int crypto_transformer_new(const config_provider *const *providers, size_t n,
+                           crypto_transformer **out, ep_err *err);
+
+/* The bare identity transformer used for keys no rule covers: writes plaintext, refuses to read
+ * "k8s:enc:" values. Never fails; never freed. */
+const crypto_transformer *crypto_transformer_bare_identity(void);
+
+/* Zeroizes key material and frees. Safe on NULL and on the bare identity. */
+void crypto_transformer_free(crypto_transformer *t);
+
+/* True when writes store the plaintext unchanged (first provider is identity): the proxy can
+ * then forward a write without re-encoding it. Never fails. */
+bool crypto_transformer_writes_plaintext(const crypto_transformer *t);
+
+/* Upper bound of bytes encryption adds to a value (prefix, nonce, tag, padding). Never fails. */
+size_t crypto_transformer_overhead(const crypto_transformer *t);
+
+/* Encrypts |plain| written at |etcd_key| and appends the stored form to |out|.
+ * Returns 0, EP_ERR_NOMEM, or EP_ERR_PROVIDER / EP_ERR_UNAVAILABLE (message in |err|). On
+ * failure nothing usable is appended: the caller must fail the write, never store plaintext. */
+int crypto_transformer_encrypt(const crypto_transformer *t, str etcd_key, str plain, buf *out,
+                               ep_err *err);
+
+/* Decrypts |stored| read at |etcd_key| and appends the plaintext to |out|; fills |info| if not
+ * NULL. Returns 0, or on failure EP_ERR_AUTH (tampered, wrong key, moved to another key under
+ * an AEAD provider), EP_ERR_INVALID (truncated or malformed), EP_ERR_NOMATCH (no provider or key
+ * prefix matched), EP_ERR_NOMEM, EP_ERR_PROVIDER; |err| then says which provider failed and
+ * why, in kube-apiserver's words where it has them. |out| may hold partial output on failure:
+ * callers wipe it. */
+int crypto_transformer_decrypt(const crypto_transformer *t, str etcd_key, str stored, buf *out,
+                               crypto_read_info *info, ep_err *err);
+
+#endif
