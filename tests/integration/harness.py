@@ -485,7 +485,7 @@ class Env:
 
         res = self.etcd.ctl("get", key, "-w", "json", check=True)
         kvs = json.loads(res.stdout).get("kvs") or []
-        return base64.b64decode(kvs[0]["value"]) if kvs else None
+        return base64.b64decode(kvs[0].get("value", "")) if kvs else None  # "" is omitted
 
     def proxy_log_has(self, needle):
         if not self.proxy:
