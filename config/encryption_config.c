@@ -1,0 +1,868 @@
+/*
+ * The EncryptionConfiguration loader: bytes -> marked YAML tree (yaml_doc.c) -> checked data
+ * model (encryption_config.h).
+ *
+ * Decoding follows what kube-apiserver's strict decoder plus its defaulting and validation do
+ * (spec section 3): field names are case-sensitive, unknown and duplicated fields are refused,
+ * a JSON null counts as an absent field (so `identity:` with no value is NOT an identity
+ * provider, exactly as in Go), and a value of the wrong JSON type is refused rather than
+ * coerced. The first problem found in file order is reported as "FILE:LINE:COL: PATH: what",
+ * where PATH names the object (e.g. "resources[0].providers[1].kms") and the mark is the
+ * offending value, or the key for unknown and duplicated fields, or the enclosing mapping for a
+ * missing field. Messages name keys, lengths and positions, never a secret's text.
+ *
+ * Every array of the model is allocated zeroed before it is filled and its count is set at
+ * once, so config_encryption_free() can release a half-built tree on any error path.
+ * Cross-entry rules need the entries before them: in-list resource overlaps are checked as each
+ * entry is added, KMS v2 name uniqueness looks at the providers decoded so far, and the
+ * across-rules masking rule runs last, as kube-apiserver checks it when building transformers.
+ */
+#include "config/encryption_config.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <openssl/evp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "common/alloc.h"
+#include "common/base64.h"
+#include "common/buf.h"
+#include "config/duration.h"
+#include "config/resource.h"
+#include "config/yaml_doc.h"
+
+#define MAX_FILE_SIZE (4 << 20)
+#define DEFAULT_CACHESIZE 1000
+#define DEFAULT_TIMEOUT_NS 3000000000ull
+
+typedef struct {
+    const char *file;
+    ep_err *err;
+    char path[256]; /* the object being decoded, for messages */
+    config_encryption *cfg;
+} loader;
+
+typedef struct {
+    const char *field;
+    config_provider_type type;
+} provider_field;
+
+static const provider_field provider_fields[] = {
+    {"aesgcm", CONFIG_PROVIDER_AESGCM},
+    {"aescbc", CONFIG_PROVIDER_AESCBC},
+    {"secretbox", CONFIG_PROVIDER_SECRETBOX},
+    {"identity", CONFIG_PROVIDER_IDENTITY},
+    {"kms", CONFIG_PROVIDER_KMS},
+};
+
+static int fail(loader *ld, config_mark m, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int fail(loader *ld, config_mark m, const char *fmt, ...) {
+    char what[EP_ERR_MSG_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof(what), fmt, ap);
+    va_end(ap);
+    return ep_err_set(ld->err, EP_ERR_CONFIG, "%s:%d:%d: %s%s%s", ld->file, m.line, m.col, ld->path,
+                      ld->path[0] ? ": " : "", what);
+}
+
+static int nomem(loader *ld) {
+    return ep_err_set(ld->err, EP_ERR_NOMEM, "%s: out of memory loading the configuration",
+                      ld->file);
+}
+
+/* Appends to the path; returns the old length for pop(). */
+static size_t push(loader *ld, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static size_t push(loader *ld, const char *fmt, ...) {
+    size_t old = strlen(ld->path);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(ld->path + old, sizeof(ld->path) - old, fmt, ap);
+    va_end(ap);
+    return old;
+}
+
+static void pop(loader *ld, size_t old) {
+    ld->path[old] = '\0';
+}
+
+/* A field name safe to echo: short and made of name characters (a mistyped line could
+ * otherwise turn a secret into a key). */
+static const char *printable_key(const config_yaml_node *key) {
+    if (key->len == 0 || key->len > 40 ||
+        strspn(key->value, "abcdefghijklmnopqrstuvwxyz"
+                           "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.") != key->len) {
+        return "(not shown)";
+    }
+    return key->value;
+}
+
+/* |n| must be a mapping; null stands for an empty one. Returns 0 or EP_ERR_CONFIG. */
+static int want_mapping(loader *ld, const config_yaml_node *n, const char *what) {
+    if (n == NULL || config_yaml_doc_is_null(n) || n->kind == CONFIG_YAML_MAPPING) {
+        return EP_OK;
+    }
+    return fail(ld, n->mark, "%s must be a mapping, got %s", what, config_yaml_doc_type_name(n));
+}
+
+/* Refuses keys of |map| not in |allowed| (NULL-terminated). Returns 0 or EP_ERR_CONFIG. */
+static int check_fields(loader *ld, const config_yaml_node *map, const char *const *allowed) {
+    for (size_t i = 0; map != NULL && i < map->npairs; i++) {
+        const config_yaml_node *key = map->pairs[i].key;
+        const char *const *a = allowed;
+        while (*a != NULL && !(strlen(*a) == key->len && strcmp(*a, key->value) == 0)) {
+            a++;
+        }
+        if (*a == NULL) {
+            return fail(ld, key->mark, "unknown field \"%s\"", printable_key(key));
+        }
+    }
+    return EP_OK;
+}
+
+/* The value of |field|, or NULL when absent or null (Go leaves the field unset for both). */
+static const config_yaml_node *field_of(const config_yaml_node *map, const char *field) {
+    const config_yaml_node *v = config_yaml_doc_get(map, field);
+    return config_yaml_doc_is_null(v) ? NULL : v;
+}
+
+/* Stores the string |field| of |map| in |*out| (NULL when absent). Returns 0 or EP_ERR_CONFIG
+ * for another type or an embedded NUL. */
+static int get_string(loader *ld, const config_yaml_node *map, const char *field,
+                      const config_yaml_node **out) {
+    const config_yaml_node *v = field_of(map, field);
+    *out = NULL;
+    if (v == NULL) {
+        return EP_OK;
+    }
+    if (v->kind != CONFIG_YAML_SCALAR || v->type != CONFIG_YAML_STRING) {
+        return fail(ld, v->mark, "%s must be a string, got %s (quote it if it is text)", field,
+                    config_yaml_doc_type_name(v));
+    }
+    if (memchr(v->value, '\0', v->len) != NULL) {
+        return fail(ld, v->mark, "%s must not contain NUL characters", field);
+    }
+    *out = v;
+    return EP_OK;
+}
+
+/* Stores the list |field| of |map| in |*out| (NULL when absent). Returns 0 or EP_ERR_CONFIG. */
+static int get_list(loader *ld, const config_yaml_node *map, const char *field,
+                    const config_yaml_node **out) {
+    const config_yaml_node *v = field_of(map, field);
+    *out = v;
+    if (v != NULL && v->kind != CONFIG_YAML_SEQUENCE) {
+        *out = NULL;
+        return fail(ld, v->mark, "%s must be a list, got %s", field, config_yaml_doc_type_name(v));
+    }
+    return EP_OK;
+}
+
+/* Like get_list, and the list must have at least one entry. Returns 0 or EP_ERR_CONFIG. */
+static int get_nonempty_list(loader *ld, const config_yaml_node *map, const char *field,
+                             const char *what, const config_yaml_node **out) {
+    int rv = get_list(ld, map, field, out);
+    if (rv == EP_OK && (*out == NULL || (*out)->nitems == 0)) {
+        const config_yaml_node *at = *out ? *out : map;
+        return fail(ld, at->mark, "%s must list at least one %s", field, what);
+    }
+    return rv;
+}
+
+static int dup_string(loader *ld, const config_yaml_node *v, char **out) {
+    *out = ep_strndup(v->value, v->len);
+    return *out ? EP_OK : nomem(ld);
+}
+
+/* ---- keys (aesgcm, aescbc, secretbox) ---- */
+
+static int check_key_size(loader *ld, const config_yaml_node *v, const char *name,
+                          config_provider_type type, size_t n) {
+    if (type == CONFIG_PROVIDER_SECRETBOX && n != 32) {
+        return fail(ld, v->mark, "secret for key \"%s\" must decode to 32 bytes, got %zu", name, n);
+    }
+    if (type != CONFIG_PROVIDER_SECRETBOX && n != 16 && n != 24 && n != 32) {
+        return fail(ld, v->mark, "secret for key \"%s\" must decode to 16, 24 or 32 bytes, got %zu",
+                    name, n);
+    }
+    return EP_OK;
+}
+
+static int decode_secret(loader *ld, const config_yaml_node *key_map, config_provider_type type,
+                         config_key *key) {
+    const config_yaml_node *v;
+    int rv = get_string(ld, key_map, "secret", &v);
+    if (rv != EP_OK) {
+        return rv;
+    }
+    if (v == NULL || v->len == 0) {
+        return fail(ld, v ? v->mark : key_map->mark, "secret for key \"%s\" is required",
+                    key->name);
+    }
+    buf plain = BUF_INIT;
+    rv = base64_decode(str_make(v->value, v->len), &plain);
+    if (rv == EP_ERR_NOMEM) {
+        rv = nomem(ld);
+    } else if (rv != EP_OK) {
+        rv = fail(ld, v->mark, "secret for key \"%s\" is not valid padded standard base64",
+                  key->name);
+    } else if ((rv = check_key_size(ld, v, key->name, type, plain.len)) == EP_OK) {
+        rv = secret_set(&key->secret, plain.data, plain.len) == EP_OK ? EP_OK : nomem(ld);
+    }
+    buf_free_secure(&plain);
+    return rv;
+}
+
+static int decode_key(loader *ld, const config_yaml_node *n, config_provider_type type,
+                      config_key *key) {
+    static const char *const fields[] = {"name", "secret", NULL};
+    const config_yaml_node *name;
+    int rv = want_mapping(ld, n, "a key");
+    if (rv == EP_OK) {
+        rv = check_fields(ld, n, fields);
+    }
+    if (rv == EP_OK) {
+        rv = get_string(ld, n, "name", &name);
+    }
+    if (rv != EP_OK) {
+        return rv;
+    }
+    key->mark = n->mark;
+    if (name == NULL || name->len == 0) {
+        return fail(ld, name ? name->mark : n->mark, "key name is required");
+    }
+    rv = dup_string(ld, name, &key->name);
+    return rv == EP_OK ? decode_secret(ld, n, type, key) : rv;
+}
+
+static int decode_keys(loader *ld, const config_yaml_node *n, config_provider *p) {
+    static const char *const fields[] = {"keys", NULL};
+    const config_yaml_node *keys;
+    int rv = want_mapping(ld, n, config_provider_type_name(p->type));
+    if (rv == EP_OK) {
+        rv = check_fields(ld, n, fields);
+    }
+    if (rv == EP_OK) {
+        rv = get_nonempty_list(ld, n, "keys", "key", &keys);
+    }
+    if (rv != EP_OK) {
+        return rv;
+    }
+    p->keys = ep_calloc(keys->nitems, sizeof(p->keys[0]));
+    if (p->keys == NULL) {
+        return nomem(ld);
+    }
+    p->nkeys = keys->nitems;
+    for (size_t i = 0; i < keys->nitems && rv == EP_OK; i++) {
+        size_t old = push(ld, ".keys[%zu]", i);
+        rv = decode_key(ld, keys->items[i], p->type, &p->keys[i]);
+        pop(ld, old);
+    }
+    return rv;
+}
+
+/* ---- kms ---- */
+
+static int hex_value(char c) {
+    if (c >= '0' && c <= '9') {
+        return c - '0';
+    }
+    c = (char)(c | 0x20);
+    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* Percent-decodes |in| into |out| (at least as long). Returns 0 or EP_ERR_INVALID. */
+static int unescape(const char *in, size_t len, char *out) {
+    size_t o = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (in[i] != '%') {
+            out[o++] = in[i];
+            continue;
+        }
+        int hi = i + 2 < len ? hex_value(in[i + 1]) : -1;
+        int lo = i + 2 < len ? hex_value(in[i + 2]) : -1;
+        if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
+            return EP_ERR_INVALID;
+        }
+        out[o++] = (char)(hi << 4 | lo);
+        i += 2;
+    }
+    out[o] = '\0';
+    return EP_OK;
+}
+
+/*
+ * The socket path of a "unix:" endpoint, as Go's url.Parse + kms ParseEndpoint derive it: the
+ * URL path, percent-decoded, with "/@name" meaning the abstract socket "@name". One deliberate
+ * difference: Go silently drops a host part, so "unix://tmp/x.sock" would dial "/x.sock"; that
+ * is almost always a typo for "unix:///tmp/x.sock", so we refuse it rather than dial the wrong
+ * socket. Queries and fragments, which Go would also drop, are refused for the same reason.
+ * Returns 0, EP_ERR_NOMEM, or EP_ERR_INVALID with |*why| set.
+ */
+static int endpoint_socket_path(const char *ep, char **out, const char **why) {
+    size_t slen = strspn(ep, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-.");
+    *why = "must be a URL with the unix scheme, e.g. unix:///var/run/kms.sock";
+    if (ep[slen] != ':' || slen != 4 || strncasecmp(ep, "unix", 4) != 0) {
+        return EP_ERR_INVALID;
+    }
+    const char *rest = ep + 5;
+    for (const char *c = ep; *c; c++) {
+        if ((unsigned char)*c < 0x20 || *c == 0x7f) {
+            *why = "must not contain control characters";
+            return EP_ERR_INVALID;
+        }
+    }
+    if (strpbrk(rest, "?#") != NULL) {
+        *why = "must not have a query or fragment";
+        return EP_ERR_INVALID;
+    }
+    if (strncmp(rest, "//", 2) == 0) {
+        rest += 2;
+        if (*rest != '/' && *rest != '\0') {
+            *why = "has a host part (unix://HOST/...); write unix:///absolute/path.sock";
+            return EP_ERR_INVALID;
+        }
+    }
+    if (*rest != '/' || (rest[1] == '@' && rest[2] == '\0')) {
+        *why = "has no socket path";
+        return EP_ERR_INVALID;
+    }
+    char *path = ep_malloc(strlen(rest) + 1);
+    if (path == NULL) {
+        return EP_ERR_NOMEM;
+    }
+    if (unescape(rest, strlen(rest), path) != EP_OK) {
+        ep_free(path);
+        *why = "has an invalid %-escape";
+        return EP_ERR_INVALID;
+    }
+    if (path[1] == '@') { /* abstract: drop the leading '/' */
+        memmove(path, path + 1, strlen(path));
+    }
+    *out = path;
+    return EP_OK;
+}
+
+static int decode_kms_version(loader *ld, const config_yaml_node *n, config_kms *kms) {
+    const config_yaml_node *v;
+    int rv = get_string(ld, n, "apiVersion", &v);
+    if (rv != EP_OK) {
+        return rv;
+    }
+    if (v == NULL || v->len == 0 || strcmp(v->value, "v1") == 0) {
+        kms->api_version = 1;
+    } else if (strcmp(v->value, "v2") == 0) {
+        kms->api_version = 2;
+    } else {
+        return fail(ld, v->mark, "apiVersion \"%.64s\" is not supported (only v1 and v2)",
+                    v->value);
+    }
+    return EP_OK;
+}
+
+/* The first kms provider decoded so far named |name|, or NULL. */
+static const config_kms *earlier_kms(loader *ld, const char *name) {
+    for (size_t r = 0; r < ld->cfg->nrules; r++) {
+        const config_rule *rule = &ld->cfg->rules[r];
+        for (size_t p = 0; p < rule->nproviders; p++) {
+            const config_provider *prov = &rule->providers[p];
+            if (prov->type == CONFIG_PROVIDER_KMS && prov->kms.name != NULL &&
+                strcmp(prov->kms.name, name) == 0) {
+                return &prov->kms;
+            }
+        }
+    }
+    return NULL;
+}
+
+static int decode_kms_name(loader *ld, const config_yaml_node *n, config_kms *kms) {
+    const config_yaml_node *v;
+    int rv = get_string(ld, n, "name", &v);
+    if (rv != EP_OK) {
+        return rv;
+    }
+    if (v == NULL || v->len == 0) {
+        return fail(ld, v ? v->mark : n->mark, "name is required");
+    }
+    if (kms->api_version == 2 && strchr(v->value, ':') != NULL) {
+        return fail(ld, v->mark, "name \"%s\" must not contain ':' with apiVersion v2", v->value);
+    }
+    const config_kms *dup = kms->api_version == 2 ? earlier_kms(ld, v->value) : NULL;
+    if (dup != NULL) {
+        return fail(ld, v->mark, "duplicate kms provider name \"%s\" (first at line %d)", v->value,
+                    dup->mark.line);
+    }
+    return dup_string(ld, v, &kms->name);
+}
+
+static int decode_kms_endpoint(loader *ld, const config_yaml_node *n, config_kms *kms) {
+    const config_yaml_node *v;
+    const char *why;
+    int rv = get_string(ld, n, "endpoint", &v);
+    if (rv != EP_OK) {
+        return rv;
+    }
+    if (v == NULL || v->len == 0) {
+        return fail(ld, v ? v->mark : n->mark, "endpoint is required");
+    }
+    rv = endpoint_socket_path(v->value, &kms->socket_path, &why);
+    if (rv == EP_ERR_INVALID) {
+        return fail(ld, v->mark, "endpoint \"%s\" %s", v->value, why);
+    }
+    return rv == EP_OK ? dup_string(ld, v, &kms->endpoint) : nomem(ld);
+}
+
+static int parse_int32(const config_yaml_node *v, int32_t *out) {
+    const char *s = v->value;
+    const char *digits = (*s == '-' || *s == '+') ? s + 1 : s;
+    if (v->type != CONFIG_YAML_INT || strspn(digits, "0123456789") != strlen(digits)) {
+        return EP_ERR_INVALID;
+    }
+    errno = 0;
+    long long x = strtoll(s, NULL, 10);
+    if (errno != 0 || x < INT32_MIN || x > INT32_MAX) {
+        return EP_ERR_INVALID;
+    }
+    *out = (int32_t)x;
+    return EP_OK;
+}
+
+static int decode_kms_cachesize(loader *ld, const config_yaml_node *n, config_kms *kms) {
+    const config_yaml_node *v = field_of(n, "cachesize");
+    if (kms->api_version == 2) {
+        return v ? fail(ld, v->mark, "cachesize is not supported in v2") : EP_OK;
+    }
+    kms->cachesize = DEFAULT_CACHESIZE;
+    if (v == NULL) {
+        return EP_OK;
+    }
+    if (v->kind != CONFIG_YAML_SCALAR || v->type != CONFIG_YAML_INT) {
+        return fail(ld, v->mark, "cachesize must be an integer, got %s",
+                    config_yaml_doc_type_name(v));
+    }
+    if (parse_int32(v, &kms->cachesize) != EP_OK) {
+        return fail(ld, v->mark, "cachesize must be a decimal 32-bit integer");
+    }
+    if (kms->cachesize == 0) {
+        return fail(ld, v->mark, "cachesize must not be 0 (a negative value disables the cache)");
+    }
+    return EP_OK;
+}
+
+static int decode_kms_timeout(loader *ld, const config_yaml_node *n, config_kms *kms) {
+    const config_yaml_node *v;
+    int rv = get_string(ld, n, "timeout", &v);
+    kms->timeout_ns = DEFAULT_TIMEOUT_NS;
+    if (rv != EP_OK || v == NULL) {
+        return rv;
+    }
+    int64_t ns;
+    const char *why;
+    if (config_duration_parse(v->value, v->len, &ns, &why) != EP_OK) {
+        return fail(ld, v->mark, "timeout \"%.64s\" is not a duration: %s", v->value, why);
+    }
+    if (ns <= 0) {
+        return fail(ld, v->mark, "timeout must be greater than 0");
+    }
+    kms->timeout_ns = (uint64_t)ns;
+    return EP_OK;
+}
+
+static int decode_kms(loader *ld, const config_yaml_node *n, config_provider *p) {
+    static const char *const fields[] = {"apiVersion", "name",    "endpoint",
+                                         "cachesize",  "timeout", NULL};
+    int rv = want_mapping(ld, n, "kms");
+    if (rv == EP_OK) {
+        rv = check_fields(ld, n, fields);
+    }
+    p->kms.mark = n->mark;
+    if (rv == EP_OK) {
+        rv = decode_kms_version(ld, n, &p->kms);
+    }
+    if (rv == EP_OK) {
+        rv = decode_kms_name(ld, n, &p->kms);
+    }
+    if (rv == EP_OK) {
+        rv = decode_kms_endpoint(ld, n, &p->kms);
+    }
+    if (rv == EP_OK) {
+        rv = decode_kms_cachesize(ld, n, &p->kms);
+    }
+    return rv == EP_OK ? decode_kms_timeout(ld, n, &p->kms) : rv;
+}
+
+/* ---- providers ---- */
+
+/* Finds the one provider type set in |n|. Returns 0 or EP_ERR_CONFIG for none or several. */
+static int pick_provider(loader *ld, const config_yaml_node *n, const provider_field **which,
+                         const config_yaml_node **value) {
+    *which = NULL;
+    for (size_t i = 0; n != NULL && i < n->npairs; i++) {
+        const config_yaml_node *v = n->pairs[i].value;
+        const provider_field *f = NULL;
+        for (size_t j = 0; j < sizeof(provider_fields) / sizeof(provider_fields[0]); j++) {
+            if (strcmp(n->pairs[i].key->value, provider_fields[j].field) == 0) {
+                f = &provider_fields[j];
+            }
+        }
+        if (f == NULL || config_yaml_doc_is_null(v)) {
+            continue;
+        }
+        if (*which != NULL) {
+            return fail(ld, n->pairs[i].key->mark,
+                        "a provider must set exactly one type, found both \"%s\" and \"%s\"",
+                        (*which)->field, f->field);
+        }
+        *which = f;
+        *value = v;
+    }
+    return EP_OK;
+}
+
+static int decode_provider(loader *ld, const config_yaml_node *n, config_provider *p) {
+    static const char *const fields[] = {"aesgcm", "aescbc", "secretbox", "identity", "kms", NULL};
+    const provider_field *which;
+    const config_yaml_node *v = NULL;
+    int rv = want_mapping(ld, n, "a provider");
+    if (rv == EP_OK) {
+        rv = check_fields(ld, n, fields);
+    }
+    if (rv == EP_OK) {
+        rv = pick_provider(ld, n, &which, &v);
+    }
+    if (rv != EP_OK) {
+        return rv;
+    }
+    p->mark = n->mark;
+    if (which == NULL) {
+        return fail(ld, n->mark,
+                    "a provider must set exactly one of aesgcm, aescbc, secretbox, identity or kms"
+                    " (write \"identity: {}\", not \"identity:\")");
+    }
+    static const char *const no_fields[] = {NULL};
+    size_t old = push(ld, ".%s", which->field);
+    p->type = which->type;
+    switch (p->type) {
+    case CONFIG_PROVIDER_IDENTITY:
+        rv = want_mapping(ld, v, "identity");
+        rv = rv == EP_OK ? check_fields(ld, v, no_fields) : rv;
+        break;
+    case CONFIG_PROVIDER_KMS:
+        rv = decode_kms(ld, v, p);
+        break;
+    default:
+        rv = decode_keys(ld, v, p);
+        break;
+    }
+    pop(ld, old);
+    return rv;
+}
+
+/* ---- rules ---- */
+
+static int add_resource(loader *ld, const config_yaml_node *v, config_rule *rule, size_t i) {
+    if (v->kind != CONFIG_YAML_SCALAR ||
+        (v->type != CONFIG_YAML_STRING && v->type != CONFIG_YAML_NULL)) {
+        return fail(ld, v->mark, "resource must be a string, got %s", config_yaml_doc_type_name(v));
+    }
+    if (memchr(v->value, '\0', v->len) != NULL) {
+        return fail(ld, v->mark, "resource must not contain NUL characters");
+    }
+    config_resource *r = &rule->resources[i];
+    const char *text = v->type == CONFIG_YAML_NULL ? "" : v->value;
+    if (config_resource_parse(text, v->mark, r) != EP_OK) {
+        return nomem(ld);
+    }
+    const char *why = config_resource_refusal(r);
+    if (why != NULL) {
+        return fail(ld, v->mark, "resource \"%s\" %s", r->text, why);
+    }
+    for (size_t j = 0; j < i; j++) {
+        const config_resource *e = &rule->resources[j];
+        if (strcmp(e->text, r->text) == 0) {
+            return fail(ld, v->mark, "duplicate resource \"%s\" (first at line %d)", r->text,
+                        e->mark.line);
+        }
+        if (config_resource_overlaps(e, r)) {
+            return fail(ld, v->mark,
+                        "resource \"%s\" overlaps with \"%s\" (line %d) in the same list", r->text,
+                        e->text, e->mark.line);
+        }
+    }
+    return EP_OK;
+}
+
+static int decode_resources(loader *ld, const config_yaml_node *n, config_rule *rule) {
+    const config_yaml_node *list;
+    int rv = get_nonempty_list(ld, n, "resources", "resource", &list);
+    if (rv != EP_OK) {
+        return rv;
+    }
+    rule->resources = ep_calloc(list->nitems, sizeof(rule->resources[0]));
+    if (rule->resources == NULL) {
+        return nomem(ld);
+    }
+    rule->nresources = list->nitems;
+    for (size_t i = 0; i < list->nitems && rv == EP_OK; i++) {
+        size_t old = push(ld, ".resources[%zu]", i);
+        rv = add_resource(ld, list->items[i], rule, i);
+        pop(ld, old);
+    }
+    return rv;
+}
+
+static int decode_providers(loader *ld, const config_yaml_node *n, config_rule *rule) {
+    const config_yaml_node *list;
+    int rv = get_nonempty_list(ld, n, "providers", "provider", &list);
+    if (rv != EP_OK) {
+        return rv;
+    }
+    rule->providers = ep_calloc(list->nitems, sizeof(rule->providers[0]));
+    if (rule->providers == NULL) {
+        return nomem(ld);
+    }
+    rule->nproviders = list->nitems;
+    for (size_t i = 0; i < list->nitems && rv == EP_OK; i++) {
+        size_t old = push(ld, ".providers[%zu]", i);
+        rv = decode_provider(ld, list->items[i], &rule->providers[i]);
+        pop(ld, old);
+    }
+    return rv;
+}
+
+static int decode_rule(loader *ld, const config_yaml_node *n, config_rule *rule) {
+    static const char *const fields[] = {"resources", "providers", NULL};
+    int rv = want_mapping(ld, n, "a rule");
+    if (rv == EP_OK) {
+        rv = check_fields(ld, n, fields);
+    }
+    rule->mark = n->mark;
+    if (rv == EP_OK) {
+        rv = decode_resources(ld, n, rule);
+    }
+    return rv == EP_OK ? decode_providers(ld, n, rule) : rv;
+}
+
+/* The across-rules rule of spec 3.3: nothing may follow a "*.*" or a "*.<same group>". */
+static int check_masking(loader *ld) {
+    const config_encryption *cfg = ld->cfg;
+    for (size_t r = 1; r < cfg->nrules; r++) {
+        for (size_t i = 0; i < cfg->rules[r].nresources; i++) {
+            const config_resource *later = &cfg->rules[r].resources[i];
+            for (size_t e = 0; e < r; e++) {
+                for (size_t j = 0; j < cfg->rules[e].nresources; j++) {
+                    const config_resource *earlier = &cfg->rules[e].resources[j];
+                    if (config_resource_masks(earlier, later)) {
+                        size_t old = push(ld, "resources[%zu].resources[%zu]", r, i);
+                        int rv = fail(ld, later->mark,
+                                      "resource \"%s\" is masked by earlier rule \"%s\" (line %d)",
+                                      later->text, earlier->text, earlier->mark.line);
+                        pop(ld, old);
+                        return rv;
+                    }
+                }
+            }
+        }
+    }
+    return EP_OK;
+}
+
+/* ---- envelope ---- */
+
+static int check_envelope(loader *ld, const config_yaml_node *root) {
+    const config_yaml_node *kind, *version;
+    int rv = get_string(ld, root, "kind", &kind);
+    if (rv == EP_OK) {
+        rv = get_string(ld, root, "apiVersion", &version);
+    }
+    if (rv != EP_OK) {
+        return rv;
+    }
+    if (kind == NULL || kind->len == 0) {
+        return fail(ld, kind ? kind->mark : root->mark,
+                    "kind is required (EncryptionConfiguration)");
+    }
+    if (version == NULL || version->len == 0) {
+        return fail(ld, version ? version->mark : root->mark,
+                    "apiVersion is required (apiserver.config.k8s.io/v1)");
+    }
+    const char *want;
+    if (strcmp(kind->value, "EncryptionConfiguration") == 0) {
+        want = "apiserver.config.k8s.io/v1";
+    } else if (strcmp(kind->value, "EncryptionConfig") == 0) {
+        want = "v1";
+        ld->cfg->legacy_kind = true;
+    } else {
+        return fail(ld, kind->mark, "kind \"%.64s\" is not supported; use EncryptionConfiguration",
+                    kind->value);
+    }
+    if (strcmp(version->value, want) != 0) {
+        return fail(ld, version->mark, "apiVersion \"%.64s\" does not serve kind %s; use %s",
+                    version->value, kind->value, want);
+    }
+    return EP_OK;
+}
+
+static int decode_root(loader *ld, const config_yaml_node *root) {
+    static const char *const fields[] = {"apiVersion", "kind", "resources", NULL};
+    const config_yaml_node *rules;
+    if (root == NULL) {
+        config_mark start = {1, 1};
+        return fail(ld, start, "the configuration is empty");
+    }
+    if (root->kind != CONFIG_YAML_MAPPING) {
+        return fail(ld, root->mark, "the document must be a mapping, got %s",
+                    config_yaml_doc_type_name(root));
+    }
+    int rv = check_fields(ld, root, fields);
+    rv = rv == EP_OK ? check_envelope(ld, root) : rv;
+    rv = rv == EP_OK ? get_nonempty_list(ld, root, "resources", "rule", &rules) : rv;
+    if (rv != EP_OK) {
+        return rv;
+    }
+    ld->cfg->rules = ep_calloc(rules->nitems, sizeof(ld->cfg->rules[0]));
+    if (ld->cfg->rules == NULL) {
+        return nomem(ld);
+    }
+    ld->cfg->nrules = rules->nitems;
+    for (size_t i = 0; i < rules->nitems && rv == EP_OK; i++) {
+        size_t old = push(ld, "resources[%zu]", i);
+        rv = decode_rule(ld, rules->items[i], &ld->cfg->rules[i]);
+        pop(ld, old);
+    }
+    return rv == EP_OK ? check_masking(ld) : rv;
+}
+
+/* ---- entry points ---- */
+
+static int new_config(loader *ld, const void *data, size_t len) {
+    config_encryption *cfg = ep_calloc(1, sizeof(*cfg));
+    if (cfg == NULL) {
+        return nomem(ld);
+    }
+    ld->cfg = cfg;
+    cfg->path = ep_strdup(ld->file);
+    if (cfg->path == NULL) {
+        return nomem(ld);
+    }
+    if (!EVP_Digest(data, len, cfg->sha256, NULL, EVP_sha256(), NULL)) {
+        return ep_err_set(ld->err, EP_ERR_NOMEM, "%s: cannot compute the file's sha256", ld->file);
+    }
+    return EP_OK;
+}
+
+int config_load_bytes(const char *name, const void *data, size_t len, config_encryption **out,
+                      ep_err *err) {
+    loader ld = {.file = name, .err = err};
+    config_yaml_node *root = NULL;
+    *out = NULL;
+    int rv = new_config(&ld, data, len);
+    if (rv == EP_OK) {
+        rv = config_yaml_doc_parse(name, data, len, &root, err);
+    }
+    if (rv == EP_OK) {
+        rv = decode_root(&ld, root);
+    }
+    config_yaml_doc_free(root);
+    if (rv != EP_OK) {
+        config_encryption_free(ld.cfg);
+        return rv;
+    }
+    *out = ld.cfg;
+    return EP_OK;
+}
+
+/* Reads the whole of |f| into |*data|. Returns 0, EP_ERR_IO, EP_ERR_CONFIG or EP_ERR_NOMEM. */
+static int read_all(const char *path, FILE *f, buf *data, ep_err *err) {
+    struct stat st;
+    if (fstat(fileno(f), &st) != 0) {
+        return ep_err_set(err, EP_ERR_IO, "%s: cannot stat: %s", path, strerror(errno));
+    }
+    if (st.st_size > MAX_FILE_SIZE) {
+        return ep_err_set(err, EP_ERR_CONFIG, "%s: larger than %d bytes", path, MAX_FILE_SIZE);
+    }
+    for (;;) {
+        if (buf_reserve(data, 4096) != EP_OK) {
+            return ep_err_set(err, EP_ERR_NOMEM, "%s: out of memory reading", path);
+        }
+        size_t n = fread(data->data + data->len, 1, data->cap - data->len, f);
+        data->len += n;
+        if (n == 0) {
+            break;
+        }
+        if (data->len > MAX_FILE_SIZE) {
+            return ep_err_set(err, EP_ERR_CONFIG, "%s: larger than %d bytes", path, MAX_FILE_SIZE);
+        }
+    }
+    return ferror(f) ? ep_err_set(err, EP_ERR_IO, "%s: read error", path) : EP_OK;
+}
+
+int config_load_file(const char *path, config_encryption **out, ep_err *err) {
+    *out = NULL;
+    FILE *f = fopen(path, "rb");
+    if (f == NULL) {
+        return ep_err_set(err, EP_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    }
+    buf data = BUF_INIT;
+    int rv = read_all(path, f, &data, err);
+    fclose(f);
+    if (rv == EP_OK) {
+        rv = config_load_bytes(path, data.data ? (const void *)data.data : "", data.len, out, err);
+    }
+    buf_free_secure(&data); /* the file holds key material */
+    return rv;
+}
+
+static void free_provider(config_provider *p) {
+    for (size_t k = 0; k < p->nkeys; k++) {
+        ep_free(p->keys[k].name);
+        secret_free(&p->keys[k].secret);
+    }
+    ep_free(p->keys);
+    ep_free(p->kms.name);
+    ep_free(p->kms.endpoint);
+    ep_free(p->kms.socket_path);
+}
+
+void config_encryption_free(config_encryption *cfg) {
+    if (cfg == NULL) {
+        return;
+    }
+    for (size_t r = 0; r < cfg->nrules; r++) {
+        config_rule *rule = &cfg->rules[r];
+        for (size_t i = 0; i < rule->nresources; i++) {
+            config_resource_free(&rule->resources[i]);
+        }
+        for (size_t i = 0; i < rule->nproviders; i++) {
+            free_provider(&rule->providers[i]);
+        }
+        ep_free(rule->resources);
+        ep_free(rule->providers);
+    }
+    ep_free(cfg->rules);
+    ep_free(cfg->path);
+    ep_free(cfg);
+}
+
+const char *config_provider_type_name(config_provider_type t) {
+    switch (t) {
+    case CONFIG_PROVIDER_IDENTITY:
+        return "identity";
+    case CONFIG_PROVIDER_AESGCM:
+        return "aesgcm";
+    case CONFIG_PROVIDER_AESCBC:
+        return "aescbc";
+    case CONFIG_PROVIDER_SECRETBOX:
+        return "secretbox";
+    case CONFIG_PROVIDER_KMS:
+        return "kms";
+    }
+    return "unknown";
+}
