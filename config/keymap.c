@@ -113,7 +113,8 @@ static int find_entry(const config_keymap *m, str group, str resource) {
     return -1;
 }
 
-/* The apiserver's order for a storage group-resource: exact, "*.<group>", "*.*". */
+/* The apiserver's order for a storage group-resource: exact, "*.<group>", "*.*". Returns the
+ * chain, or -1 when none of the three is configured. */
 static int resolve(const config_keymap *m, str group, str resource) {
     int chain = find_entry(m, group, resource);
     if (chain < 0) {
@@ -134,6 +135,8 @@ static bool take_segment(str *rest, str *seg) {
     return true;
 }
 
+/* A groupless segment the table lacks: an inferred key space, else "*.*". Returns -1 when
+ * neither is configured. */
 static int lookup_unknown(const config_keymap *m, str segment) {
     size_t lo = 0, hi = m->ninferred;
     while (lo < hi) {
@@ -151,7 +154,8 @@ static int lookup_unknown(const config_keymap *m, str segment) {
     return m->star_chain;
 }
 
-/* Keys under a two-segment prefix ("services/specs/<ns>/<name>"); |rest| follows "services/". */
+/* Keys under a two-segment prefix ("services/specs/<ns>/<name>"); |rest| follows "services/".
+ * Returns the chain, or -1 for a bare prefix or when no rule covers the key. */
 static int lookup_child(const config_keymap *m, str parent, str rest) {
     str child;
     bool object_key = take_segment(&rest, &child);
@@ -165,6 +169,8 @@ static int lookup_child(const config_keymap *m, str parent, str rest) {
     return object_key ? m->builtin_chain[i] : -1;
 }
 
+/* Keys whose first segment has no '.': built-in types. Returns the chain, or -1 for non-REST
+ * keys or when no rule covers the key. */
 static int lookup_groupless(const config_keymap *m, str segment, str rest) {
     int i = config_builtin_find_prefix(segment);
     if (i < 0) {
@@ -257,6 +263,7 @@ static char *make_label(const char *group, const char *resource) {
     return label;
 }
 
+/* The chain already created for |r|'s group-resource, or -1. */
 static int find_chain_key(const config_keymap *m, const config_resource *r) {
     for (size_t i = 0; i < m->nchains; i++) {
         const keymap_entry *k = &m->chain_keys[i];
@@ -329,6 +336,8 @@ static int check_tree(const config_encryption *cfg, size_t *total, ep_err *err) 
     return 0;
 }
 
+/* Creates the chains in file order. Returns 0, EP_ERR_CONFIG, EP_ERR_NOMEM or EP_ERR_RANGE, with
+ * a message in |err|. */
 static int add_rules(config_keymap *m, const config_encryption *cfg, ep_err *err) {
     size_t total;
     int rv = check_tree(cfg, &total, err);
@@ -354,6 +363,7 @@ static int add_rules(config_keymap *m, const config_encryption *cfg, ep_err *err
     return 0;
 }
 
+/* Sorts the entries for lookup and finds "*.*". Returns 0 or EP_ERR_NOMEM. */
 static int index_chains(config_keymap *m) {
     m->sorted = ep_calloc(m->nchains, sizeof(*m->sorted));
     if (m->sorted == NULL) {
@@ -365,6 +375,8 @@ static int index_chains(config_keymap *m) {
     return 0;
 }
 
+/* Resolves every built-in type once, so lookups of built-in keys need no string search.
+ * Returns 0 or EP_ERR_NOMEM. */
 static int resolve_builtins(config_keymap *m) {
     m->builtin = config_builtin_table(&m->nbuiltin);
     m->builtin_chain = ep_calloc(m->nbuiltin, sizeof(*m->builtin_chain));
@@ -380,6 +392,7 @@ static int resolve_builtins(config_keymap *m) {
     return 0;
 }
 
+/* Whether an earlier rule already claimed |segment|. */
 static bool is_inferred(const config_keymap *m, const char *segment) {
     for (size_t i = 0; i < m->ninferred; i++) {
         if (strcmp(m->inferred[i].segment, segment) == 0) {
@@ -398,6 +411,7 @@ static bool needs_inferred_prefix(const config_keymap *m, const keymap_entry *k)
            config_builtin_find_prefix(str_cstr(k->resource)) < 0 && !is_inferred(m, k->resource);
 }
 
+/* Returns 0 or EP_ERR_NOMEM. */
 static int infer_prefixes(config_keymap *m) {
     m->inferred = ep_calloc(m->nchains, sizeof(*m->inferred));
     if (m->inferred == NULL) {
@@ -535,6 +549,7 @@ static void print_prefixes(const config_keymap *m, int c, FILE *f) {
     }
 }
 
+/* "<label>: <key prefixes> => <provider> -> <provider>". Write errors surface through ferror. */
 static void print_chain(const config_keymap *m, int c, FILE *f) {
     const config_chain *chain = &m->chains[c];
     fprintf(f, "%s: ", chain->label);
@@ -549,6 +564,7 @@ static void print_chain(const config_keymap *m, int c, FILE *f) {
     fputc('\n', f);
 }
 
+/* The key spaces no rule can reach, whatever the config says. */
 static void print_untransformed(const config_keymap *m, FILE *f) {
     fprintf(f, "untransformed: keys outside %s", m->path_prefix);
     for (size_t i = 0; i < m->nbuiltin; i++) {

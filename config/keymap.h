@@ -36,7 +36,9 @@ int config_keymap_build(const config_encryption *cfg, const char *etcd_prefix, c
                         ep_err *err);
 
 /* The chain index for |etcd_key|, or -1 when kube-apiserver would not transform the key (no
- * rule covers it, it is outside the prefix, or it is one of the non-REST keys). Never fails;
+ * rule covers it, it is outside the prefix, or it is one of the non-REST keys). A key that ends
+ * inside a resource prefix ("/registry/secrets", no "/name") is never an object key and gets -1;
+ * anything under "<resourcePrefix>/" gets the resource's chain. Allocation-free. Never fails;
  * safe to call from many threads at once. */
 int config_keymap_lookup(const config_keymap *m, str etcd_key);
 
@@ -47,7 +49,9 @@ const config_chain *config_keymap_chain(const config_keymap *m, size_t i);
 const char *config_keymap_path_prefix(const config_keymap *m);
 
 /* Writes the human-readable table (etcd key prefix -> provider chain, names only; never
- * secrets) used by `check-config`. Returns 0 or EP_ERR_IO. */
+ * secrets) used by `check-config`: a "path prefix:" line, one line per chain
+ * ("secrets: /registry/secrets/ => aesgcm[key1,key2] -> identity"), and an "untransformed:"
+ * line. Returns 0, or EP_ERR_IO when |f| reports a write error (or |m| or |f| is NULL). */
 int config_keymap_print(const config_keymap *m, FILE *f);
 
 void config_keymap_free(config_keymap *m);
