@@ -1,0 +1,855 @@
+/*
+ * KMS v2 stored format: EncryptedObject encode/decode/validate, the seed -> DEK derivation, the
+ * DEK/seed cache key, and seal/open of encryptedData (spec 1.6).
+ *
+ * Reads: crypto_kmsv2_decode first walks the top-level wire format itself (so a malformed body
+ * gets a precise message such as "unexpected EOF"), then lets protobuf-c unpack it, then sorts
+ * the annotation entries by key (a repeated key keeps its last value, as a proto map does) and
+ * validates exactly as kube-apiserver. The caller resolves encryptedDEKSource to a seed or DEK
+ * and crypto_kmsv2_open derives the per-write key (type 1) and opens the AES-GCM data.
+ *
+ * Writes: a crypto_kmsv2_state holds what the plugin returned for the current seed, validated
+ * and with annotations sorted once. crypto_kmsv2_seal writes the protobuf by hand, in field
+ * order 1..5, sealing the data straight into the output buffer; Go writes the same fields in
+ * the same order (its map order is random; ours is sorted, which every reader accepts).
+ *
+ * Invariants: seeds and derived DEKs are zeroed after use; nothing partial is left appended to
+ * an output buffer on failure; no message ever contains key material or plaintext.
+ */
+#include "crypto/kmsv2.h"
+
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/alloc.h"
+#include "crypto/aesgcm.h"
+#include "crypto/kmsv2.pb-c.h"
+#include "crypto/random.h"
+
+/* Protobuf tags: field number << 3 | wire type. */
+#define TAG_ENCRYPTED_DATA 0x0A
+#define TAG_KEY_ID 0x12
+#define TAG_SOURCE 0x1A
+#define TAG_ANNOTATION 0x22
+#define TAG_TYPE 0x28
+#define TAG_ENTRY_KEY 0x0A
+#define TAG_ENTRY_VALUE 0x12
+
+#define DNS1123_SUBDOMAIN_MAX 253
+#define DNS1123_LABEL_MAX 63
+
+/* ---- validation ---------------------------------------------------------------------- */
+
+static bool dns_alnum(uint8_t c) {
+    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
+}
+
+/* True when |s| matches [a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)* */
+static bool dns1123_subdomain_chars(str s) {
+    for (size_t i = 0; i < s.len; i++) {
+        uint8_t c = s.ptr[i];
+        bool label_edge = i == 0 || i + 1 == s.len || s.ptr[i - 1] == '.' || s.ptr[i + 1] == '.';
+        if (c == '.' ? label_edge : !(dns_alnum(c) || (c == '-' && !label_edge))) {
+            return false;
+        }
+    }
+    return s.len > 0;
+}
+
+/* Copies |s| for an error message, at most 64 bytes, with anything unprintable as '?'. */
+static const char *printable(str s, char *tmp, size_t cap) {
+    size_t n = s.len < cap - 1 ? s.len : cap - 1;
+    for (size_t i = 0; i < n; i++) {
+        tmp[i] = s.ptr[i] >= 0x20 && s.ptr[i] < 0x7f ? (char)s.ptr[i] : '?';
+    }
+    tmp[n] = '\0';
+    return tmp;
+}
+
+static int invalid_key(ep_err *err, str shown, const char *why) {
+    char tmp[65];
+    return ep_err_set(err, EP_ERR_INVALID, "annotations: Invalid value: \"%s\": %s",
+                      printable(shown, tmp, sizeof(tmp)), why);
+}
+
+int crypto_kmsv2_validate_annotation_key(str key, ep_err *err) {
+    if (key.len == 0) {
+        return ep_err_set(err, EP_ERR_INVALID, "annotations: Required value");
+    }
+    str name = key.ptr[key.len - 1] == '.' ? str_make(key.ptr, key.len - 1) : key;
+    if (name.len > DNS1123_SUBDOMAIN_MAX) {
+        return invalid_key(err, name, "must be no more than 253 characters");
+    }
+    if (!dns1123_subdomain_chars(name)) {
+        return invalid_key(err, name,
+                           "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric "
+                           "characters, '-' or '.', and must start and end with an alphanumeric "
+                           "character");
+    }
+    const uint8_t *dot = memchr(name.ptr, '.', name.len);
+    if (dot == NULL) {
+        return invalid_key(err, name,
+                           "should be a domain with at least two segments separated by dots");
+    }
+    for (size_t start = 0; start < name.len;) {
+        const uint8_t *end = memchr(name.ptr + start, '.', name.len - start);
+        size_t label_len = end ? (size_t)(end - name.ptr) - start : name.len - start;
+        if (label_len > DNS1123_LABEL_MAX) {
+            return invalid_key(err, str_make(name.ptr + start, label_len),
+                               "must be no more than 63 characters");
+        }
+        start += label_len + 1;
+    }
+    return EP_OK;
+}
+
+/* Collects several messages the way upstream's aggregate error prints them: one message alone,
+ * several as "[a, b]". */
+typedef struct {
+    char text[EP_ERR_MSG_MAX];
+    size_t len;
+    int count;
+} aggregate;
+
+static void aggregate_add(aggregate *a, const char *msg) {
+    if (a->len < sizeof(a->text)) {
+        int n =
+            snprintf(a->text + a->len, sizeof(a->text) - a->len, "%s%s", a->count ? ", " : "", msg);
+        a->len += n > 0 ? (size_t)n : 0;
+    }
+    a->count++;
+}
+
+static int validate_annotations(const crypto_kmsv2_annotation *ann, size_t n, ep_err *err) {
+    aggregate agg = {.len = 0, .count = 0};
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++) {
+        ep_err one;
+        if (crypto_kmsv2_validate_annotation_key(ann[i].key, &one) != EP_OK) {
+            aggregate_add(&agg, one.msg);
+        }
+        total += ann[i].key.len + ann[i].value.len;
+    }
+    if (total > CRYPTO_KMSV2_ANNOTATIONS_MAX) {
+        char msg[128];
+        snprintf(msg, sizeof(msg),
+                 "total size of annotations is %zu, which exceeds the max size of %d", total,
+                 CRYPTO_KMSV2_ANNOTATIONS_MAX);
+        aggregate_add(&agg, msg);
+    }
+    if (agg.count == 0) {
+        return EP_OK;
+    }
+    const char *open = agg.count > 1 ? "[" : "", *close = agg.count > 1 ? "]" : "";
+    return ep_err_set(err, EP_ERR_INVALID, "failed to validate annotations: %s%s%s", open, agg.text,
+                      close);
+}
+
+static int validate_source_and_key_id(str source, str key_id, ep_err *err) {
+    const char *src = "failed to validate encrypted DEK source";
+    if (source.len == 0) {
+        return ep_err_set(err, EP_ERR_INVALID, "%s: encrypted DEK source is empty", src);
+    }
+    if (source.len > CRYPTO_KMSV2_SOURCE_MAX) {
+        return ep_err_set(err, EP_ERR_INVALID,
+                          "%s: encrypted DEK source is %zu bytes, which exceeds the max size of %d",
+                          src, source.len, CRYPTO_KMSV2_SOURCE_MAX);
+    }
+    const char *kid = "failed to validate key id";
+    if (key_id.len == 0) {
+        return ep_err_set(err, EP_ERR_INVALID, "%s: keyID is empty", kid);
+    }
+    if (key_id.len > CRYPTO_KMSV2_KEY_ID_MAX) {
+        return ep_err_set(err, EP_ERR_INVALID,
+                          "%s: keyID is %zu bytes, which exceeds the max size of %d", kid,
+                          key_id.len, CRYPTO_KMSV2_KEY_ID_MAX);
+    }
+    return EP_OK;
+}
+
+static bool known_type(int32_t type) {
+    return type == CRYPTO_KMSV2_TYPE_AES_GCM_KEY || type == CRYPTO_KMSV2_TYPE_HKDF_SEED;
+}
+
+int crypto_kmsv2_validate(const crypto_kmsv2_object *o, ep_err *err) {
+    if (!known_type(o->type)) {
+        return ep_err_set(err, EP_ERR_INVALID, "unknown encryptedDEKSourceType: %d", (int)o->type);
+    }
+    if (o->encrypted_data.len == 0) {
+        return ep_err_set(err, EP_ERR_INVALID, "encrypted data is empty");
+    }
+    int rv = validate_source_and_key_id(o->encrypted_dek_source, o->key_id, err);
+    if (rv != EP_OK) {
+        return rv;
+    }
+    return validate_annotations(o->annotations, o->nannotations, err);
+}
+
+/* ---- annotation ordering ------------------------------------------------------------- */
+
+static int compare_bytes(str a, str b) {
+    size_t n = a.len < b.len ? a.len : b.len;
+    int c = n ? memcmp(a.ptr, b.ptr, n) : 0;
+    return c != 0 ? c : (a.len > b.len) - (a.len < b.len);
+}
+
+static int compare_annotations(const void *a, const void *b) {
+    return compare_bytes(((const crypto_kmsv2_annotation *)a)->key,
+                         ((const crypto_kmsv2_annotation *)b)->key);
+}
+
+/* Points |*sorted| at |ann| in ascending key order: |ann| itself when already strictly sorted,
+ * else a sorted copy left in |*copy| for the caller to ep_free. Returns 0, EP_ERR_NOMEM, or
+ * EP_ERR_INVALID for a key present twice. */
+static int sorted_annotations(const crypto_kmsv2_annotation *ann, size_t n,
+                              const crypto_kmsv2_annotation **sorted,
+                              crypto_kmsv2_annotation **copy, ep_err *err) {
+    *copy = NULL;
+    *sorted = ann;
+    size_t i = 1;
+    while (i < n && compare_bytes(ann[i - 1].key, ann[i].key) < 0) {
+        i++;
+    }
+    if (n < 2 || i == n) {
+        return EP_OK;
+    }
+    *copy = ep_malloc(n * sizeof(**copy));
+    if (*copy == NULL) {
+        return ep_err_set(err, EP_ERR_NOMEM, "out of memory sorting annotations");
+    }
+    memcpy(*copy, ann, n * sizeof(**copy));
+    qsort(*copy, n, sizeof(**copy), compare_annotations);
+    *sorted = *copy;
+    for (i = 1; i < n; i++) {
+        if (compare_bytes((*copy)[i - 1].key, (*copy)[i].key) == 0) {
+            ep_free(*copy);
+            *copy = NULL;
+            return ep_err_set(err, EP_ERR_INVALID, "duplicate annotation key");
+        }
+    }
+    return EP_OK;
+}
+
+/* ---- cache key ----------------------------------------------------------------------- */
+
+static void hash_u16_prefixed(crypto_hash_sha256_state *h, str s) {
+    uint8_t len_be[2] = {(uint8_t)(s.len >> 8), (uint8_t)s.len};
+    crypto_hash_sha256_update(h, len_be, sizeof(len_be));
+    crypto_hash_sha256_update(h, s.ptr, s.len);
+}
+
+static void hash_u32(crypto_hash_sha256_state *h, uint32_t v) {
+    uint8_t be[4] = {(uint8_t)(v >> 24), (uint8_t)(v >> 16), (uint8_t)(v >> 8), (uint8_t)v};
+    crypto_hash_sha256_update(h, be, sizeof(be));
+}
+
+static int check_u16(str s, const char *what, ep_err *err) {
+    if (s.len > UINT16_MAX) {
+        return ep_err_set(err, EP_ERR_INVALID, "%s is %zu bytes, too long for the cache key", what,
+                          s.len);
+    }
+    return EP_OK;
+}
+
+static int check_cache_key_lengths(str source, str key_id, const crypto_kmsv2_annotation *ann,
+                                   size_t n, ep_err *err) {
+    int rv = check_u16(source, "encrypted DEK source", err);
+    if (rv == EP_OK) {
+        rv = check_u16(key_id, "keyID", err);
+    }
+    for (size_t i = 0; rv == EP_OK && i < n; i++) {
+        rv = check_u16(ann[i].key, "annotation key", err);
+        if (rv == EP_OK) {
+            rv = check_u16(ann[i].value, "annotation value", err);
+        }
+    }
+    if (rv == EP_OK && n > UINT32_MAX) {
+        rv = ep_err_set(err, EP_ERR_INVALID, "too many annotations");
+    }
+    return rv;
+}
+
+int crypto_kmsv2_cache_key(int32_t type, str encrypted_dek_source, str key_id,
+                           const crypto_kmsv2_annotation *annotations, size_t nannotations,
+                           uint8_t out[CRYPTO_KMSV2_CACHE_KEY_LEN], ep_err *err) {
+    int rv = check_cache_key_lengths(encrypted_dek_source, key_id, annotations, nannotations, err);
+    const crypto_kmsv2_annotation *sorted;
+    crypto_kmsv2_annotation *copy = NULL;
+    if (rv == EP_OK) {
+        rv = sorted_annotations(annotations, nannotations, &sorted, &copy, err);
+    }
+    if (rv != EP_OK) {
+        return rv;
+    }
+    crypto_hash_sha256_state h;
+    crypto_hash_sha256_init(&h);
+    hash_u32(&h, (uint32_t)type);
+    hash_u16_prefixed(&h, encrypted_dek_source);
+    hash_u16_prefixed(&h, key_id);
+    if (nannotations > 0) {
+        hash_u32(&h, (uint32_t)nannotations);
+        for (size_t i = 0; i < nannotations; i++) {
+            hash_u16_prefixed(&h, sorted[i].key);
+            hash_u16_prefixed(&h, sorted[i].value);
+        }
+    }
+    crypto_hash_sha256_final(&h, out);
+    ep_free(copy);
+    return EP_OK;
+}
+
+/* ---- key derivation ------------------------------------------------------------------ */
+
+int crypto_kmsv2_derive_dek(str seed, const uint8_t info[CRYPTO_KMSV2_INFO_LEN], uint8_t dek[32],
+                            ep_err *err) {
+    if (seed.len < CRYPTO_KMSV2_SEED_LEN) {
+        return ep_err_set(err, EP_ERR_INVALID, "invalid seed length %zu used for key generation",
+                          seed.len);
+    }
+    /* HKDF-Expand with L = 32 is a single HMAC block T(1); upstream skips Extract. */
+    static const uint8_t counter = 0x01;
+    crypto_auth_hmacsha256_state h;
+    crypto_auth_hmacsha256_init(&h, seed.ptr, seed.len);
+    crypto_auth_hmacsha256_update(&h, info, CRYPTO_KMSV2_INFO_LEN);
+    crypto_auth_hmacsha256_update(&h, &counter, 1);
+    crypto_auth_hmacsha256_final(&h, dek);
+    sodium_memzero(&h, sizeof(h));
+    return EP_OK;
+}
+
+/* ---- encoding ------------------------------------------------------------------------ */
+
+static size_t varint_size(uint64_t v) {
+    size_t n = 1;
+    while (v >= 0x80) {
+        v >>= 7;
+        n++;
+    }
+    return n;
+}
+
+static int append_varint(buf *out, uint64_t v) {
+    uint8_t tmp[10];
+    size_t n = 0;
+    while (v >= 0x80) {
+        tmp[n++] = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    tmp[n++] = (uint8_t)v;
+    return buf_append(out, tmp, n);
+}
+
+/* Appends a LEN field (tag, length, bytes). Returns 0 or EP_ERR_NOMEM. */
+static int append_bytes_field(buf *out, uint8_t tag, str value) {
+    int rv = buf_append(out, &tag, 1);
+    if (rv == EP_OK) {
+        rv = append_varint(out, value.len);
+    }
+    return rv == EP_OK ? buf_append_str(out, value) : rv;
+}
+
+static int append_nonempty_field(buf *out, uint8_t tag, str value) {
+    return value.len ? append_bytes_field(out, tag, value) : EP_OK;
+}
+
+static int append_annotation(buf *out, const crypto_kmsv2_annotation *a) {
+    size_t entry_len =
+        1 + varint_size(a->key.len) + a->key.len + 1 + varint_size(a->value.len) + a->value.len;
+    uint8_t tag = TAG_ANNOTATION;
+    int rv = buf_reserve(out, 1 + varint_size(entry_len) + entry_len);
+    if (rv == EP_OK) {
+        rv = buf_append(out, &tag, 1);
+    }
+    if (rv == EP_OK) {
+        rv = append_varint(out, entry_len);
+    }
+    if (rv == EP_OK) {
+        rv = append_bytes_field(out, TAG_ENTRY_KEY, a->key);
+    }
+    return rv == EP_OK ? append_bytes_field(out, TAG_ENTRY_VALUE, a->value) : rv;
+}
+
+/* Appends fields 2..5; |sorted| annotations are in ascending key order. Returns 0 or
+ * EP_ERR_NOMEM (partial output left for the caller to cut). */
+static int append_tail(buf *out, str key_id, str source, const crypto_kmsv2_annotation *sorted,
+                       size_t n, int32_t type) {
+    int rv = append_nonempty_field(out, TAG_KEY_ID, key_id);
+    if (rv == EP_OK) {
+        rv = append_nonempty_field(out, TAG_SOURCE, source);
+    }
+    for (size_t i = 0; rv == EP_OK && i < n; i++) {
+        rv = append_annotation(out, &sorted[i]);
+    }
+    if (rv == EP_OK && type != 0) {
+        uint8_t tag = TAG_TYPE;
+        rv = buf_append(out, &tag, 1);
+        if (rv == EP_OK) { /* int32 varints sign-extend to 64 bits, as proto3 does */
+            rv = append_varint(out, (uint64_t)(int64_t)type);
+        }
+    }
+    return rv;
+}
+
+int crypto_kmsv2_encode(const crypto_kmsv2_object *o, buf *out, ep_err *err) {
+    int rv = crypto_kmsv2_validate(o, err);
+    const crypto_kmsv2_annotation *sorted;
+    crypto_kmsv2_annotation *copy = NULL;
+    if (rv == EP_OK) {
+        rv = sorted_annotations(o->annotations, o->nannotations, &sorted, &copy, err);
+    }
+    if (rv != EP_OK) {
+        return rv;
+    }
+    size_t start = out->len;
+    rv = append_nonempty_field(out, TAG_ENCRYPTED_DATA, o->encrypted_data);
+    if (rv == EP_OK) {
+        rv = append_tail(out, o->key_id, o->encrypted_dek_source, sorted, o->nannotations, o->type);
+    }
+    ep_free(copy);
+    if (rv != EP_OK) {
+        out->len = start;
+        return ep_err_set(err, rv, "out of memory encoding an EncryptedObject");
+    }
+    return EP_OK;
+}
+
+/* ---- decoding ------------------------------------------------------------------------ */
+
+/* Reads a varint at |*pos|. Returns 0, or EP_ERR_INVALID with Go's message. */
+static int read_varint(str body, size_t *pos, uint64_t *v, ep_err *err) {
+    *v = 0;
+    for (unsigned shift = 0; shift < 70; shift += 7) {
+        if (*pos >= body.len) {
+            return ep_err_set(err, EP_ERR_INVALID, "unexpected EOF");
+        }
+        uint8_t b = body.ptr[(*pos)++];
+        *v |= (uint64_t)(b & 0x7f) << shift;
+        if (b < 0x80) {
+            return EP_OK;
+        }
+    }
+    return ep_err_set(err, EP_ERR_INVALID, "proto: integer overflow");
+}
+
+/* Skips one field value of |wire_type|. Returns 0 or EP_ERR_INVALID. */
+static int skip_value(str body, size_t *pos, unsigned wire_type, ep_err *err) {
+    uint64_t n = 0;
+    switch (wire_type) {
+    case 0:
+        return read_varint(body, pos, &n, err);
+    case 1:
+        n = 8;
+        break;
+    case 2: {
+        int rv = read_varint(body, pos, &n, err);
+        if (rv != EP_OK) {
+            return rv;
+        }
+        break;
+    }
+    case 5:
+        n = 4;
+        break;
+    case 3:
+    case 4:
+        return ep_err_set(err, EP_ERR_INVALID, "proto: groups are not supported");
+    default:
+        return ep_err_set(err, EP_ERR_INVALID, "proto: can't skip unknown wire type %u", wire_type);
+    }
+    if (n > body.len - *pos) {
+        return ep_err_set(err, EP_ERR_INVALID, "unexpected EOF");
+    }
+    *pos += (size_t)n;
+    return EP_OK;
+}
+
+/* Walks the top-level fields so a malformed body is refused with a precise message before
+ * protobuf-c (which only says "failed") sees it. Returns 0 or EP_ERR_INVALID. */
+static int check_wire_format(str body, ep_err *err) {
+    size_t pos = 0;
+    while (pos < body.len) {
+        uint64_t tag;
+        int rv = read_varint(body, &pos, &tag, err);
+        if (rv == EP_OK && tag >> 3 == 0) {
+            rv = ep_err_set(err, EP_ERR_INVALID, "proto: illegal field number 0");
+        }
+        if (rv == EP_OK) {
+            rv = skip_value(body, &pos, (unsigned)(tag & 7), err);
+        }
+        if (rv != EP_OK) {
+            return rv;
+        }
+    }
+    return EP_OK;
+}
+
+/* protobuf-c allocates through these so that allocation-failure injection reaches decode and
+ * an allocation failure is told apart from malformed input. */
+typedef struct {
+    bool failed;
+} pb_alloc_probe;
+
+static void *pb_alloc(void *data, size_t size) {
+    void *p = ep_malloc(size);
+    if (p == NULL) {
+        ((pb_alloc_probe *)data)->failed = true;
+    }
+    return p;
+}
+
+static void pb_free(void *data, void *p) {
+    ep_free(p);
+}
+
+typedef struct {
+    EpKmsv2__EncryptedObject *msg;
+    crypto_kmsv2_annotation annotations[];
+} decoded;
+
+static str pb_str(ProtobufCBinaryData b) {
+    return str_make(b.data, b.len);
+}
+
+/* Orders entries by key and, for equal keys, by position, so the survivor of each run of
+ * equal keys is the last one on the wire, as a proto map keeps it. */
+typedef struct {
+    crypto_kmsv2_annotation a;
+    size_t position;
+} positioned;
+
+static int compare_positioned(const void *a, const void *b) {
+    const positioned *x = a, *y = b;
+    int c = compare_bytes(x->a.key, y->a.key);
+    return c != 0 ? c : (x->position > y->position) - (x->position < y->position);
+}
+
+/* Fills d->annotations from d->msg in key order without duplicates; returns the count, or
+ * (size_t)-1 when out of memory. */
+static size_t collect_annotations(decoded *d) {
+    size_t n = d->msg->n_annotations;
+    if (n == 0) {
+        return 0;
+    }
+    positioned *tmp = ep_malloc(n * sizeof(*tmp));
+    if (tmp == NULL) {
+        return (size_t)-1;
+    }
+    for (size_t i = 0; i < n; i++) {
+        tmp[i].a.key = pb_str(d->msg->annotations[i]->key);
+        tmp[i].a.value = pb_str(d->msg->annotations[i]->value);
+        tmp[i].position = i;
+    }
+    qsort(tmp, n, sizeof(*tmp), compare_positioned);
+    size_t kept = 0;
+    for (size_t i = 0; i < n; i++) {
+        bool superseded = i + 1 < n && compare_bytes(tmp[i].a.key, tmp[i + 1].a.key) == 0;
+        if (!superseded) {
+            d->annotations[kept++] = tmp[i].a;
+        }
+    }
+    ep_free(tmp);
+    return kept;
+}
+
+static int unpack(str body, EpKmsv2__EncryptedObject **msg, ep_err *err) {
+    pb_alloc_probe probe = {false};
+    ProtobufCAllocator allocator = {pb_alloc, pb_free, &probe};
+    *msg = ep_kmsv2__encrypted_object__unpack(&allocator, body.len, body.ptr);
+    if (*msg != NULL) {
+        return EP_OK;
+    }
+    if (probe.failed) {
+        return ep_err_set(err, EP_ERR_NOMEM, "out of memory decoding an EncryptedObject");
+    }
+    return ep_err_set(err, EP_ERR_INVALID, "proto: cannot parse invalid wire-format data");
+}
+
+static void free_decoded(decoded *d) {
+    if (d != NULL) {
+        ProtobufCAllocator allocator = {pb_alloc, pb_free, &(pb_alloc_probe){false}};
+        ep_kmsv2__encrypted_object__free_unpacked(d->msg, &allocator);
+        ep_free(d);
+    }
+}
+
+int crypto_kmsv2_decode(str body, crypto_kmsv2_object *out, ep_err *err) {
+    memset(out, 0, sizeof(*out));
+    int rv = check_wire_format(body, err);
+    EpKmsv2__EncryptedObject *msg = NULL;
+    if (rv == EP_OK) {
+        rv = unpack(body, &msg, err);
+    }
+    if (rv != EP_OK) {
+        return rv;
+    }
+    decoded *d = ep_malloc(sizeof(*d) + msg->n_annotations * sizeof(d->annotations[0]));
+    if (d == NULL) {
+        ProtobufCAllocator allocator = {pb_alloc, pb_free, &(pb_alloc_probe){false}};
+        ep_kmsv2__encrypted_object__free_unpacked(msg, &allocator);
+        return ep_err_set(err, EP_ERR_NOMEM, "out of memory decoding an EncryptedObject");
+    }
+    d->msg = msg;
+    out->owned = d;
+    size_t n = collect_annotations(d);
+    if (n == (size_t)-1) {
+        return ep_err_set(err, EP_ERR_NOMEM, "out of memory decoding an EncryptedObject");
+    }
+    out->encrypted_data = pb_str(msg->encrypted_data);
+    out->key_id = pb_str(msg->key_id);
+    out->encrypted_dek_source = pb_str(msg->encrypted_dek_source);
+    out->annotations = d->annotations;
+    out->nannotations = n;
+    out->type = msg->encrypted_dek_source_type;
+    return crypto_kmsv2_validate(out, err);
+}
+
+void crypto_kmsv2_object_free(crypto_kmsv2_object *o) {
+    free_decoded(o->owned);
+    memset(o, 0, sizeof(*o));
+}
+
+/* ---- write state --------------------------------------------------------------------- */
+
+struct crypto_kmsv2_state {
+    secret seed;
+    str key_id;
+    str encrypted_dek_source;
+    crypto_kmsv2_annotation *annotations; /* ascending key order */
+    size_t nannotations;
+    int32_t type;
+    uint8_t cache_key[CRYPTO_KMSV2_CACHE_KEY_LEN];
+    uint8_t *bytes; /* key_id, source and annotation bytes, in one block */
+    buf tail;       /* fields 2..5, encoded once: every write repeats them verbatim */
+};
+
+static int check_state_input(str seed, str key_id, str source, const crypto_kmsv2_annotation *ann,
+                             size_t n, int32_t type, ep_err *err) {
+    if (type != CRYPTO_KMSV2_TYPE_HKDF_SEED) {
+        return ep_err_set(err, EP_ERR_INVALID,
+                          "write state type %d refused: only HKDF seed writes are supported",
+                          (int)type);
+    }
+    if (seed.len < CRYPTO_KMSV2_SEED_LEN) {
+        return ep_err_set(err, EP_ERR_INVALID, "invalid seed length %zu used for key generation",
+                          seed.len);
+    }
+    int rv = validate_source_and_key_id(source, key_id, err);
+    return rv == EP_OK ? validate_annotations(ann, n, err) : rv;
+}
+
+/* Copies |s| to |*cursor| and returns the view of the copy. */
+static str copy_to(uint8_t **cursor, str s) {
+    if (s.len) {
+        memcpy(*cursor, s.ptr, s.len);
+    }
+    str copied = str_make(*cursor, s.len);
+    *cursor += s.len;
+    return copied;
+}
+
+/* Copies the strings of |st| into one block; lengths were validated, so no overflow.
+ * Returns 0 or EP_ERR_NOMEM. */
+static int copy_state_bytes(crypto_kmsv2_state *st, str key_id, str source,
+                            const crypto_kmsv2_annotation *sorted, size_t n) {
+    size_t total = key_id.len + source.len;
+    for (size_t i = 0; i < n; i++) {
+        total += sorted[i].key.len + sorted[i].value.len;
+    }
+    st->bytes = ep_malloc(total);
+    st->annotations = ep_calloc(n, sizeof(*st->annotations));
+    if (st->bytes == NULL || st->annotations == NULL) {
+        return EP_ERR_NOMEM;
+    }
+    uint8_t *cursor = st->bytes;
+    st->key_id = copy_to(&cursor, key_id);
+    st->encrypted_dek_source = copy_to(&cursor, source);
+    for (size_t i = 0; i < n; i++) {
+        st->annotations[i].key = copy_to(&cursor, sorted[i].key);
+        st->annotations[i].value = copy_to(&cursor, sorted[i].value);
+    }
+    st->nannotations = n;
+    return EP_OK;
+}
+
+int crypto_kmsv2_state_new(str seed, str key_id, str encrypted_dek_source,
+                           const crypto_kmsv2_annotation *annotations, size_t nannotations,
+                           int32_t type, crypto_kmsv2_state **out, ep_err *err) {
+    *out = NULL;
+    int rv =
+        check_state_input(seed, key_id, encrypted_dek_source, annotations, nannotations, type, err);
+    const crypto_kmsv2_annotation *sorted = NULL;
+    crypto_kmsv2_annotation *copy = NULL;
+    if (rv == EP_OK) {
+        rv = sorted_annotations(annotations, nannotations, &sorted, &copy, err);
+    }
+    if (rv != EP_OK) {
+        return rv;
+    }
+    crypto_kmsv2_state *st = ep_calloc(1, sizeof(*st));
+    rv = st ? copy_state_bytes(st, key_id, encrypted_dek_source, sorted, nannotations)
+            : EP_ERR_NOMEM;
+    ep_free(copy);
+    if (rv == EP_OK) {
+        rv = secret_set(&st->seed, seed.ptr, seed.len);
+    }
+    if (rv != EP_OK) {
+        crypto_kmsv2_state_free(st);
+        return ep_err_set(err, EP_ERR_NOMEM, "out of memory building a KMS v2 write state");
+    }
+    st->type = type;
+    if (append_tail(&st->tail, st->key_id, st->encrypted_dek_source, st->annotations,
+                    st->nannotations, type) != EP_OK) {
+        crypto_kmsv2_state_free(st);
+        return ep_err_set(err, EP_ERR_NOMEM, "out of memory building a KMS v2 write state");
+    }
+    rv = crypto_kmsv2_cache_key(type, st->encrypted_dek_source, st->key_id, st->annotations,
+                                st->nannotations, st->cache_key, err);
+    if (rv != EP_OK) { /* lengths are validated and keys unique, so this cannot happen */
+        crypto_kmsv2_state_free(st);
+        return rv;
+    }
+    *out = st;
+    return EP_OK;
+}
+
+void crypto_kmsv2_state_free(crypto_kmsv2_state *st) {
+    if (st != NULL) {
+        secret_free(&st->seed);
+        ep_free(st->bytes);
+        ep_free(st->annotations);
+        buf_free(&st->tail);
+        ep_free(st);
+    }
+}
+
+str crypto_kmsv2_state_key_id(const crypto_kmsv2_state *st) {
+    return st->key_id;
+}
+
+int32_t crypto_kmsv2_state_type(const crypto_kmsv2_state *st) {
+    return st->type;
+}
+
+str crypto_kmsv2_state_seed(const crypto_kmsv2_state *st) {
+    return secret_str(&st->seed);
+}
+
+const uint8_t *crypto_kmsv2_state_cache_key(const crypto_kmsv2_state *st) {
+    return st->cache_key;
+}
+
+/* ---- seal / open --------------------------------------------------------------------- */
+
+#define SEAL_OVERHEAD (CRYPTO_KMSV2_INFO_LEN + CRYPTO_AESGCM_NONCE_LEN + CRYPTO_AESGCM_TAG_LEN)
+
+/* Appends prefix, |name|, ':' and the encryptedData field header for |data_len| bytes.
+ * Returns 0 or EP_ERR_NOMEM. */
+static int append_seal_head(str name, size_t data_len, buf *out) {
+    uint8_t tag = TAG_ENCRYPTED_DATA;
+    int rv = buf_append_str(out, STR_LIT(CRYPTO_KMSV2_PREFIX));
+    if (rv == EP_OK) {
+        rv = buf_append_str(out, name);
+    }
+    if (rv == EP_OK) {
+        rv = buf_append(out, ":", 1);
+    }
+    if (rv == EP_OK) {
+        rv = buf_append(out, &tag, 1);
+    }
+    return rv == EP_OK ? append_varint(out, data_len) : rv;
+}
+
+/* Appends info || nonce || ct || tag for |plain| under a key derived from the state's seed.
+ * Returns 0, EP_ERR_PROVIDER or EP_ERR_NOMEM. */
+static int seal_data(const crypto_kmsv2_state *st, str etcd_key, str plain, buf *out, ep_err *err) {
+    uint8_t info[CRYPTO_KMSV2_INFO_LEN];
+    uint8_t dek[32];
+    if (crypto_random_bytes(info, sizeof(info)) != EP_OK) {
+        return ep_err_set(err, EP_ERR_PROVIDER, "failed to generate KMS v2 key derivation info");
+    }
+    int rv = crypto_kmsv2_derive_dek(secret_str(&st->seed), info, dek, err);
+    if (rv == EP_OK && buf_append(out, info, sizeof(info)) != EP_OK) {
+        rv = ep_err_set(err, EP_ERR_NOMEM, "out of memory sealing a KMS v2 value");
+    }
+    if (rv == EP_OK) {
+        rv = crypto_aesgcm_seal_raw(str_make(dek, sizeof(dek)), etcd_key, plain, out, err);
+    }
+    sodium_memzero(dek, sizeof(dek));
+    return rv;
+}
+
+int crypto_kmsv2_seal(const crypto_kmsv2_state *st, str name, str etcd_key, str plain, buf *out,
+                      ep_err *err) {
+    if (plain.len > SIZE_MAX / 2 - SEAL_OVERHEAD) {
+        return ep_err_set(err, EP_ERR_RANGE, "value of %zu bytes is too large to seal", plain.len);
+    }
+    size_t data_len = plain.len + SEAL_OVERHEAD;
+    size_t start = out->len;
+    /* One reservation up front, so sealing never moves the buffer halfway. */
+    int rv =
+        buf_reserve(out, sizeof(CRYPTO_KMSV2_PREFIX) + name.len + 11 + data_len + st->tail.len);
+    if (rv == EP_OK) {
+        rv = append_seal_head(name, data_len, out);
+    }
+    if (rv != EP_OK) {
+        rv = ep_err_set(err, EP_ERR_NOMEM, "out of memory sealing a KMS v2 value");
+    } else {
+        rv = seal_data(st, etcd_key, plain, out, err);
+    }
+    if (rv == EP_OK && buf_append(out, st->tail.data, st->tail.len) != EP_OK) {
+        rv = ep_err_set(err, EP_ERR_NOMEM, "out of memory sealing a KMS v2 value");
+    }
+    if (rv != EP_OK) {
+        out->len = start;
+    }
+    return rv;
+}
+
+static int open_seeded(str seed, str data, str etcd_key, buf *out, ep_err *err) {
+    if (seed.len < CRYPTO_KMSV2_SEED_LEN) {
+        return ep_err_set(err, EP_ERR_PROVIDER, "invalid seed length %zu used for key generation",
+                          seed.len);
+    }
+    if (data.len < CRYPTO_KMSV2_INFO_LEN) {
+        return ep_err_set(err, EP_ERR_INVALID,
+                          "the stored data was shorter than the required size");
+    }
+    uint8_t dek[32];
+    int rv = crypto_kmsv2_derive_dek(seed, data.ptr, dek, err);
+    if (rv == EP_OK) {
+        rv = crypto_aesgcm_open_raw(str_make(dek, sizeof(dek)), etcd_key,
+                                    str_skip(data, CRYPTO_KMSV2_INFO_LEN), out, err);
+    }
+    sodium_memzero(dek, sizeof(dek));
+    return rv;
+}
+
+static int open_direct(str dek, str data, str etcd_key, buf *out, ep_err *err) {
+    if (dek.len != 16 && dek.len != 24 && dek.len != 32) {
+        return ep_err_set(err, EP_ERR_PROVIDER, "crypto/aes: invalid key size %zu", dek.len);
+    }
+    return crypto_aesgcm_open_raw(dek, etcd_key, data, out, err);
+}
+
+int crypto_kmsv2_open(const crypto_kmsv2_object *o, str dek_source, str etcd_key,
+                      str current_key_id, int32_t current_type, buf *out, bool *stale,
+                      ep_err *err) {
+    *stale = false;
+    size_t start = out->len;
+    int rv;
+    if (o->type == CRYPTO_KMSV2_TYPE_HKDF_SEED) {
+        rv = open_seeded(dek_source, o->encrypted_data, etcd_key, out, err);
+    } else if (o->type == CRYPTO_KMSV2_TYPE_AES_GCM_KEY) {
+        rv = open_direct(dek_source, o->encrypted_data, etcd_key, out, err);
+    } else {
+        rv = ep_err_set(err, EP_ERR_INVALID, "unknown encryptedDEKSourceType: %d", (int)o->type);
+    }
+    if (rv != EP_OK) {
+        out->len = start;
+        return rv;
+    }
+    *stale = !str_eq(o->key_id, current_key_id) || o->type != current_type;
+    return EP_OK;
+}
