@@ -43,7 +43,7 @@ const char *config_resource_refusal(const config_resource *r) {
         return "must not contain capital letters";
     }
     if (is_any(r->text)) {
-        return "use \"*.\" for every core resource or \"*.*\" for every resource";
+        return "is not allowed alone; use \"*.\" for every core resource or \"*.*\" for all";
     }
     for (size_t i = 0; i < sizeof(internal) / sizeof(internal[0]); i++) {
         if (strcmp(r->text, internal[i]) == 0) {
@@ -51,13 +51,13 @@ const char *config_resource_refusal(const config_resource *r) {
         }
     }
     if (strcmp(r->group, "events.k8s.io") == 0) {
-        return "group events.k8s.io is stored as core \"events\"; write \"events\"";
+        return "is in group events.k8s.io, which is stored as core \"events\"; write \"events\"";
     }
     if (strcmp(r->group, "extensions") == 0) {
-        return "group extensions has been removed";
+        return "is in group extensions, which has been removed";
     }
     if (is_any(r->group) && !is_any(r->resource)) {
-        return "\"<resource>.*\" is not supported; use \"*.*\" for every resource";
+        return "names one resource in every group, which is not supported; use \"*.*\"";
     }
     return NULL;
 }
