@@ -154,7 +154,8 @@ static int open_with(EVP_CIPHER_CTX *ctx, str aad, str sealed, buf *out, ep_err 
         return ep_err_set(err, EP_ERR_AUTH, "cipher: message authentication failed");
     }
     size_t plain_len = body.len - CRYPTO_AESGCM_TAG_LEN;
-    if (buf_reserve(out, plain_len) != EP_OK) {
+    /* +1: the destination is a real pointer even for an empty plaintext. */
+    if (buf_reserve(out, plain_len + 1) != EP_OK) {
         return ep_err_set(err, EP_ERR_NOMEM, "out of memory opening %zu bytes", sealed.len);
     }
     uint8_t *dst = out->data + out->len;
