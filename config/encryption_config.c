@@ -181,6 +181,12 @@ static int dup_string(loader *ld, const config_yaml_node *v, char **out) {
     return *out ? EP_OK : nomem(ld);
 }
 
+/*
+ * The decode_* and check_* helpers below share one contract: they fill part of the model from
+ * a node and return 0, EP_ERR_CONFIG with a located message in ld->err, or EP_ERR_NOMEM. What
+ * they stored before failing stays owned by the model and is freed with it.
+ */
+
 /* ---- keys (aesgcm, aescbc, secretbox) ---- */
 
 static int check_key_size(loader *ld, const config_yaml_node *v, const char *name,
@@ -330,7 +336,7 @@ static int endpoint_socket_path(const char *ep, char **out, const char **why) {
             return EP_ERR_INVALID;
         }
     }
-    if (*rest != '/' || (rest[1] == '@' && rest[2] == '\0')) {
+    if (*rest != '/') {
         *why = "has no socket path";
         return EP_ERR_INVALID;
     }
@@ -338,10 +344,15 @@ static int endpoint_socket_path(const char *ep, char **out, const char **why) {
     if (path == NULL) {
         return EP_ERR_NOMEM;
     }
-    if (unescape(rest, strlen(rest), path) != EP_OK) {
+    *why = "has an invalid %-escape";
+    int rv = unescape(rest, strlen(rest), path);
+    if (rv == EP_OK && strcmp(path, "/@") == 0) {
+        *why = "has no socket path";
+        rv = EP_ERR_INVALID;
+    }
+    if (rv != EP_OK) {
         ep_free(path);
-        *why = "has an invalid %-escape";
-        return EP_ERR_INVALID;
+        return rv;
     }
     if (path[1] == '@') { /* abstract: drop the leading '/' */
         memmove(path, path + 1, strlen(path));
@@ -721,8 +732,9 @@ static int decode_root(loader *ld, const config_yaml_node *root) {
         return fail(ld, root->mark, "the document must be a mapping, got %s",
                     config_yaml_doc_type_name(root));
     }
-    int rv = check_fields(ld, root, fields);
-    rv = rv == EP_OK ? check_envelope(ld, root) : rv;
+    /* The envelope first: a file of another kind should say so, not list its fields. */
+    int rv = check_envelope(ld, root);
+    rv = rv == EP_OK ? check_fields(ld, root, fields) : rv;
     rv = rv == EP_OK ? get_nonempty_list(ld, root, "resources", "rule", &rules) : rv;
     if (rv != EP_OK) {
         return rv;

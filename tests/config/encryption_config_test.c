@@ -146,13 +146,17 @@ static void test_kms_v1_defaults(void **state) {
                                                      "      apiVersion: ''\n"
                                                      "      name: a\n"
                                                      "      endpoint: unix:/run/a%20b.sock\n"
-                                                     "  - kms: {name: a, endpoint: 'unix:///x'}\n");
+                                                     "  - kms: {name: a, endpoint: 'unix:///x'}\n"
+                                                     "  - kms: {apiVersion: v2, name: b,"
+                                                     " endpoint: 'unix:///y'}\n"
+                                                     "  - kms: {name: b, endpoint: 'unix:///z'}\n");
     const config_kms *k = &cfg->rules[0].providers[0].kms;
     assert_int_equal(k->api_version, 1);
     assert_int_equal(k->cachesize, 1000);
     assert_int_equal(k->timeout_ns, 3000000000ull);
     assert_string_equal(k->socket_path, "/run/a b.sock");
-    /* v1 names may repeat (the check applies only with automatic reload). */
+    assert_string_equal(cfg->rules[0].providers[1].kms.socket_path, "/x");
+    /* v1 names may repeat, even a v2 name (the check applies only with automatic reload). */
     assert_string_equal(cfg->rules[0].providers[1].kms.name, "a");
     config_encryption_free(cfg);
 }
@@ -405,6 +409,11 @@ static const invalid_case invalid_cases[] = {
           "  - kms: {apiVersion: v2, name: p, endpoint: unix:///b}\n",
      "t.yaml:9:33: resources[1].providers[0].kms: duplicate kms provider name \"p\" (first at line "
      "6)"},
+    {"kms v2 name repeats a v2 name",
+     RULE("secrets") "  - kms: {apiVersion: v2, name: p, endpoint: unix:///a}\n"
+                     "  - kms: {apiVersion: v2, name: p, endpoint: unix:///b}\n",
+     "t.yaml:7:33: resources[0].providers[1].kms: duplicate kms provider name \"p\" (first at line "
+     "6)"},
     {"kms endpoint missing", RULE("secrets") "  - kms: {name: a}\n",
      "t.yaml:6:10: resources[0].providers[0].kms: endpoint is required"},
     {"kms endpoint tcp", RULE("secrets") "  - kms: {name: a, endpoint: 'tcp://1.2.3.4:80'}\n",
@@ -423,6 +432,15 @@ static const invalid_case invalid_cases[] = {
      "t.yaml:6:30: resources[0].providers[0].kms: endpoint \"unix:kms.sock\" has no socket path"},
     {"kms endpoint empty abstract", RULE("secrets") "  - kms: {name: a, endpoint: 'unix:///@'}\n",
      "t.yaml:6:30: resources[0].providers[0].kms: endpoint \"unix:///@\" has no socket path"},
+    {"kms endpoint escaped empty abstract",
+     RULE("secrets") "  - kms: {name: a, endpoint: 'unix:///%40'}\n",
+     "t.yaml:6:30: resources[0].providers[0].kms: endpoint \"unix:///%40\" has no socket path"},
+    {"kms endpoint control character",
+     RULE("secrets") "  - kms: {name: a, endpoint: \"unix:///a\\tb\"}\n",
+     "t.yaml:6:30: resources[0].providers[0].kms: endpoint \"unix:///a\tb\" must not contain "
+     "control characters"},
+    {"other kind reports the kind first", "apiVersion: v1\nkind: Secret\ndata: {}\n",
+     "t.yaml:2:7: kind \"Secret\" is not supported; use EncryptionConfiguration"},
     {"kms endpoint bad escape", RULE("secrets") "  - kms: {name: a, endpoint: 'unix:///a%zz'}\n",
      "t.yaml:6:30: resources[0].providers[0].kms: endpoint \"unix:///a%zz\" has an invalid "
      "%-escape"},
