@@ -486,24 +486,13 @@ static void print_keys(const config_key *keys, size_t nkeys, FILE *f) {
 
 /* Names only: the provider type, its key names or KMS plugin name, never a secret. */
 static void print_provider(const config_provider *p, FILE *f) {
-    switch (p->type) {
-    case CONFIG_PROVIDER_IDENTITY:
-        fputs("identity", f);
-        break;
-    case CONFIG_PROVIDER_AESGCM:
-    case CONFIG_PROVIDER_AESCBC:
-    case CONFIG_PROVIDER_SECRETBOX:
-        fputs(p->type == CONFIG_PROVIDER_AESGCM   ? "aesgcm"
-              : p->type == CONFIG_PROVIDER_AESCBC ? "aescbc"
-                                                  : "secretbox",
-              f);
-        print_keys(p->keys, p->keys ? p->nkeys : 0, f);
-        break;
-    case CONFIG_PROVIDER_KMS:
+    if (p->type == CONFIG_PROVIDER_KMS) {
         fprintf(f, "kms v%d \"%s\"", p->kms.api_version, p->kms.name ? p->kms.name : "");
-        break;
-    default:
-        fputs("unknown", f);
+        return;
+    }
+    fputs(config_provider_type_name(p->type), f);
+    if (p->type != CONFIG_PROVIDER_IDENTITY) {
+        print_keys(p->keys, p->keys ? p->nkeys : 0, f);
     }
 }
 
