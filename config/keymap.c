@@ -339,7 +339,7 @@ static int check_tree(const config_encryption *cfg, size_t *total, ep_err *err) 
 /* Creates the chains in file order. Returns 0, EP_ERR_CONFIG, EP_ERR_NOMEM or EP_ERR_RANGE, with
  * a message in |err|. */
 static int add_rules(config_keymap *m, const config_encryption *cfg, ep_err *err) {
-    size_t total;
+    size_t total = 0;
     int rv = check_tree(cfg, &total, err);
     if (rv < 0) {
         return rv;
