@@ -1,0 +1,438 @@
+/*
+ * h2_session: nghttp2 driven by a bufferevent (see the header for the contract).
+ *
+ * Input: the read callback hands every contiguous chunk of the input evbuffer to
+ * nghttp2_session_mem_recv, which calls back into the owner. Output: nghttp2_session_send
+ * appends frames to the output evbuffer; DATA payloads are moved (not copied) from h2_body
+ * queues by the send_data callback. When more than max_output_buffer bytes wait for the socket,
+ * the send callbacks answer WOULDBLOCK and the write callback resumes once the socket drained,
+ * so a slow peer backs pressure up into nghttp2's stream queues, and from there, through the
+ * h2_body queues, into the owner's flow-control decisions.
+ *
+ * Invariant: on_close is reported exactly once, from flush_ev's callback, never from inside
+ * nghttp2 or bufferevent callbacks, so the owner may free the session there.
+ */
+#include "proxy/h2_session.h"
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include <event2/bufferevent_ssl.h>
+#include <event2/event.h>
+#include <openssl/ssl.h>
+
+#include "common/alloc.h"
+
+#define OUTPUT_LOW_WATER (64 * 1024)
+
+struct h2_session {
+    nghttp2_session *ng;
+    struct bufferevent *bev;
+    struct event *flush_ev;
+    h2_role role;
+    bool tls;
+    bool up;        /* handshake done, nghttp2 session running */
+    bool closing;   /* on_close is due */
+    bool reported;  /* on_close was called */
+    bool finishing; /* nghttp2 is done: close once the output drained */
+    const char *close_reason;
+    h2_settings settings;
+    const h2_session_handler *h;
+    void *arg;
+};
+
+static void send_now(h2_session *s);
+
+static struct evbuffer *output(h2_session *s) {
+    return bufferevent_get_output(s->bev);
+}
+
+static bool output_full(h2_session *s) {
+    return evbuffer_get_length(output(s)) >= s->settings.max_output_buffer;
+}
+
+static ssize_t on_send(nghttp2_session *ng, const uint8_t *data, size_t len, int flags,
+                       void *user_data) {
+    h2_session *s = user_data;
+    if (output_full(s)) {
+        return NGHTTP2_ERR_WOULDBLOCK;
+    }
+    if (evbuffer_add(output(s), data, len) != 0) {
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    }
+    return (ssize_t)len;
+}
+
+static int on_send_data(nghttp2_session *ng, nghttp2_frame *frame, const uint8_t *framehd,
+                        size_t length, nghttp2_data_source *source, void *user_data) {
+    h2_session *s = user_data;
+    h2_body *body = source->ptr;
+    if (output_full(s)) {
+        return NGHTTP2_ERR_WOULDBLOCK;
+    }
+    if (evbuffer_add(output(s), framehd, 9) != 0 ||
+        evbuffer_remove_buffer(body->queue, output(s), length) != (int)length) {
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    }
+    if (body->on_drain) {
+        body->on_drain(body, body->arg);
+    }
+    return 0;
+}
+
+static ssize_t body_read(nghttp2_session *ng, int32_t stream_id, uint8_t *dst, size_t length,
+                         uint32_t *data_flags, nghttp2_data_source *source, void *user_data) {
+    h2_body *body = source->ptr;
+    size_t queued = evbuffer_get_length(body->queue);
+    size_t n = queued < length ? queued : length;
+    if (n == 0 && !body->eof) {
+        return NGHTTP2_ERR_DEFERRED;
+    }
+    if (n > 0) {
+        *data_flags |= NGHTTP2_DATA_FLAG_NO_COPY;
+    }
+    if (body->eof && n == queued) {
+        *data_flags |= NGHTTP2_DATA_FLAG_EOF;
+        if (body->trailers) {
+            *data_flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+            if (body->on_eof) {
+                body->on_eof(body, stream_id, body->arg);
+            }
+        }
+    }
+    return (ssize_t)n;
+}
+
+nghttp2_data_provider h2_body_provider(h2_body *body) {
+    nghttp2_data_provider p;
+    p.source.ptr = body;
+    p.read_callback = body_read;
+    return p;
+}
+
+static void *stream_data(h2_session *s, int32_t stream_id) {
+    return stream_id ? nghttp2_session_get_stream_user_data(s->ng, stream_id) : NULL;
+}
+
+static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, void *user_data) {
+    h2_session *s = user_data;
+    return s->h->on_begin_headers ? s->h->on_begin_headers(s, frame, s->arg) : 0;
+}
+
+static int on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint8_t *name,
+                     size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags,
+                     void *user_data) {
+    h2_session *s = user_data;
+    if (!s->h->on_header) {
+        return 0;
+    }
+    return s->h->on_header(s, frame, stream_data(s, frame->hd.stream_id), str_make(name, namelen),
+                           str_make(value, valuelen), s->arg);
+}
+
+static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *user_data) {
+    h2_session *s = user_data;
+    if (!s->h->on_frame) {
+        return 0;
+    }
+    return s->h->on_frame(s, frame, stream_data(s, frame->hd.stream_id), s->arg);
+}
+
+static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t stream_id, const uint8_t *data,
+                         size_t len, void *user_data) {
+    h2_session *s = user_data;
+    if (!s->h->on_data) {
+        nghttp2_session_consume(ng, stream_id, len);
+        return 0;
+    }
+    return s->h->on_data(s, stream_id, stream_data(s, stream_id), str_make(data, len), s->arg);
+}
+
+static int on_not_sent(nghttp2_session *ng, const nghttp2_frame *frame, int lib_error,
+                       void *user_data) {
+    h2_session *s = user_data;
+    if (frame->hd.type == NGHTTP2_HEADERS && s->h->on_headers_not_sent) {
+        s->h->on_headers_not_sent(s, frame->hd.stream_id, s->arg);
+    }
+    return 0;
+}
+
+static int on_stream_close(nghttp2_session *ng, int32_t stream_id, uint32_t error_code,
+                           void *user_data) {
+    h2_session *s = user_data;
+    if (!s->h->on_stream_close) {
+        return 0;
+    }
+    return s->h->on_stream_close(s, stream_id, stream_data(s, stream_id), error_code, s->arg);
+}
+
+static nghttp2_session_callbacks *make_callbacks(void) {
+    nghttp2_session_callbacks *cbs;
+    if (nghttp2_session_callbacks_new(&cbs) != 0) {
+        return NULL;
+    }
+    nghttp2_session_callbacks_set_send_callback(cbs, on_send);
+    nghttp2_session_callbacks_set_send_data_callback(cbs, on_send_data);
+    nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, on_begin_headers);
+    nghttp2_session_callbacks_set_on_header_callback(cbs, on_header);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame_recv);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data_chunk);
+    nghttp2_session_callbacks_set_on_frame_not_send_callback(cbs, on_not_sent);
+    nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
+    return cbs;
+}
+
+static void *ng_malloc(size_t size, void *mem_user_data) {
+    return ep_malloc(size);
+}
+
+static void ng_free(void *ptr, void *mem_user_data) {
+    ep_free(ptr);
+}
+
+static void *ng_calloc(size_t nmemb, size_t size, void *mem_user_data) {
+    return ep_calloc(nmemb, size);
+}
+
+static void *ng_realloc(void *ptr, size_t size, void *mem_user_data) {
+    return ep_realloc(ptr, size);
+}
+
+static nghttp2_mem ng_mem = {NULL, ng_malloc, ng_free, ng_calloc, ng_realloc};
+
+/* Returns 0 or EP_ERR_NOMEM. */
+static int create_ng(h2_session *s) {
+    nghttp2_session_callbacks *cbs = make_callbacks();
+    nghttp2_option *opt = NULL;
+    int rv = -1;
+    if (cbs && nghttp2_option_new(&opt) == 0) {
+        nghttp2_option_set_no_auto_window_update(opt, 1);
+        if (s->role == H2_ROLE_SERVER) {
+            rv = nghttp2_session_server_new3(&s->ng, cbs, s, opt, &ng_mem);
+        } else {
+            rv = nghttp2_session_client_new3(&s->ng, cbs, s, opt, &ng_mem);
+        }
+    }
+    nghttp2_option_del(opt);
+    nghttp2_session_callbacks_del(cbs);
+    return rv == 0 ? 0 : EP_ERR_NOMEM;
+}
+
+/* Queues our SETTINGS and widens the connection window. Returns 0 or a negative nghttp2 error. */
+static int start(h2_session *s) {
+    nghttp2_settings_entry iv[2];
+    size_t n = 0;
+    if (s->settings.max_concurrent_streams) {
+        iv[n].settings_id = NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS;
+        iv[n++].value = s->settings.max_concurrent_streams;
+    }
+    if (s->settings.stream_window) {
+        iv[n].settings_id = NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE;
+        iv[n++].value = s->settings.stream_window;
+    }
+    int rv = nghttp2_submit_settings(s->ng, NGHTTP2_FLAG_NONE, iv, n);
+    if (rv == 0 && s->settings.connection_window > NGHTTP2_INITIAL_CONNECTION_WINDOW_SIZE) {
+        rv = nghttp2_session_set_local_window_size(s->ng, NGHTTP2_FLAG_NONE, 0,
+                                                   (int32_t)s->settings.connection_window);
+    }
+    return rv;
+}
+
+static bool alpn_is_h2(h2_session *s) {
+    SSL *ssl = bufferevent_openssl_get_ssl(s->bev);
+    const unsigned char *proto = NULL;
+    unsigned int len = 0;
+    if (ssl) {
+        SSL_get0_alpn_selected(ssl, &proto, &len);
+    }
+    return len == 2 && memcmp(proto, "h2", 2) == 0;
+}
+
+static void go_up(h2_session *s) {
+    if (s->tls && !alpn_is_h2(s)) {
+        h2_session_close(s, "TLS peer did not negotiate ALPN h2");
+        return;
+    }
+    if (start(s) != 0) {
+        h2_session_close(s, "cannot start HTTP/2 session");
+        return;
+    }
+    int one = 1;
+    evutil_socket_t fd = bufferevent_getfd(s->bev);
+    if (fd >= 0) {
+        /* Frames are batched per loop iteration already; Nagle would only add latency. */
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    }
+    bufferevent_set_timeouts(s->bev, NULL, NULL); /* connect/handshake timeouts end here */
+    s->up = true;
+    if (s->h->on_connected) {
+        s->h->on_connected(s, s->arg);
+    }
+    send_now(s);
+}
+
+static void send_now(h2_session *s) {
+    if (!s->up || s->closing) {
+        return;
+    }
+    int rv = nghttp2_session_send(s->ng);
+    if (rv != 0) {
+        h2_session_close(s, nghttp2_strerror(rv));
+        return;
+    }
+    if (!nghttp2_session_want_read(s->ng) && !nghttp2_session_want_write(s->ng)) {
+        if (evbuffer_get_length(output(s)) == 0) {
+            h2_session_close(s, "connection finished");
+        } else if (!s->finishing) {
+            s->finishing = true;
+            bufferevent_setwatermark(s->bev, EV_WRITE, 0, 0);
+        }
+    }
+}
+
+static void on_read(struct bufferevent *bev, void *arg) {
+    h2_session *s = arg;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    size_t n;
+    while (!s->closing && (n = evbuffer_get_contiguous_space(in)) > 0) {
+        ssize_t rv = nghttp2_session_mem_recv(s->ng, evbuffer_pullup(in, (ssize_t)n), n);
+        if (rv < 0) {
+            h2_session_close(s, nghttp2_strerror((int)rv));
+            return;
+        }
+        evbuffer_drain(in, n);
+    }
+    send_now(s);
+}
+
+static void on_write(struct bufferevent *bev, void *arg) {
+    h2_session *s = arg;
+    if (s->finishing && evbuffer_get_length(output(s)) == 0) {
+        h2_session_close(s, "connection finished");
+        return;
+    }
+    send_now(s);
+}
+
+static void on_event(struct bufferevent *bev, short what, void *arg) {
+    h2_session *s = arg;
+    if (what & BEV_EVENT_CONNECTED) {
+        go_up(s);
+        return;
+    }
+    if (what & BEV_EVENT_EOF) {
+        h2_session_close(s, "peer closed the connection");
+    } else if (what & BEV_EVENT_TIMEOUT) {
+        h2_session_close(s, "timeout");
+    } else {
+        h2_session_close(s, s->tls ? "TLS or socket error" : "socket error");
+    }
+}
+
+static void on_flush(evutil_socket_t fd, short what, void *arg) {
+    h2_session *s = arg;
+    if (s->closing) {
+        if (!s->reported) {
+            s->reported = true;
+            s->h->on_close(s, s->close_reason, s->arg);
+        }
+        return;
+    }
+    send_now(s);
+}
+
+int h2_session_new(h2_session **out, struct bufferevent *bev, h2_role role, bool connected,
+                   bool tls, const h2_settings *settings, const h2_session_handler *handler,
+                   void *arg, ep_err *err) {
+    h2_session *s = ep_calloc(1, sizeof(*s));
+    if (!s) {
+        bufferevent_free(bev);
+        return ep_err_set(err, EP_ERR_NOMEM, "out of memory for an HTTP/2 session");
+    }
+    s->bev = bev;
+    s->role = role;
+    s->tls = tls;
+    s->settings = *settings;
+    s->h = handler;
+    s->arg = arg;
+    s->flush_ev = event_new(bufferevent_get_base(bev), -1, 0, on_flush, s);
+    if (!s->flush_ev || create_ng(s) != 0) {
+        h2_session_free(s);
+        return ep_err_set(err, EP_ERR_NOMEM, "out of memory for an HTTP/2 session");
+    }
+    bufferevent_setcb(bev, on_read, on_write, on_event, s);
+    bufferevent_setwatermark(bev, EV_WRITE, OUTPUT_LOW_WATER, 0);
+    bufferevent_enable(bev, EV_READ | EV_WRITE);
+    *out = s;
+    if (connected) {
+        go_up(s);
+    }
+    return 0;
+}
+
+void h2_session_free(h2_session *s) {
+    if (!s) {
+        return;
+    }
+    if (s->flush_ev) {
+        event_free(s->flush_ev);
+    }
+    nghttp2_session_del(s->ng);
+    if (s->bev) {
+        bufferevent_free(s->bev);
+    }
+    ep_free(s);
+}
+
+nghttp2_session *h2_session_ng(h2_session *s) {
+    return s->ng;
+}
+
+bool h2_session_is_up(const h2_session *s) {
+    return s->up && !s->closing;
+}
+
+void h2_session_schedule_send(h2_session *s) {
+    /* Activating an already active event is a no-op: one flush per loop iteration. */
+    event_active(s->flush_ev, 0, 0);
+}
+
+void h2_session_consume(h2_session *s, int32_t stream_id, size_t n) {
+    if (n == 0 || !s->ng) {
+        return;
+    }
+    if (stream_id == 0) {
+        nghttp2_session_consume_connection(s->ng, n);
+    } else {
+        nghttp2_session_consume(s->ng, stream_id, n);
+    }
+    h2_session_schedule_send(s);
+}
+
+void h2_session_close(h2_session *s, const char *reason) {
+    if (s->closing) {
+        return;
+    }
+    s->closing = true;
+    s->close_reason = reason;
+    bufferevent_disable(s->bev, EV_READ | EV_WRITE);
+    event_active(s->flush_ev, 0, 0);
+}
+
+void h2_session_shutdown(h2_session *s) {
+    if (!s->up || s->closing) {
+        return;
+    }
+    nghttp2_submit_goaway(s->ng, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(s->ng),
+                          NGHTTP2_NO_ERROR, NULL, 0);
+    h2_session_schedule_send(s);
+}
+
+void h2_body_wake(h2_session *s, int32_t stream_id) {
+    if (stream_id > 0) {
+        nghttp2_session_resume_data(s->ng, stream_id);
+    }
+    h2_session_schedule_send(s);
+}

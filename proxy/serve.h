@@ -1,0 +1,38 @@
+/*
+ * serve: the `serve` subcommand. Parses flags shaped like `etcd grpc-proxy start`, loads the
+ * EncryptionConfiguration, starts the workers and runs until SIGTERM/SIGINT, then drains.
+ */
+#ifndef EP_PROXY_SERVE_H
+#define EP_PROXY_SERVE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "common/err.h"
+
+typedef struct {
+    char *listen_host; /* without brackets */
+    char *listen_port;
+    const char *endpoints; /* comma-separated URLs, as given */
+    const char *config_path;
+    const char *etcd_prefix;
+    int workers;
+    size_t max_request_bytes;
+    int drain_ms;
+    const char *cert_file, *key_file, *trusted_ca_file;
+    bool client_cert_auth;
+    const char *cacert, *cert, *key;
+    bool help;
+} proxy_serve_opts;
+
+/* Parses serve's flags (argv[0] is the subcommand name). Returns 0, or EP_ERR_CONFIG with a
+ * message naming the flag, or EP_ERR_NOMEM. Free with proxy_serve_opts_free either way. */
+int proxy_serve_parse(int argc, char **argv, proxy_serve_opts *opts, ep_err *err);
+
+void proxy_serve_opts_free(proxy_serve_opts *opts);
+
+/* Runs the proxy. Returns the process exit status: 0 after a clean stop (or --help), 1 for a bad
+ * flag, configuration or listen address (message on stderr). */
+int proxy_serve_main(int argc, char **argv);
+
+#endif

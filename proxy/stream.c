@@ -1,0 +1,653 @@
+/*
+ * stream: moves one gRPC call between a client and etcd.
+ *
+ * Data flow. Request: downstream HEADERS are filtered into |request_headers| (pseudo and
+ * hop-by-hop fields dropped, the rest kept verbatim) and the call is handed to the upstream
+ * manager, which submits it when connected. Request DATA goes into |to_up|: as raw bytes for
+ * passthrough methods, or message by message through etcd_msg_rewrite_request for methods that
+ * carry values. Response: etcd's HEADERS are forwarded when they arrive (Trailers-Only stays
+ * Trailers-Only), response DATA goes into |to_down| raw or through etcd_msg_rewrite_response,
+ * and etcd's trailers are submitted when |to_down| has drained.
+ *
+ * Flow control. Bytes received from one side are acknowledged (nghttp2_session_consume) only
+ * while the queue towards the other side holds less than QUEUE_HIGH; otherwise they are counted
+ * as unconsumed and acknowledged when the queue drains below QUEUE_LOW. A slow reader therefore
+ * closes the writer's window instead of growing our memory; a message being reassembled is
+ * always acknowledged, since it cannot complete otherwise (its size is bounded by the frame
+ * reader's limit).
+ *
+ * Ending. Exactly one status reaches the client: etcd's trailers, or one made here by
+ * proxy_stream_fail (which also cancels the upstream stream). The stream is freed once the
+ * downstream side is closed and the upstream side is not active.
+ */
+#include "proxy/stream.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "common/alloc.h"
+#include "proxy/upstream.h"
+
+#define QUEUE_HIGH (256 * 1024)
+#define QUEUE_LOW (64 * 1024)
+#define MAX_RESPONSE_MESSAGE 0xffffffffu
+#define MAX_NV 128
+
+enum {
+    GRPC_OK = 0,
+    GRPC_CANCELLED = 1,
+    GRPC_RESOURCE_EXHAUSTED = 8,
+    GRPC_UNIMPLEMENTED = 12,
+    GRPC_INTERNAL = 13,
+    GRPC_UNAVAILABLE = 14,
+};
+
+/* ---- header lists ---- */
+
+static int hdrs_add(proxy_hdrs *h, str name, str value) {
+    size_t entry[4] = {h->bytes.len, name.len, h->bytes.len + name.len, value.len};
+    if (buf_reserve(&h->bytes, name.len + value.len) != 0 ||
+        buf_append(&h->index, entry, sizeof(entry)) != 0) {
+        return EP_ERR_NOMEM;
+    }
+    buf_append_str(&h->bytes, name);
+    buf_append_str(&h->bytes, value);
+    h->count++;
+    return 0;
+}
+
+static void hdrs_clear(proxy_hdrs *h) {
+    buf_reset(&h->bytes);
+    buf_reset(&h->index);
+    h->count = 0;
+}
+
+static void hdrs_free(proxy_hdrs *h) {
+    buf_free(&h->bytes);
+    buf_free(&h->index);
+    h->count = 0;
+}
+
+static nghttp2_nv make_nv(str name, str value) {
+    nghttp2_nv nv = {(uint8_t *)name.ptr, (uint8_t *)value.ptr, name.len, value.len,
+                     NGHTTP2_NV_FLAG_NONE};
+    return nv;
+}
+
+/* Appends the fields of |h| to |nv| (holding |*n| of |cap|). Returns 0 or EP_ERR_RANGE. */
+static int hdrs_to_nv(const proxy_hdrs *h, nghttp2_nv *nv, size_t *n, size_t cap) {
+    const size_t *idx = (const size_t *)h->index.data;
+    for (size_t i = 0; i < h->count; i++, idx += 4) {
+        if (*n == cap) {
+            return EP_ERR_RANGE;
+        }
+        nv[(*n)++] = make_nv(str_make(h->bytes.data + idx[0], idx[1]),
+                             str_make(h->bytes.data + idx[2], idx[3]));
+    }
+    return 0;
+}
+
+/* ---- small helpers ---- */
+
+int64_t proxy_now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* grpc-timeout: at most 8 digits and a unit. Returns milliseconds (rounded up), or -1. */
+static int64_t parse_timeout_ms(str v) {
+    static const struct {
+        char unit;
+        int64_t num, den;
+    } units[] = {{'H', 3600000, 1}, {'M', 60000, 1}, {'S', 1000, 1},
+                 {'m', 1, 1},       {'u', 1, 1000},  {'n', 1, 1000000}};
+    if (v.len < 2 || v.len > 9) {
+        return -1;
+    }
+    int64_t n = 0;
+    for (size_t i = 0; i + 1 < v.len; i++) {
+        if (v.ptr[i] < '0' || v.ptr[i] > '9') {
+            return -1;
+        }
+        n = n * 10 + (v.ptr[i] - '0');
+    }
+    for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
+        if (units[i].unit == v.ptr[v.len - 1]) {
+            return (n * units[i].num + units[i].den - 1) / units[i].den;
+        }
+    }
+    return -1;
+}
+
+/* grpc-message: bytes outside 0x20-0x7E and '%' become %XX. Truncates to fit |cap|. */
+static size_t percent_encode(const char *msg, char *out, size_t cap) {
+    static const char hex[] = "0123456789ABCDEF";
+    size_t n = 0;
+    for (const unsigned char *p = (const unsigned char *)msg; *p && n + 4 <= cap; p++) {
+        if (*p < 0x20 || *p > 0x7e || *p == '%') {
+            out[n++] = '%';
+            out[n++] = hex[*p >> 4];
+            out[n++] = hex[*p & 15];
+        } else {
+            out[n++] = (char)*p;
+        }
+    }
+    return n;
+}
+
+static bool is_hop_by_hop(str name) {
+    static const char *const names[] = {"connection",        "keep-alive", "proxy-connection",
+                                        "transfer-encoding", "upgrade",    "host",
+                                        "content-length"};
+    if (name.len > 0 && name.ptr[0] == ':') {
+        return true;
+    }
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        if (str_eq(name, str_cstr(names[i]))) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static nghttp2_session *down_ng(proxy_stream *st) {
+    return h2_session_ng(st->conn->h2);
+}
+
+/* ---- flow control ---- */
+
+static void ack_request(proxy_stream *st, size_t n) {
+    if (st->conn && n) {
+        h2_session_consume(st->conn->h2, st->down_id, n);
+    }
+}
+
+static void ack_response(proxy_stream *st, size_t n) {
+    if (st->up_state == UP_ACTIVE && n) {
+        h2_session_consume(st->up, st->up_id, n);
+    }
+}
+
+static void to_up_drained(h2_body *b, void *arg) {
+    proxy_stream *st = arg;
+    if (st->down_unconsumed && evbuffer_get_length(b->queue) < QUEUE_LOW) {
+        ack_request(st, st->down_unconsumed);
+        st->down_unconsumed = 0;
+    }
+}
+
+static void to_down_drained(h2_body *b, void *arg) {
+    proxy_stream *st = arg;
+    if (st->up_unconsumed && evbuffer_get_length(b->queue) < QUEUE_LOW) {
+        ack_response(st, st->up_unconsumed);
+        st->up_unconsumed = 0;
+    }
+}
+
+static void send_trailers(h2_body *b, int32_t stream_id, void *arg) {
+    proxy_stream *st = arg;
+    nghttp2_nv nv[MAX_NV];
+    size_t n = 0;
+    hdrs_to_nv(&st->trailers, nv, &n, MAX_NV);
+    nghttp2_submit_trailer(down_ng(st), stream_id, nv, n);
+}
+
+/* ---- lifetime ---- */
+
+static void stream_free(proxy_stream *st) {
+    hdrs_free(&st->request_headers);
+    hdrs_free(&st->response_headers);
+    hdrs_free(&st->trailers);
+    buf_free(&st->path);
+    buf_free(&st->scratch);
+    grpc_frame_reader_free(&st->request_reader);
+    grpc_frame_reader_free(&st->response_reader);
+    if (st->to_up.queue) {
+        evbuffer_free(st->to_up.queue);
+    }
+    if (st->to_down.queue) {
+        evbuffer_free(st->to_down.queue);
+    }
+    ep_free(st);
+}
+
+static void maybe_free(proxy_stream *st) {
+    if (!st->conn && st->up_state != UP_ACTIVE && st->up_state != UP_WAITING) {
+        stream_free(st);
+    }
+}
+
+proxy_stream *proxy_stream_new(const proxy_stream_env *env, proxy_conn *conn, upstream *up,
+                               int32_t stream_id) {
+    proxy_stream *st = ep_calloc(1, sizeof(*st));
+    if (!st) {
+        return NULL;
+    }
+    st->env = env;
+    st->conn = conn;
+    st->down_id = stream_id;
+    st->upstream = up;
+    st->deadline_ms = -1;
+    st->to_up = (h2_body){evbuffer_new(), false, false, to_up_drained, NULL, st};
+    st->to_down = (h2_body){evbuffer_new(), false, false, to_down_drained, send_trailers, st};
+    grpc_frame_reader_init(&st->request_reader, env->max_request_bytes);
+    grpc_frame_reader_init(&st->response_reader, MAX_RESPONSE_MESSAGE);
+    if (!st->to_up.queue || !st->to_down.queue ||
+        nghttp2_session_set_stream_user_data(h2_session_ng(conn->h2), stream_id, st) != 0) {
+        stream_free(st);
+        return NULL;
+    }
+    TAILQ_INSERT_TAIL(&conn->streams, st, conn_link);
+    return st;
+}
+
+int32_t proxy_stream_upstream_id(const proxy_stream *st) {
+    return st->up_id;
+}
+
+etcd_method proxy_stream_method(const proxy_stream *st) {
+    return st->method;
+}
+
+int64_t proxy_stream_remaining_ms(const proxy_stream *st) {
+    if (st->deadline_ms < 0) {
+        return -1;
+    }
+    int64_t left = st->deadline_ms - proxy_now_ms();
+    return left > 0 ? left : 0;
+}
+
+/* ---- ending a call here ---- */
+
+static void cancel_upstream(proxy_stream *st) {
+    if (st->up_state == UP_ACTIVE) {
+        nghttp2_submit_rst_stream(h2_session_ng(st->up), NGHTTP2_FLAG_NONE, st->up_id,
+                                  NGHTTP2_CANCEL);
+        h2_session_schedule_send(st->up);
+    } else if (st->up_state == UP_WAITING) {
+        upstream_forget(st->upstream, st);
+    }
+}
+
+/* Replaces the trailers with our own status. Returns 0 or EP_ERR_NOMEM. */
+static int set_status(proxy_stream *st, int code, const char *message) {
+    char num[12], enc[1024];
+    int numlen = snprintf(num, sizeof(num), "%d", code);
+    size_t enclen = percent_encode(message, enc, sizeof(enc));
+    hdrs_clear(&st->trailers);
+    if (hdrs_add(&st->trailers, STR_LIT("grpc-status"), str_make(num, (size_t)numlen)) != 0 ||
+        hdrs_add(&st->trailers, STR_LIT("grpc-message"), str_make(enc, enclen)) != 0) {
+        return EP_ERR_NOMEM;
+    }
+    return 0;
+}
+
+/* Sends the trailers as a Trailers-Only response. Returns 0 or an nghttp2 error. */
+static int send_trailers_only(proxy_stream *st) {
+    nghttp2_nv nv[MAX_NV];
+    size_t n = 0;
+    nv[n++] = make_nv(STR_LIT(":status"), STR_LIT("200"));
+    nv[n++] = make_nv(STR_LIT("content-type"), STR_LIT("application/grpc"));
+    hdrs_to_nv(&st->trailers, nv, &n, MAX_NV);
+    return nghttp2_submit_response(down_ng(st), st->down_id, nv, n, NULL);
+}
+
+void proxy_stream_fail(proxy_stream *st, int code, const char *message) {
+    if (st->status_sent) {
+        return;
+    }
+    st->status_sent = true;
+    cancel_upstream(st);
+    if (!st->conn) {
+        return;
+    }
+    /* Nothing more will be forwarded: let the client's window reopen. */
+    ack_request(st, st->down_unconsumed);
+    st->down_unconsumed = 0;
+    if (set_status(st, code, message) != 0) {
+        nghttp2_submit_rst_stream(down_ng(st), NGHTTP2_FLAG_NONE, st->down_id,
+                                  NGHTTP2_INTERNAL_ERROR);
+    } else if (!st->response_begun) {
+        st->response_begun = true;
+        send_trailers_only(st);
+    } else {
+        st->to_down.eof = true;
+        st->to_down.trailers = true;
+    }
+    h2_body_wake(st->conn->h2, st->down_id);
+}
+
+/* ---- request direction ---- */
+
+int proxy_stream_on_request_header(proxy_stream *st, str name, str value) {
+    if (str_eq(name, STR_LIT(":path"))) {
+        buf_reset(&st->path);
+        return buf_append_str(&st->path, value) == 0 ? 0 : NGHTTP2_ERR_CALLBACK_FAILURE;
+    }
+    if (is_hop_by_hop(name)) {
+        return 0;
+    }
+    if (str_eq(name, STR_LIT("grpc-timeout"))) {
+        int64_t ms = parse_timeout_ms(value);
+        st->deadline_ms = ms < 0 ? -1 : proxy_now_ms() + ms;
+        return 0; /* regenerated with the time left when submitted */
+    }
+    if (str_eq(name, STR_LIT("grpc-accept-encoding"))) {
+        return 0; /* etcd must answer uncompressed: we rewrite responses */
+    }
+    return hdrs_add(&st->request_headers, name, value) == 0 ? 0 : NGHTTP2_ERR_CALLBACK_FAILURE;
+}
+
+static void log_unimplemented(proxy_stream *st, char *msg, size_t cap) {
+    int len = st->path.len > 200 ? 200 : (int)st->path.len;
+    snprintf(msg, cap, "method %.*s is not supported through etcd-encrypt-proxy", len,
+             (const char *)st->path.data);
+}
+
+int proxy_stream_on_request_headers_end(proxy_stream *st, bool end_stream) {
+    st->method = etcd_msg_classify(buf_str(&st->path));
+    st->value_method =
+        st->method != ETCD_METHOD_PASSTHROUGH && st->method != ETCD_METHOD_UNIMPLEMENTED;
+    st->request_ended = end_stream;
+    st->to_up.eof = end_stream;
+    if (st->method == ETCD_METHOD_UNIMPLEMENTED) {
+        char msg[300];
+        log_unimplemented(st, msg, sizeof(msg));
+        proxy_stream_fail(st, GRPC_UNIMPLEMENTED, msg);
+        return 0;
+    }
+    upstream_start(st->upstream, st);
+    return 0;
+}
+
+/* Queues one rewritten request message. Returns 0 or a gRPC code (status already sent). */
+static int forward_request_message(void *arg, uint8_t compressed, str msg) {
+    proxy_stream *st = arg;
+    ep_err err = {{0}};
+    bool unchanged = false;
+    if (compressed) {
+        proxy_stream_fail(st, GRPC_UNIMPLEMENTED, "compressed messages are not supported");
+        return GRPC_UNIMPLEMENTED;
+    }
+    buf_reset(&st->scratch);
+    int code =
+        etcd_msg_rewrite_request(st->method, st->env->codec, msg, &st->scratch, &unchanged, &err);
+    if (code != 0) {
+        proxy_stream_fail(st, code, err.msg);
+        return code;
+    }
+    str out = unchanged ? msg : buf_str(&st->scratch);
+    uint8_t hdr[GRPC_FRAME_HEADER_LEN] = {0, (uint8_t)(out.len >> 24), (uint8_t)(out.len >> 16),
+                                          (uint8_t)(out.len >> 8), (uint8_t)out.len};
+    if (evbuffer_add(st->to_up.queue, hdr, sizeof(hdr)) != 0 ||
+        evbuffer_add(st->to_up.queue, out.ptr, out.len) != 0) {
+        proxy_stream_fail(st, GRPC_INTERNAL, "out of memory");
+        return GRPC_INTERNAL;
+    }
+    buf_wipe(&st->scratch); /* may hold plaintext */
+    return 0;
+}
+
+/* Fails the call for a frame-level error of the request stream. */
+static void fail_request_framing(proxy_stream *st, int rv, const ep_err *err) {
+    if (rv == EP_ERR_RANGE) {
+        char msg[EP_ERR_MSG_MAX + 64];
+        snprintf(msg, sizeof(msg), "request message too large: %s", err->msg);
+        proxy_stream_fail(st, GRPC_RESOURCE_EXHAUSTED, msg);
+    } else if (rv < 0) {
+        proxy_stream_fail(st, GRPC_INTERNAL, err->msg);
+    }
+}
+
+int proxy_stream_on_request_data(proxy_stream *st, str data) {
+    if (st->status_sent || st->up_state == UP_DONE) {
+        ack_request(st, data.len);
+        return 0;
+    }
+    if (!st->value_method) {
+        if (evbuffer_add(st->to_up.queue, data.ptr, data.len) != 0) {
+            return NGHTTP2_ERR_CALLBACK_FAILURE;
+        }
+    } else {
+        ep_err err = {{0}};
+        int rv = grpc_frame_feed(&st->request_reader, data, forward_request_message, st, &err);
+        fail_request_framing(st, rv, &err);
+        if (st->status_sent) {
+            ack_request(st, data.len);
+            return 0;
+        }
+    }
+    if (evbuffer_get_length(st->to_up.queue) < QUEUE_HIGH ||
+        (st->value_method && !grpc_frame_reader_idle(&st->request_reader))) {
+        /* A partial message is acknowledged even so, or it could never complete. */
+        ack_request(st, data.len);
+    } else {
+        st->down_unconsumed += data.len;
+    }
+    if (st->up_state == UP_ACTIVE) {
+        h2_body_wake(st->up, st->up_id);
+    }
+    return 0;
+}
+
+int proxy_stream_on_request_end(proxy_stream *st) {
+    st->request_ended = true;
+    if (st->status_sent) {
+        return 0;
+    }
+    if (st->value_method && !grpc_frame_reader_idle(&st->request_reader)) {
+        proxy_stream_fail(st, GRPC_INTERNAL, "request ended inside a gRPC message");
+        return 0;
+    }
+    st->to_up.eof = true;
+    if (st->up_state == UP_ACTIVE) {
+        h2_body_wake(st->up, st->up_id);
+    }
+    return 0;
+}
+
+void proxy_stream_on_downstream_close(proxy_stream *st, uint32_t error_code) {
+    if (!st->conn) {
+        return;
+    }
+    TAILQ_REMOVE(&st->conn->streams, st, conn_link);
+    st->conn = NULL;
+    st->status_sent = true;
+    cancel_upstream(st);
+    maybe_free(st);
+}
+
+/* ---- upstream submission ---- */
+
+static str format_timeout(const proxy_stream *st, char *out, size_t cap) {
+    int64_t ms = proxy_stream_remaining_ms(st);
+    int n = ms < 100000000 ? snprintf(out, cap, "%lldm", (long long)(ms ? ms : 1))
+                           : snprintf(out, cap, "%lldS", (long long)(ms / 1000));
+    return str_make(out, (size_t)n);
+}
+
+int proxy_stream_submit_upstream(proxy_stream *st, h2_session *h2, const upstream_endpoint *ep,
+                                 ep_err *err) {
+    nghttp2_nv nv[MAX_NV];
+    char timeout[24];
+    size_t n = 0;
+    nv[n++] = make_nv(STR_LIT(":method"), STR_LIT("POST"));
+    nv[n++] = make_nv(STR_LIT(":scheme"), ep->tls ? STR_LIT("https") : STR_LIT("http"));
+    nv[n++] = make_nv(STR_LIT(":path"), buf_str(&st->path));
+    nv[n++] = make_nv(STR_LIT(":authority"), str_cstr(ep->authority));
+    if (st->deadline_ms >= 0) {
+        nv[n++] = make_nv(STR_LIT("grpc-timeout"), format_timeout(st, timeout, sizeof(timeout)));
+    }
+    if (hdrs_to_nv(&st->request_headers, nv, &n, MAX_NV) != 0) {
+        return ep_err_set(err, EP_ERR_RANGE, "too many request header fields");
+    }
+    nghttp2_data_provider dp = h2_body_provider(&st->to_up);
+    int32_t id = nghttp2_submit_request(h2_session_ng(h2), NULL, nv, n, &dp, st);
+    if (id < 0) {
+        return ep_err_set(err, EP_ERR_UNAVAILABLE, "cannot open a stream to etcd: %s",
+                          nghttp2_strerror(id));
+    }
+    st->up = h2;
+    st->up_id = id;
+    st->up_state = UP_ACTIVE;
+    h2_session_schedule_send(h2);
+    return 0;
+}
+
+/* ---- response direction ---- */
+
+int proxy_stream_on_response_header(proxy_stream *st, const nghttp2_frame *frame, str name,
+                                    str value) {
+    proxy_hdrs *h = st->upstream_headers ? &st->trailers : &st->response_headers;
+    if (st->status_sent && st->upstream_headers) {
+        return 0; /* our own status is already decided */
+    }
+    if (str_eq(name, STR_LIT(":status"))) {
+        return hdrs_add(h, name, value) == 0 ? 0 : NGHTTP2_ERR_CALLBACK_FAILURE;
+    }
+    if (is_hop_by_hop(name) ||
+        (st->value_method && str_eq(name, STR_LIT("grpc-accept-encoding")))) {
+        return 0;
+    }
+    return hdrs_add(h, name, value) == 0 ? 0 : NGHTTP2_ERR_CALLBACK_FAILURE;
+}
+
+/* Submits etcd's response HEADERS downstream (as Trailers-Only when they end the stream). */
+static int forward_response_headers(proxy_stream *st, bool end_stream) {
+    nghttp2_nv nv[MAX_NV];
+    size_t n = 0;
+    hdrs_to_nv(&st->response_headers, nv, &n, MAX_NV);
+    st->response_begun = true;
+    if (end_stream) {
+        st->status_sent = true;
+        return nghttp2_submit_response(down_ng(st), st->down_id, nv, n, NULL);
+    }
+    nghttp2_data_provider dp = h2_body_provider(&st->to_down);
+    return nghttp2_submit_response(down_ng(st), st->down_id, nv, n, &dp);
+}
+
+int proxy_stream_on_response_headers_end(proxy_stream *st, const nghttp2_frame *frame) {
+    bool end_stream = frame->hd.flags & NGHTTP2_FLAG_END_STREAM;
+    bool first = !st->upstream_headers;
+    st->upstream_headers = true;
+    if (!st->conn || (st->status_sent && !first)) {
+        return 0;
+    }
+    if (first) {
+        if (st->status_sent) {
+            return 0;
+        }
+        forward_response_headers(st, end_stream);
+    } else {
+        if (st->value_method && !grpc_frame_reader_idle(&st->response_reader)) {
+            proxy_stream_fail(st, GRPC_INTERNAL, "etcd ended the response inside a message");
+            return 0;
+        }
+        st->status_sent = true;
+        st->to_down.eof = true;
+        st->to_down.trailers = true;
+    }
+    h2_body_wake(st->conn->h2, st->down_id);
+    return 0;
+}
+
+static void on_undecryptable(void *arg, str key, const ep_err *err) {
+    int len = key.len > 300 ? 300 : (int)key.len;
+    fprintf(stderr, "etcd-encrypt-proxy: cannot decrypt value of key %.*s: %s\n", len,
+            (const char *)key.ptr, err->msg);
+}
+
+/* Queues one rewritten response message. Returns 0 or a gRPC code (status already sent). */
+static int forward_response_message(void *arg, uint8_t compressed, str msg) {
+    proxy_stream *st = arg;
+    ep_err err = {{0}};
+    etcd_msg_stats stats = {0};
+    bool unchanged = false;
+    if (compressed) {
+        proxy_stream_fail(st, GRPC_INTERNAL, "etcd sent a compressed message");
+        return GRPC_INTERNAL;
+    }
+    buf_reset(&st->scratch);
+    int code = etcd_msg_rewrite_response(st->method, st->env->codec, msg, &st->scratch, &unchanged,
+                                         &stats, on_undecryptable, st, &err);
+    if (code != 0) {
+        proxy_stream_fail(st, code, err.msg);
+        return code;
+    }
+    str out = unchanged ? msg : buf_str(&st->scratch);
+    uint8_t hdr[GRPC_FRAME_HEADER_LEN] = {0, (uint8_t)(out.len >> 24), (uint8_t)(out.len >> 16),
+                                          (uint8_t)(out.len >> 8), (uint8_t)out.len};
+    if (evbuffer_add(st->to_down.queue, hdr, sizeof(hdr)) != 0 ||
+        evbuffer_add(st->to_down.queue, out.ptr, out.len) != 0) {
+        proxy_stream_fail(st, GRPC_INTERNAL, "out of memory");
+        return GRPC_INTERNAL;
+    }
+    buf_wipe(&st->scratch); /* holds plaintext */
+    return 0;
+}
+
+int proxy_stream_on_response_data(proxy_stream *st, str data) {
+    if (!st->conn || st->status_sent) {
+        ack_response(st, data.len);
+        return 0;
+    }
+    if (!st->value_method) {
+        if (evbuffer_add(st->to_down.queue, data.ptr, data.len) != 0) {
+            return NGHTTP2_ERR_CALLBACK_FAILURE;
+        }
+    } else {
+        ep_err err = {{0}};
+        int rv = grpc_frame_feed(&st->response_reader, data, forward_response_message, st, &err);
+        if (rv < 0) {
+            proxy_stream_fail(st, GRPC_INTERNAL, err.msg);
+        }
+    }
+    if (evbuffer_get_length(st->to_down.queue) < QUEUE_HIGH || st->status_sent ||
+        (st->value_method && !grpc_frame_reader_idle(&st->response_reader))) {
+        ack_response(st, data.len);
+    } else {
+        st->up_unconsumed += data.len;
+    }
+    if (st->conn) {
+        h2_body_wake(st->conn->h2, st->down_id);
+    }
+    return 0;
+}
+
+/* The gRPC status for an RST_STREAM received from etcd (spec 7.2). */
+static int rst_status(uint32_t error_code) {
+    switch (error_code) {
+    case NGHTTP2_REFUSED_STREAM:
+        return GRPC_UNAVAILABLE;
+    case NGHTTP2_CANCEL:
+        return GRPC_CANCELLED;
+    case NGHTTP2_ENHANCE_YOUR_CALM:
+        return GRPC_RESOURCE_EXHAUSTED;
+    default:
+        return GRPC_INTERNAL;
+    }
+}
+
+void proxy_stream_on_upstream_close(proxy_stream *st, uint32_t error_code, bool lost,
+                                    const char *reason) {
+    if (st->up_state != UP_ACTIVE && st->up_state != UP_WAITING) {
+        return;
+    }
+    st->up_state = UP_DONE;
+    st->up = NULL;
+    st->up_unconsumed = 0;
+    if (!st->status_sent) {
+        char msg[300];
+        if (lost) {
+            snprintf(msg, sizeof(msg), "etcd unavailable: %s", reason);
+            proxy_stream_fail(st, GRPC_UNAVAILABLE, msg);
+        } else {
+            snprintf(msg, sizeof(msg), "etcd reset the stream: %s",
+                     nghttp2_http2_strerror(error_code));
+            proxy_stream_fail(st, rst_status(error_code), msg);
+        }
+    }
+    maybe_free(st);
+}

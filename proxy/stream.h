@@ -1,0 +1,135 @@
+/*
+ * stream: one gRPC call through the proxy, a downstream HTTP/2 stream (client <-> proxy)
+ * paired with an upstream one (proxy <-> etcd).
+ *
+ * The downstream connection (worker) and the upstream connection (upstream) feed their HTTP/2
+ * events into the proxy_stream_on_* functions; the stream moves headers, messages and trailers
+ * to the other side, rewriting values on the methods that carry them, and decides when received
+ * bytes may reopen the sender's flow-control window. The stream is freed when both of its sides
+ * are detached.
+ */
+#ifndef EP_PROXY_STREAM_H
+#define EP_PROXY_STREAM_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/queue.h>
+
+#include "common/buf.h"
+#include "common/err.h"
+#include "common/str.h"
+#include "proxy/etcd_msg.h"
+#include "proxy/grpc_frame.h"
+#include "proxy/h2_session.h"
+
+typedef struct proxy_stream proxy_stream;
+typedef struct upstream upstream;
+typedef struct upstream_endpoint upstream_endpoint;
+
+/* What every stream of a worker shares (read-only). */
+typedef struct {
+    const etcd_value_codec *codec;
+    size_t max_request_bytes; /* larger request messages: RESOURCE_EXHAUSTED */
+} proxy_stream_env;
+
+TAILQ_HEAD(proxy_stream_list, proxy_stream);
+
+/* A downstream connection: the streams it carries, so they can be detached when it dies. */
+typedef struct proxy_conn {
+    h2_session *h2;
+    struct proxy_stream_list streams;
+    TAILQ_ENTRY(proxy_conn) link;
+    void *worker;
+} proxy_conn;
+
+/* Header fields kept for later submission: names and values packed in |bytes|, |index| holds
+ * (name offset, name length, value offset, value length) per field. */
+typedef struct {
+    buf bytes;
+    buf index;
+    size_t count;
+} proxy_hdrs;
+
+typedef enum {
+    UP_NONE,    /* not started (e.g. answered locally) */
+    UP_WAITING, /* queued in upstream until connected */
+    UP_ACTIVE,  /* submitted on an upstream session */
+    UP_DONE,    /* upstream side closed */
+} proxy_stream_up_state;
+
+/* Fields are private to stream.c, except |up_link| and |up_state|, which upstream.c maintains.
+ * (Public only so that one allocation holds a whole call.) */
+struct proxy_stream {
+    const proxy_stream_env *env;
+    proxy_conn *conn; /* NULL once the downstream stream closed */
+    int32_t down_id;
+    upstream *upstream;
+    h2_session *up; /* the upstream session while UP_ACTIVE */
+    int32_t up_id;
+    proxy_stream_up_state up_state;
+    TAILQ_ENTRY(proxy_stream) conn_link;
+    TAILQ_ENTRY(proxy_stream) up_link;
+    etcd_method method;
+    bool value_method;     /* messages are parsed and rewritten */
+    bool request_ended;    /* the client sent END_STREAM */
+    bool response_begun;   /* response HEADERS were submitted downstream */
+    bool status_sent;      /* trailers (or Trailers-Only) are decided: nothing more to send */
+    bool upstream_headers; /* etcd's response HEADERS arrived (later HEADERS are trailers) */
+    int64_t deadline_ms;   /* monotonic ms of the grpc-timeout, -1 without */
+    int64_t wait_until_ms; /* UP_WAITING: give up (UNAVAILABLE) at this monotonic ms */
+    proxy_hdrs request_headers;
+    proxy_hdrs response_headers;
+    proxy_hdrs trailers;
+    buf path;
+    grpc_frame_reader request_reader;
+    grpc_frame_reader response_reader;
+    h2_body to_up;          /* request bytes queued for etcd */
+    h2_body to_down;        /* response bytes queued for the client */
+    size_t down_unconsumed; /* request bytes not yet acknowledged to the client */
+    size_t up_unconsumed;   /* response bytes not yet acknowledged to etcd */
+    buf scratch;            /* rewritten message */
+};
+
+/* Creates the stream for a new request (downstream HEADERS began) and attaches it to |conn| and
+ * the nghttp2 stream. Returns NULL when out of memory (the caller resets the stream). */
+proxy_stream *proxy_stream_new(const proxy_stream_env *env, proxy_conn *conn, upstream *up,
+                               int32_t stream_id);
+
+/* Downstream events. Each returns 0, or an nghttp2 error code that fails the connection (only
+ * for memory exhaustion); per-call problems end the call with a gRPC status instead. */
+int proxy_stream_on_request_header(proxy_stream *st, str name, str value);
+int proxy_stream_on_request_headers_end(proxy_stream *st, bool end_stream);
+int proxy_stream_on_request_data(proxy_stream *st, str data);
+int proxy_stream_on_request_end(proxy_stream *st);
+/* The downstream stream closed (or its connection died). May free |st|. */
+void proxy_stream_on_downstream_close(proxy_stream *st, uint32_t error_code);
+
+/* Upstream events. Same return convention. */
+int proxy_stream_on_response_header(proxy_stream *st, const nghttp2_frame *frame, str name,
+                                    str value);
+int proxy_stream_on_response_headers_end(proxy_stream *st, const nghttp2_frame *frame);
+int proxy_stream_on_response_data(proxy_stream *st, str data);
+/* The upstream stream closed (or its connection died: error_code is then |lost| = true and a
+ * reason is given). May free |st|. */
+void proxy_stream_on_upstream_close(proxy_stream *st, uint32_t error_code, bool lost,
+                                    const char *reason);
+
+/* Submits the request on the upstream session |h2| towards |ep|. Returns 0, or EP_ERR_NOMEM /
+ * EP_ERR_UNAVAILABLE (the caller then fails the stream). */
+int proxy_stream_submit_upstream(proxy_stream *st, h2_session *h2, const upstream_endpoint *ep,
+                                 ep_err *err);
+
+int32_t proxy_stream_upstream_id(const proxy_stream *st);
+etcd_method proxy_stream_method(const proxy_stream *st);
+
+/* Monotonic clock in milliseconds. Never fails. */
+int64_t proxy_now_ms(void);
+
+/* Remaining time before the call's grpc-timeout, in ms; -1 without a deadline. Never fails. */
+int64_t proxy_stream_remaining_ms(const proxy_stream *st);
+
+/* Ends the call towards the client with |code| and |message| (Trailers-Only if nothing was
+ * sent yet) and cancels the upstream stream. Never fails; a no-op once a status was sent. */
+void proxy_stream_fail(proxy_stream *st, int code, const char *message);
+
+#endif

@@ -1,0 +1,344 @@
+/*
+ * worker: accept loop, downstream connection handling and graceful stop for one thread.
+ *
+ * Each accepted socket becomes a proxy_conn with a server-role h2_session; its HTTP/2 events are
+ * routed to the proxy_stream of each request, and new requests are handed to this worker's
+ * upstream. Stopping (from the main thread through an event) closes the listener, sends GOAWAY
+ * so clients move their new calls elsewhere, cuts watches with UNAVAILABLE (they never end on
+ * their own), and exits the loop when the last connection closed or drain_ms passed.
+ */
+#include "proxy/worker.h"
+
+#include <fcntl.h>
+#include <netdb.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <event2/bufferevent_ssl.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+
+#include "common/alloc.h"
+
+#define TLS_HANDSHAKE_TIMEOUT_S 10
+
+TAILQ_HEAD(proxy_conn_list, proxy_conn);
+
+struct proxy_worker {
+    int id;
+    proxy_worker_config cfg;
+    struct event_base *base;
+    struct evconnlistener *listener;
+    upstream *up;
+    struct proxy_conn_list conns;
+    size_t n_conns;
+    struct event *stop_ev;
+    struct event *drain_ev;
+    bool stopping;
+    bool thread_started;
+    pthread_t thread;
+};
+
+static const h2_session_handler down_handler;
+
+static const h2_settings server_settings = {
+    .max_concurrent_streams = 4096,
+    .stream_window = 1 << 20,
+    .connection_window = 16 << 20,
+    .max_output_buffer = 1 << 20,
+};
+
+/* ---- downstream HTTP/2 events ---- */
+
+static bool is_request(const nghttp2_frame *frame) {
+    return frame->hd.type == NGHTTP2_HEADERS && frame->headers.cat == NGHTTP2_HCAT_REQUEST;
+}
+
+static int on_begin_headers(h2_session *s, const nghttp2_frame *frame, void *arg) {
+    proxy_conn *conn = arg;
+    proxy_worker *w = conn->worker;
+    if (!is_request(frame)) {
+        return 0;
+    }
+    if (!proxy_stream_new(&w->cfg.env, conn, w->up, frame->hd.stream_id)) {
+        nghttp2_submit_rst_stream(h2_session_ng(s), NGHTTP2_FLAG_NONE, frame->hd.stream_id,
+                                  NGHTTP2_INTERNAL_ERROR);
+    }
+    return 0;
+}
+
+static int on_header(h2_session *s, const nghttp2_frame *frame, void *sd, str name, str value,
+                     void *arg) {
+    if (!sd || !is_request(frame)) {
+        return 0; /* client trailers carry nothing gRPC uses */
+    }
+    return proxy_stream_on_request_header(sd, name, value);
+}
+
+static int on_frame(h2_session *s, const nghttp2_frame *frame, void *sd, void *arg) {
+    if (!sd) {
+        return 0;
+    }
+    bool end_stream = frame->hd.flags & NGHTTP2_FLAG_END_STREAM;
+    if (is_request(frame)) {
+        return proxy_stream_on_request_headers_end(sd, end_stream);
+    }
+    if ((frame->hd.type == NGHTTP2_DATA || frame->hd.type == NGHTTP2_HEADERS) && end_stream) {
+        return proxy_stream_on_request_end(sd);
+    }
+    return 0;
+}
+
+static int on_data(h2_session *s, int32_t stream_id, void *sd, str data, void *arg) {
+    if (!sd) {
+        h2_session_consume(s, stream_id, data.len);
+        return 0;
+    }
+    return proxy_stream_on_request_data(sd, data);
+}
+
+static int on_stream_close(h2_session *s, int32_t stream_id, void *sd, uint32_t error_code,
+                           void *arg) {
+    if (sd) {
+        proxy_stream_on_downstream_close(sd, error_code);
+    }
+    return 0;
+}
+
+static void maybe_finish(proxy_worker *w) {
+    if (w->stopping && w->n_conns == 0) {
+        event_base_loopexit(w->base, NULL);
+    }
+}
+
+static void conn_free(proxy_conn *conn) {
+    proxy_stream *st;
+    while ((st = TAILQ_FIRST(&conn->streams)) != NULL) {
+        proxy_stream_on_downstream_close(st, NGHTTP2_CANCEL);
+    }
+    h2_session_free(conn->h2);
+    ep_free(conn);
+}
+
+static void on_close(h2_session *s, const char *reason, void *arg) {
+    proxy_conn *conn = arg;
+    proxy_worker *w = conn->worker;
+    TAILQ_REMOVE(&w->conns, conn, link);
+    w->n_conns--;
+    conn_free(conn);
+    maybe_finish(w);
+}
+
+static const h2_session_handler down_handler = {
+    .on_begin_headers = on_begin_headers,
+    .on_header = on_header,
+    .on_frame = on_frame,
+    .on_data = on_data,
+    .on_stream_close = on_stream_close,
+    .on_close = on_close,
+};
+
+/* ---- accepting ---- */
+
+static struct bufferevent *accepted_bev(proxy_worker *w, evutil_socket_t fd) {
+    if (!w->cfg.server_tls) {
+        return bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    }
+    SSL *ssl = SSL_new(w->cfg.server_tls);
+    if (!ssl) {
+        return NULL;
+    }
+    struct bufferevent *bev = bufferevent_openssl_socket_new(
+        w->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
+    if (!bev) {
+        SSL_free(ssl);
+        return NULL;
+    }
+    struct timeval timeout = {TLS_HANDSHAKE_TIMEOUT_S, 0};
+    bufferevent_set_timeouts(bev, &timeout, &timeout);
+    return bev;
+}
+
+static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *addr,
+                      int socklen, void *arg) {
+    proxy_worker *w = arg;
+    ep_err err;
+    proxy_conn *conn = ep_calloc(1, sizeof(*conn));
+    struct bufferevent *bev = conn ? accepted_bev(w, fd) : NULL;
+    if (!bev) {
+        ep_free(conn);
+        evutil_closesocket(fd);
+        fprintf(stderr, "etcd-encrypt-proxy: worker %d: out of memory accepting\n", w->id);
+        return;
+    }
+    conn->worker = w;
+    TAILQ_INIT(&conn->streams);
+    TAILQ_INSERT_TAIL(&w->conns, conn, link);
+    w->n_conns++;
+    if (h2_session_new(&conn->h2, bev, H2_ROLE_SERVER, w->cfg.server_tls == NULL,
+                       w->cfg.server_tls != NULL, &server_settings, &down_handler, conn,
+                       &err) != 0) {
+        TAILQ_REMOVE(&w->conns, conn, link);
+        w->n_conns--;
+        ep_free(conn);
+        fprintf(stderr, "etcd-encrypt-proxy: worker %d: %s\n", w->id, err.msg);
+    }
+}
+
+/* Returns a bound, listening, non-blocking socket, or -1 with |err| set. */
+static int open_listener(const proxy_worker_config *cfg, ep_err *err) {
+    struct addrinfo hints = {
+        .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE};
+    struct addrinfo *res = NULL;
+    int rc = getaddrinfo(cfg->listen_host, cfg->listen_port, &hints, &res);
+    if (rc != 0) {
+        ep_err_set(err, EP_ERR_IO, "listen address %s: %s", cfg->listen_host, gai_strerror(rc));
+        return -1;
+    }
+    int one = 1;
+    int fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0 ||
+        bind(fd, res->ai_addr, res->ai_addrlen) != 0 || listen(fd, 1024) != 0) {
+        ep_err_set(err, EP_ERR_IO, "cannot listen on %s port %s: %s", cfg->listen_host,
+                   cfg->listen_port, strerror(errno));
+        if (fd >= 0) {
+            close(fd);
+        }
+        fd = -1;
+    }
+    freeaddrinfo(res);
+    return fd;
+}
+
+/* ---- stopping ---- */
+
+static void on_drain_timeout(evutil_socket_t fd, short what, void *arg) {
+    proxy_worker *w = arg;
+    fprintf(stderr, "etcd-encrypt-proxy: worker %d: drain time over, closing %zu connections\n",
+            w->id, w->n_conns);
+    event_base_loopexit(w->base, NULL);
+}
+
+static void cut_watches(proxy_conn *conn) {
+    proxy_stream *st = TAILQ_FIRST(&conn->streams);
+    while (st) {
+        proxy_stream *next = TAILQ_NEXT(st, conn_link);
+        if (proxy_stream_method(st) == ETCD_METHOD_WATCH) {
+            proxy_stream_fail(st, 14, "etcd-encrypt-proxy is shutting down");
+        }
+        st = next;
+    }
+}
+
+static void on_stop(evutil_socket_t fd, short what, void *arg) {
+    proxy_worker *w = arg;
+    if (w->stopping) {
+        return;
+    }
+    w->stopping = true;
+    if (w->listener) {
+        evconnlistener_free(w->listener);
+        w->listener = NULL;
+    }
+    proxy_conn *conn;
+    TAILQ_FOREACH(conn, &w->conns, link) {
+        h2_session_shutdown(conn->h2);
+        cut_watches(conn);
+    }
+    struct timeval drain = {w->cfg.drain_ms / 1000, (w->cfg.drain_ms % 1000) * 1000};
+    event_add(w->drain_ev, &drain);
+    maybe_finish(w);
+}
+
+/* ---- lifecycle ---- */
+
+/* Returns 0, EP_ERR_IO or EP_ERR_NOMEM. */
+static int setup(proxy_worker *w, ep_err *err) {
+    w->base = event_base_new();
+    if (!w->base) {
+        return ep_err_set(err, EP_ERR_NOMEM, "cannot create an event loop");
+    }
+    w->stop_ev = event_new(w->base, -1, 0, on_stop, w);
+    w->drain_ev = evtimer_new(w->base, on_drain_timeout, w);
+    if (!w->stop_ev || !w->drain_ev) {
+        return ep_err_set(err, EP_ERR_NOMEM, "out of memory");
+    }
+    int fd = open_listener(&w->cfg, err);
+    if (fd < 0) {
+        return EP_ERR_IO;
+    }
+    w->listener = evconnlistener_new(w->base, on_accept, w, LEV_OPT_CLOSE_ON_FREE, -1, fd);
+    if (!w->listener) {
+        close(fd);
+        return ep_err_set(err, EP_ERR_NOMEM, "out of memory");
+    }
+    upstream_config ucfg = {w->cfg.endpoints, w->cfg.n_endpoints, w->cfg.client_tls, w->id};
+    return upstream_new(&w->up, w->base, &ucfg, err);
+}
+
+int proxy_worker_new(proxy_worker **out, const proxy_worker_config *cfg, int id, ep_err *err) {
+    proxy_worker *w = ep_calloc(1, sizeof(*w));
+    if (!w) {
+        return ep_err_set(err, EP_ERR_NOMEM, "out of memory");
+    }
+    w->id = id;
+    w->cfg = *cfg;
+    TAILQ_INIT(&w->conns);
+    int rv = setup(w, err);
+    if (rv != 0) {
+        proxy_worker_free(w);
+        return rv;
+    }
+    *out = w;
+    return 0;
+}
+
+static void *run(void *arg) {
+    proxy_worker *w = arg;
+    event_base_loop(w->base, EVLOOP_NO_EXIT_ON_EMPTY);
+    return NULL;
+}
+
+int proxy_worker_start(proxy_worker *w, ep_err *err) {
+    if (pthread_create(&w->thread, NULL, run, w) != 0) {
+        return ep_err_set(err, EP_ERR_NOMEM, "cannot start worker thread %d", w->id);
+    }
+    w->thread_started = true;
+    return 0;
+}
+
+void proxy_worker_stop(proxy_worker *w) {
+    event_active(w->stop_ev, 0, 0);
+}
+
+void proxy_worker_free(proxy_worker *w) {
+    if (!w) {
+        return;
+    }
+    if (w->thread_started) {
+        pthread_join(w->thread, NULL);
+    }
+    proxy_conn *conn;
+    while ((conn = TAILQ_FIRST(&w->conns)) != NULL) {
+        TAILQ_REMOVE(&w->conns, conn, link);
+        conn_free(conn);
+    }
+    upstream_free(w->up);
+    if (w->listener) {
+        evconnlistener_free(w->listener);
+    }
+    if (w->stop_ev) {
+        event_free(w->stop_ev);
+    }
+    if (w->drain_ev) {
+        event_free(w->drain_ev);
+    }
+    if (w->base) {
+        event_base_free(w->base);
+    }
+    ep_free(w);
+}
