@@ -433,36 +433,58 @@ static int read_varint(str body, size_t *pos, uint64_t *v, ep_err *err) {
     return ep_err_set(err, EP_ERR_INVALID, "proto: integer overflow");
 }
 
-/* Skips one field value of |wire_type|. Returns 0 or EP_ERR_INVALID. */
-static int skip_value(str body, size_t *pos, unsigned wire_type, ep_err *err) {
+static int skip_value(str body, size_t *pos, uint64_t tag, int depth, ep_err *err);
+
+/* Skips the fields of a group up to the end marker that balances it. Like Go's skipper, any
+ * problem inside a group (truncation, a bad wire type) means its end was not found: "unexpected
+ * EOF". Returns 0 or EP_ERR_INVALID. */
+static int skip_group(str body, size_t *pos, int depth, ep_err *err) {
+    for (;;) {
+        uint64_t inner;
+        int rv = depth > 64 ? EP_ERR_INVALID : read_varint(body, pos, &inner, err);
+        if (rv == EP_OK && (inner & 7) == 4) {
+            return EP_OK;
+        }
+        if (rv == EP_OK) {
+            rv = skip_value(body, pos, inner, depth + 1, err);
+        }
+        if (rv != EP_OK) {
+            return ep_err_set(err, EP_ERR_INVALID, "unexpected EOF");
+        }
+    }
+}
+
+/* Skips the value of one field with |tag|. Returns 0 or EP_ERR_INVALID. */
+static int skip_value(str body, size_t *pos, uint64_t tag, int depth, ep_err *err) {
     uint64_t n = 0;
-    switch (wire_type) {
+    int rv = EP_OK;
+    switch (tag & 7) {
     case 0:
         return read_varint(body, pos, &n, err);
     case 1:
         n = 8;
         break;
-    case 2: {
-        int rv = read_varint(body, pos, &n, err);
-        if (rv != EP_OK) {
-            return rv;
-        }
+    case 2:
+        rv = read_varint(body, pos, &n, err);
         break;
-    }
+    case 3:
+        return skip_group(body, pos, depth, err);
     case 5:
         n = 4;
         break;
-    case 3:
     case 4:
-        return ep_err_set(err, EP_ERR_INVALID, "proto: groups are not supported");
+        return ep_err_set(err, EP_ERR_INVALID, "proto: illegal wireType 4");
     default:
-        return ep_err_set(err, EP_ERR_INVALID, "proto: can't skip unknown wire type %u", wire_type);
+        return ep_err_set(err, EP_ERR_INVALID, "proto: can't skip unknown wire type %u",
+                          (unsigned)(tag & 7));
     }
-    if (n > body.len - *pos) {
-        return ep_err_set(err, EP_ERR_INVALID, "unexpected EOF");
+    if (rv == EP_OK && n > body.len - *pos) {
+        rv = ep_err_set(err, EP_ERR_INVALID, "unexpected EOF");
     }
-    *pos += (size_t)n;
-    return EP_OK;
+    if (rv == EP_OK) {
+        *pos += (size_t)n;
+    }
+    return rv;
 }
 
 /* Walks the top-level fields so a malformed body is refused with a precise message before
@@ -476,7 +498,10 @@ static int check_wire_format(str body, ep_err *err) {
             rv = ep_err_set(err, EP_ERR_INVALID, "proto: illegal field number 0");
         }
         if (rv == EP_OK) {
-            rv = skip_value(body, &pos, (unsigned)(tag & 7), err);
+            rv = skip_value(body, &pos, tag, 0, err);
+        }
+        if (rv == EP_OK && (tag & 7) == 3) { /* well-formed, but protobuf-c cannot read groups */
+            rv = ep_err_set(err, EP_ERR_INVALID, "proto: groups are not supported");
         }
         if (rv != EP_OK) {
             return rv;

@@ -175,13 +175,17 @@ static void test_decode_malformed(void **state) {
                "garbage",
                EP_ERR_INVALID, "proto: can't skip unknown wire type 7");
     DECODE_ERR("\x0e\x01", EP_ERR_INVALID, "proto: can't skip unknown wire type 6");
-    DECODE_ERR("\x0b\x01", EP_ERR_INVALID, "proto: groups are not supported");
+    DECODE_ERR("\x0b\x01", EP_ERR_INVALID, "unexpected EOF"); /* group never closed */
+    DECODE_ERR("\x0b\x08\x01\x0c", EP_ERR_INVALID, "proto: groups are not supported");
+    DECODE_ERR("\x0b\x08\x01\x0f", EP_ERR_INVALID, "unexpected EOF"); /* bad type inside */
+    DECODE_ERR("\x0b\x0b\x0c\x08\x01\x0c", EP_ERR_INVALID, "proto: groups are not supported");
+    DECODE_ERR("\x0c", EP_ERR_INVALID, "proto: illegal wireType 4");
     DECODE_ERR("\x02\x01x", EP_ERR_INVALID, "proto: illegal field number 0");
     DECODE_ERR("\x28\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01", EP_ERR_INVALID,
                "proto: integer overflow");
     /* Well-formed at the top level, broken inside a map entry: protobuf-c refuses it. */
     DECODE_ERR("\x22\x02\x0a\x05", EP_ERR_INVALID, "proto: cannot parse invalid wire-format data");
-    /* Field 1 with the wrong wire type. */
+    /* Field 1 with the wrong wire type: refused (Go would skip it as an unknown field). */
     DECODE_ERR("\x08\x01", EP_ERR_INVALID, "proto: cannot parse invalid wire-format data");
     /* Empty body decodes to an empty object, refused by validation. */
     DECODE_ERR("", EP_ERR_INVALID, "encrypted data is empty");
