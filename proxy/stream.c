@@ -27,21 +27,13 @@
 #include <time.h>
 
 #include "common/alloc.h"
+#include "proxy/grpc.h"
 #include "proxy/upstream.h"
 
 #define QUEUE_HIGH (256 * 1024)
 #define QUEUE_LOW (64 * 1024)
 #define MAX_RESPONSE_MESSAGE 0xffffffffu
 #define MAX_NV 128
-
-enum {
-    GRPC_OK = 0,
-    GRPC_CANCELLED = 1,
-    GRPC_RESOURCE_EXHAUSTED = 8,
-    GRPC_UNIMPLEMENTED = 12,
-    GRPC_INTERNAL = 13,
-    GRPC_UNAVAILABLE = 14,
-};
 
 /* ---- header lists ---- */
 
@@ -96,47 +88,6 @@ int64_t proxy_now_ms(void) {
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* grpc-timeout: at most 8 digits and a unit. Returns milliseconds (rounded up), or -1. */
-static int64_t parse_timeout_ms(str v) {
-    static const struct {
-        char unit;
-        int64_t num, den;
-    } units[] = {{'H', 3600000, 1}, {'M', 60000, 1}, {'S', 1000, 1},
-                 {'m', 1, 1},       {'u', 1, 1000},  {'n', 1, 1000000}};
-    if (v.len < 2 || v.len > 9) {
-        return -1;
-    }
-    int64_t n = 0;
-    for (size_t i = 0; i + 1 < v.len; i++) {
-        if (v.ptr[i] < '0' || v.ptr[i] > '9') {
-            return -1;
-        }
-        n = n * 10 + (v.ptr[i] - '0');
-    }
-    for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
-        if (units[i].unit == v.ptr[v.len - 1]) {
-            return (n * units[i].num + units[i].den - 1) / units[i].den;
-        }
-    }
-    return -1;
-}
-
-/* grpc-message: bytes outside 0x20-0x7E and '%' become %XX. Truncates to fit |cap|. */
-static size_t percent_encode(const char *msg, char *out, size_t cap) {
-    static const char hex[] = "0123456789ABCDEF";
-    size_t n = 0;
-    for (const unsigned char *p = (const unsigned char *)msg; *p && n + 4 <= cap; p++) {
-        if (*p < 0x20 || *p > 0x7e || *p == '%') {
-            out[n++] = '%';
-            out[n++] = hex[*p >> 4];
-            out[n++] = hex[*p & 15];
-        } else {
-            out[n++] = (char)*p;
-        }
-    }
-    return n;
-}
-
 static bool is_hop_by_hop(str name) {
     static const char *const names[] = {"connection",        "keep-alive", "proxy-connection",
                                         "transfer-encoding", "upgrade",    "host",
@@ -154,6 +105,16 @@ static bool is_hop_by_hop(str name) {
 
 static nghttp2_session *down_ng(proxy_stream *st) {
     return h2_session_ng(st->conn->h2);
+}
+
+/* Appends one uncompressed gRPC message to |queue|. Returns 0 or EP_ERR_NOMEM. */
+static int queue_message(struct evbuffer *queue, str msg) {
+    uint8_t hdr[GRPC_FRAME_HEADER_LEN] = {0, (uint8_t)(msg.len >> 24), (uint8_t)(msg.len >> 16),
+                                          (uint8_t)(msg.len >> 8), (uint8_t)msg.len};
+    if (evbuffer_add(queue, hdr, sizeof(hdr)) != 0 || evbuffer_add(queue, msg.ptr, msg.len) != 0) {
+        return EP_ERR_NOMEM;
+    }
+    return 0;
 }
 
 /* ---- flow control ---- */
@@ -273,15 +234,18 @@ static void cancel_upstream(proxy_stream *st) {
 
 /* Replaces the trailers with our own status. Returns 0 or EP_ERR_NOMEM. */
 static int set_status(proxy_stream *st, int code, const char *message) {
-    char num[12], enc[1024];
+    char num[12];
     int numlen = snprintf(num, sizeof(num), "%d", code);
-    size_t enclen = percent_encode(message, enc, sizeof(enc));
+    buf enc = BUF_INIT;
+    int rv = grpc_message_encode(str_cstr(message), &enc);
     hdrs_clear(&st->trailers);
-    if (hdrs_add(&st->trailers, STR_LIT("grpc-status"), str_make(num, (size_t)numlen)) != 0 ||
-        hdrs_add(&st->trailers, STR_LIT("grpc-message"), str_make(enc, enclen)) != 0) {
-        return EP_ERR_NOMEM;
+    if (rv != 0 ||
+        hdrs_add(&st->trailers, STR_LIT("grpc-status"), str_make(num, (size_t)numlen)) != 0 ||
+        hdrs_add(&st->trailers, STR_LIT("grpc-message"), buf_str(&enc)) != 0) {
+        rv = EP_ERR_NOMEM;
     }
-    return 0;
+    buf_free(&enc);
+    return rv;
 }
 
 /* Sends the trailers as a Trailers-Only response. Returns 0 or an nghttp2 error. */
@@ -330,8 +294,11 @@ int proxy_stream_on_request_header(proxy_stream *st, str name, str value) {
         return 0;
     }
     if (str_eq(name, STR_LIT("grpc-timeout"))) {
-        int64_t ms = parse_timeout_ms(value);
-        st->deadline_ms = ms < 0 ? -1 : proxy_now_ms() + ms;
+        uint64_t nanos;
+        if (grpc_timeout_parse(value, &nanos, NULL) == 0) {
+            uint64_t ms = nanos / 1000000 + (nanos % 1000000 != 0);
+            st->deadline_ms = proxy_now_ms() + (ms > INT32_MAX ? INT32_MAX : (int64_t)ms);
+        }
         return 0; /* regenerated with the time left when submitted */
     }
     if (str_eq(name, STR_LIT("grpc-accept-encoding"))) {
@@ -355,7 +322,7 @@ int proxy_stream_on_request_headers_end(proxy_stream *st, bool end_stream) {
     if (st->method == ETCD_METHOD_UNIMPLEMENTED) {
         char msg[300];
         log_unimplemented(st, msg, sizeof(msg));
-        proxy_stream_fail(st, GRPC_UNIMPLEMENTED, msg);
+        proxy_stream_fail(st, GRPC_STATUS_UNIMPLEMENTED, msg);
         return 0;
     }
     upstream_start(st->upstream, st);
@@ -368,8 +335,8 @@ static int forward_request_message(void *arg, uint8_t compressed, str msg) {
     ep_err err = {{0}};
     bool unchanged = false;
     if (compressed) {
-        proxy_stream_fail(st, GRPC_UNIMPLEMENTED, "compressed messages are not supported");
-        return GRPC_UNIMPLEMENTED;
+        proxy_stream_fail(st, GRPC_STATUS_UNIMPLEMENTED, "compressed messages are not supported");
+        return GRPC_STATUS_UNIMPLEMENTED;
     }
     buf_reset(&st->scratch);
     int code =
@@ -378,13 +345,9 @@ static int forward_request_message(void *arg, uint8_t compressed, str msg) {
         proxy_stream_fail(st, code, err.msg);
         return code;
     }
-    str out = unchanged ? msg : buf_str(&st->scratch);
-    uint8_t hdr[GRPC_FRAME_HEADER_LEN] = {0, (uint8_t)(out.len >> 24), (uint8_t)(out.len >> 16),
-                                          (uint8_t)(out.len >> 8), (uint8_t)out.len};
-    if (evbuffer_add(st->to_up.queue, hdr, sizeof(hdr)) != 0 ||
-        evbuffer_add(st->to_up.queue, out.ptr, out.len) != 0) {
-        proxy_stream_fail(st, GRPC_INTERNAL, "out of memory");
-        return GRPC_INTERNAL;
+    if (queue_message(st->to_up.queue, unchanged ? msg : buf_str(&st->scratch)) != 0) {
+        proxy_stream_fail(st, GRPC_STATUS_INTERNAL, "out of memory");
+        return GRPC_STATUS_INTERNAL;
     }
     buf_wipe(&st->scratch); /* may hold plaintext */
     return 0;
@@ -395,9 +358,9 @@ static void fail_request_framing(proxy_stream *st, int rv, const ep_err *err) {
     if (rv == EP_ERR_RANGE) {
         char msg[EP_ERR_MSG_MAX + 64];
         snprintf(msg, sizeof(msg), "request message too large: %s", err->msg);
-        proxy_stream_fail(st, GRPC_RESOURCE_EXHAUSTED, msg);
+        proxy_stream_fail(st, GRPC_STATUS_RESOURCE_EXHAUSTED, msg);
     } else if (rv < 0) {
-        proxy_stream_fail(st, GRPC_INTERNAL, err->msg);
+        proxy_stream_fail(st, GRPC_STATUS_INTERNAL, err->msg);
     }
 }
 
@@ -438,7 +401,7 @@ int proxy_stream_on_request_end(proxy_stream *st) {
         return 0;
     }
     if (st->value_method && !grpc_frame_reader_idle(&st->request_reader)) {
-        proxy_stream_fail(st, GRPC_INTERNAL, "request ended inside a gRPC message");
+        proxy_stream_fail(st, GRPC_STATUS_INTERNAL, "request ended inside a gRPC message");
         return 0;
     }
     st->to_up.eof = true;
@@ -461,24 +424,22 @@ void proxy_stream_on_downstream_close(proxy_stream *st, uint32_t error_code) {
 
 /* ---- upstream submission ---- */
 
-static str format_timeout(const proxy_stream *st, char *out, size_t cap) {
+static str format_timeout(const proxy_stream *st, char out[GRPC_TIMEOUT_BUF_LEN]) {
     int64_t ms = proxy_stream_remaining_ms(st);
-    int n = ms < 100000000 ? snprintf(out, cap, "%lldm", (long long)(ms ? ms : 1))
-                           : snprintf(out, cap, "%lldS", (long long)(ms / 1000));
-    return str_make(out, (size_t)n);
+    return str_make(out, grpc_timeout_format((uint64_t)(ms ? ms : 1) * 1000000, out));
 }
 
 int proxy_stream_submit_upstream(proxy_stream *st, h2_session *h2, const upstream_endpoint *ep,
                                  ep_err *err) {
     nghttp2_nv nv[MAX_NV];
-    char timeout[24];
+    char timeout[GRPC_TIMEOUT_BUF_LEN];
     size_t n = 0;
     nv[n++] = make_nv(STR_LIT(":method"), STR_LIT("POST"));
     nv[n++] = make_nv(STR_LIT(":scheme"), ep->tls ? STR_LIT("https") : STR_LIT("http"));
     nv[n++] = make_nv(STR_LIT(":path"), buf_str(&st->path));
     nv[n++] = make_nv(STR_LIT(":authority"), str_cstr(ep->authority));
     if (st->deadline_ms >= 0) {
-        nv[n++] = make_nv(STR_LIT("grpc-timeout"), format_timeout(st, timeout, sizeof(timeout)));
+        nv[n++] = make_nv(STR_LIT("grpc-timeout"), format_timeout(st, timeout));
     }
     if (hdrs_to_nv(&st->request_headers, nv, &n, MAX_NV) != 0) {
         return ep_err_set(err, EP_ERR_RANGE, "too many request header fields");
@@ -542,7 +503,7 @@ int proxy_stream_on_response_headers_end(proxy_stream *st, const nghttp2_frame *
         forward_response_headers(st, end_stream);
     } else {
         if (st->value_method && !grpc_frame_reader_idle(&st->response_reader)) {
-            proxy_stream_fail(st, GRPC_INTERNAL, "etcd ended the response inside a message");
+            proxy_stream_fail(st, GRPC_STATUS_INTERNAL, "etcd ended the response inside a message");
             return 0;
         }
         st->status_sent = true;
@@ -566,8 +527,8 @@ static int forward_response_message(void *arg, uint8_t compressed, str msg) {
     etcd_msg_stats stats = {0};
     bool unchanged = false;
     if (compressed) {
-        proxy_stream_fail(st, GRPC_INTERNAL, "etcd sent a compressed message");
-        return GRPC_INTERNAL;
+        proxy_stream_fail(st, GRPC_STATUS_INTERNAL, "etcd sent a compressed message");
+        return GRPC_STATUS_INTERNAL;
     }
     buf_reset(&st->scratch);
     int code = etcd_msg_rewrite_response(st->method, st->env->codec, msg, &st->scratch, &unchanged,
@@ -576,13 +537,9 @@ static int forward_response_message(void *arg, uint8_t compressed, str msg) {
         proxy_stream_fail(st, code, err.msg);
         return code;
     }
-    str out = unchanged ? msg : buf_str(&st->scratch);
-    uint8_t hdr[GRPC_FRAME_HEADER_LEN] = {0, (uint8_t)(out.len >> 24), (uint8_t)(out.len >> 16),
-                                          (uint8_t)(out.len >> 8), (uint8_t)out.len};
-    if (evbuffer_add(st->to_down.queue, hdr, sizeof(hdr)) != 0 ||
-        evbuffer_add(st->to_down.queue, out.ptr, out.len) != 0) {
-        proxy_stream_fail(st, GRPC_INTERNAL, "out of memory");
-        return GRPC_INTERNAL;
+    if (queue_message(st->to_down.queue, unchanged ? msg : buf_str(&st->scratch)) != 0) {
+        proxy_stream_fail(st, GRPC_STATUS_INTERNAL, "out of memory");
+        return GRPC_STATUS_INTERNAL;
     }
     buf_wipe(&st->scratch); /* holds plaintext */
     return 0;
@@ -601,7 +558,7 @@ int proxy_stream_on_response_data(proxy_stream *st, str data) {
         ep_err err = {{0}};
         int rv = grpc_frame_feed(&st->response_reader, data, forward_response_message, st, &err);
         if (rv < 0) {
-            proxy_stream_fail(st, GRPC_INTERNAL, err.msg);
+            proxy_stream_fail(st, GRPC_STATUS_INTERNAL, err.msg);
         }
     }
     if (evbuffer_get_length(st->to_down.queue) < QUEUE_HIGH || st->status_sent ||
@@ -616,20 +573,6 @@ int proxy_stream_on_response_data(proxy_stream *st, str data) {
     return 0;
 }
 
-/* The gRPC status for an RST_STREAM received from etcd (spec 7.2). */
-static int rst_status(uint32_t error_code) {
-    switch (error_code) {
-    case NGHTTP2_REFUSED_STREAM:
-        return GRPC_UNAVAILABLE;
-    case NGHTTP2_CANCEL:
-        return GRPC_CANCELLED;
-    case NGHTTP2_ENHANCE_YOUR_CALM:
-        return GRPC_RESOURCE_EXHAUSTED;
-    default:
-        return GRPC_INTERNAL;
-    }
-}
-
 void proxy_stream_on_upstream_close(proxy_stream *st, uint32_t error_code, bool lost,
                                     const char *reason) {
     if (st->up_state != UP_ACTIVE && st->up_state != UP_WAITING) {
@@ -642,11 +585,11 @@ void proxy_stream_on_upstream_close(proxy_stream *st, uint32_t error_code, bool 
         char msg[300];
         if (lost) {
             snprintf(msg, sizeof(msg), "etcd unavailable: %s", reason);
-            proxy_stream_fail(st, GRPC_UNAVAILABLE, msg);
+            proxy_stream_fail(st, GRPC_STATUS_UNAVAILABLE, msg);
         } else {
             snprintf(msg, sizeof(msg), "etcd reset the stream: %s",
                      nghttp2_http2_strerror(error_code));
-            proxy_stream_fail(st, rst_status(error_code), msg);
+            proxy_stream_fail(st, grpc_status_from_rst_stream(error_code), msg);
         }
     }
     maybe_free(st);

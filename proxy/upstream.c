@@ -18,6 +18,7 @@
 #include <event2/bufferevent_ssl.h>
 
 #include "common/alloc.h"
+#include "proxy/grpc.h"
 #include "proxy/tls.h"
 
 #define BACKOFF_MIN_MS 100
@@ -133,7 +134,7 @@ static void submit(upstream *u, proxy_stream *st) {
     if (proxy_stream_submit_upstream(st, u->live, &u->cfg.endpoints[u->endpoint], &err) != 0) {
         u->n_streams--;
         st->up_state = UP_DONE;
-        proxy_stream_fail(st, 14, err.msg);
+        proxy_stream_fail(st, GRPC_STATUS_UNAVAILABLE, err.msg);
         return;
     }
     TAILQ_INSERT_TAIL(&u->active, st, up_link);

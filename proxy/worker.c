@@ -22,6 +22,7 @@
 #include <event2/listener.h>
 
 #include "common/alloc.h"
+#include "proxy/grpc.h"
 
 #define TLS_HANDSHAKE_TIMEOUT_S 10
 
@@ -228,7 +229,7 @@ static void cut_watches(proxy_conn *conn) {
     while (st) {
         proxy_stream *next = TAILQ_NEXT(st, conn_link);
         if (proxy_stream_method(st) == ETCD_METHOD_WATCH) {
-            proxy_stream_fail(st, 14, "etcd-encrypt-proxy is shutting down");
+            proxy_stream_fail(st, GRPC_STATUS_UNAVAILABLE, "etcd-encrypt-proxy is shutting down");
         }
         st = next;
     }
