@@ -118,6 +118,7 @@ int crypto_kmsv1_seal_value(str name, str encrypted_dek, str dek, str etcd_key, 
     return rv;
 }
 
+/* Returns NULL for a length that is not an AES key size (callers checked it already). */
 static const EVP_CIPHER *cbc_cipher(size_t key_len) {
     switch (key_len) {
     case 16:

@@ -68,6 +68,7 @@ static const char *printable(str s, char *tmp, size_t cap) {
     return tmp;
 }
 
+/* Formats upstream's field.Invalid text for |shown|. Returns EP_ERR_INVALID. */
 static int invalid_key(ep_err *err, str shown, const char *why) {
     char tmp[65];
     return ep_err_set(err, EP_ERR_INVALID, "annotations: Invalid value: \"%s\": %s",
@@ -122,6 +123,8 @@ static void aggregate_add(aggregate *a, const char *msg) {
     a->count++;
 }
 
+/* Checks every key and the total size, reporting all problems at once as upstream does.
+ * Returns 0 or EP_ERR_INVALID. */
 static int validate_annotations(const crypto_kmsv2_annotation *ann, size_t n, ep_err *err) {
     aggregate agg = {.len = 0, .count = 0};
     size_t total = 0;
@@ -147,6 +150,8 @@ static int validate_annotations(const crypto_kmsv2_annotation *ann, size_t n, ep
                       close);
 }
 
+/* The limits shared by stored objects and the plugin's Encrypt response.
+ * Returns 0 or EP_ERR_INVALID. */
 static int validate_source_and_key_id(str source, str key_id, ep_err *err) {
     const char *src = "failed to validate encrypted DEK source";
     if (source.len == 0) {
@@ -245,6 +250,7 @@ static void hash_u32(crypto_hash_sha256_state *h, uint32_t v) {
     crypto_hash_sha256_update(h, be, sizeof(be));
 }
 
+/* Returns 0, or EP_ERR_INVALID when |s| cannot carry a u16 length prefix. */
 static int check_u16(str s, const char *what, ep_err *err) {
     if (s.len > UINT16_MAX) {
         return ep_err_set(err, EP_ERR_INVALID, "%s is %zu bytes, too long for the cache key", what,
@@ -253,6 +259,7 @@ static int check_u16(str s, const char *what, ep_err *err) {
     return EP_OK;
 }
 
+/* Returns 0, or EP_ERR_INVALID when a field is too long for the cache key encoding. */
 static int check_cache_key_lengths(str source, str key_id, const crypto_kmsv2_annotation *ann,
                                    size_t n, ep_err *err) {
     int rv = check_u16(source, "encrypted DEK source", err);
@@ -330,6 +337,7 @@ static size_t varint_size(uint64_t v) {
     return n;
 }
 
+/* Returns 0 or EP_ERR_NOMEM. */
 static int append_varint(buf *out, uint64_t v) {
     uint8_t tmp[10];
     size_t n = 0;
@@ -350,10 +358,13 @@ static int append_bytes_field(buf *out, uint8_t tag, str value) {
     return rv == EP_OK ? buf_append_str(out, value) : rv;
 }
 
+/* Proto3 omits empty fields. Returns 0 or EP_ERR_NOMEM. */
 static int append_nonempty_field(buf *out, uint8_t tag, str value) {
     return value.len ? append_bytes_field(out, tag, value) : EP_OK;
 }
 
+/* One map entry {1: key, 2: value}; both are written even when empty, as Go does.
+ * Returns 0 or EP_ERR_NOMEM. */
 static int append_annotation(buf *out, const crypto_kmsv2_annotation *a) {
     size_t entry_len =
         1 + varint_size(a->key.len) + a->key.len + 1 + varint_size(a->value.len) + a->value.len;
@@ -578,6 +589,7 @@ static size_t collect_annotations(decoded *d) {
     return kept;
 }
 
+/* Returns 0, EP_ERR_NOMEM, or EP_ERR_INVALID when protobuf-c refuses |body|. */
 static int unpack(str body, EpKmsv2__EncryptedObject **msg, ep_err *err) {
     pb_alloc_probe probe = {false};
     ProtobufCAllocator allocator = {pb_alloc, pb_free, &probe};
@@ -649,6 +661,7 @@ struct crypto_kmsv2_state {
     buf tail;       /* fields 2..5, encoded once: every write repeats them verbatim */
 };
 
+/* Returns 0 or EP_ERR_INVALID (the write mode, the seed, the plugin response limits). */
 static int check_state_input(str seed, str key_id, str source, const crypto_kmsv2_annotation *ann,
                              size_t n, int32_t type, ep_err *err) {
     if (type != CRYPTO_KMSV2_TYPE_HKDF_SEED) {
@@ -832,6 +845,8 @@ int crypto_kmsv2_seal(const crypto_kmsv2_state *st, str name, str etcd_key, str 
     return rv;
 }
 
+/* Type 1: info[32] || nonce || ct || tag. Returns 0, EP_ERR_PROVIDER (seed too short),
+ * EP_ERR_INVALID, EP_ERR_AUTH or EP_ERR_NOMEM. */
 static int open_seeded(str seed, str data, str etcd_key, buf *out, ep_err *err) {
     if (seed.len < CRYPTO_KMSV2_SEED_LEN) {
         return ep_err_set(err, EP_ERR_PROVIDER, "invalid seed length %zu used for key generation",
@@ -851,6 +866,8 @@ static int open_seeded(str seed, str data, str etcd_key, buf *out, ep_err *err) 
     return rv;
 }
 
+/* Type 0: nonce || ct || tag under the DEK itself. Returns 0, EP_ERR_PROVIDER (bad DEK
+ * length), EP_ERR_INVALID, EP_ERR_AUTH or EP_ERR_NOMEM. */
 static int open_direct(str dek, str data, str etcd_key, buf *out, ep_err *err) {
     if (dek.len != 16 && dek.len != 24 && dek.len != 32) {
         return ep_err_set(err, EP_ERR_PROVIDER, "crypto/aes: invalid key size %zu", dek.len);
