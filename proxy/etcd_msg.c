@@ -288,14 +288,20 @@ static int put_encrypted(rewriter *rw, str key, str tag, str plain) {
     return close_len(rw, &m);
 }
 
+/* Scans a PutRequest and sets |*encrypt| when its value must be encrypted. Returns 0 or the
+ * malformed status. */
+static int scan_put_request(rewriter *rw, str msg, kv_scan *s, bool *encrypt) {
+    int rv = scan_kv(rw, msg, 1, 2, 5, s); /* key, value, ignore_value */
+    *encrypt = rv == 0 && !s->flag && rw->codec->encrypts(rw->codec->ctx, s->key);
+    return rv;
+}
+
 static int rewrite_put_request(rewriter *rw, str msg) {
     kv_scan s;
-    int rv = scan_kv(rw, msg, 1, 2, 5, &s); /* key, value, ignore_value */
-    if (rv != 0) {
-        return rv;
-    }
-    if (s.flag || !rw->codec->encrypts(rw->codec->ctx, s.key)) {
-        return append_str(rw, msg);
+    bool encrypt;
+    int rv = scan_put_request(rw, msg, &s, &encrypt);
+    if (rv != 0 || !encrypt) {
+        return rv != 0 ? rv : append_str(rw, msg);
     }
     if (!s.has_value) {
         rv = append_str(rw, msg);
@@ -515,6 +521,15 @@ int etcd_msg_rewrite_request(etcd_method method, const etcd_value_codec *codec, 
         return 0;
     }
     rewriter rw = {codec, out, err, GRPC_STATUS_INVALID_ARGUMENT, false, 0, NULL, NULL, NULL};
+    if (method == ETCD_METHOD_PUT) { /* most Puts to plaintext keys: decide without copying */
+        kv_scan s;
+        bool encrypt;
+        int rv = scan_put_request(&rw, msg, &s, &encrypt);
+        if (rv != 0 || !encrypt) {
+            *unchanged = rv == 0;
+            return rv;
+        }
+    }
     return run(&rw, rewrite, msg, REQUEST_SLACK, unchanged);
 }
 

@@ -48,7 +48,7 @@ typedef struct {
 
 /* Counters a response rewrite fills in (for logs and metrics). */
 typedef struct {
-    uint64_t values_decrypted;
+    uint64_t values_decrypted;     /* whose plaintext differs from the stored bytes */
     uint64_t values_undecryptable; /* passed through unchanged */
     uint64_t values_encrypted;
 } etcd_msg_stats;
@@ -59,14 +59,17 @@ typedef void (*etcd_msg_undecryptable_cb)(void *arg, str key, const ep_err *err)
 /* Rewrites one request message |msg| of |method| into |out|. Sets |*unchanged| (and leaves
  * |out| empty) when the message can be forwarded as it is. Returns a gRPC status code: 0, or
  * 3 INVALID_ARGUMENT (malformed protobuf), 9 FAILED_PRECONDITION (VALUE compare on an encrypted
- * key), 13 INTERNAL / 14 UNAVAILABLE (encryption failed: the write must not reach etcd), with
- * the reason in |err|. */
+ * key, or any VALUE compare with a range_end), 13 INTERNAL / 14 UNAVAILABLE (encryption failed,
+ * or out of memory: the write must not reach etcd), or 12 UNIMPLEMENTED for
+ * ETCD_METHOD_UNIMPLEMENTED, with the reason in |err|. A repeated key or value field is refused
+ * with 3 rather than guessed at. */
 int etcd_msg_rewrite_request(etcd_method method, const etcd_value_codec *codec, str msg, buf *out,
                              bool *unchanged, ep_err *err);
 
 /* Rewrites one response message. Undecryptable values are copied unchanged, counted in |stats|
- * and reported to |cb| (may be NULL). Returns 0, or 13 INTERNAL for a malformed response or
- * allocation failure (message in |err|). */
+ * and reported to |cb| (may be NULL); |stats| may be NULL. Returns 0, 12 UNIMPLEMENTED for
+ * ETCD_METHOD_UNIMPLEMENTED, or 13 INTERNAL for a malformed response or allocation failure
+ * (message in |err|). */
 int etcd_msg_rewrite_response(etcd_method method, const etcd_value_codec *codec, str msg, buf *out,
                               bool *unchanged, etcd_msg_stats *stats, etcd_msg_undecryptable_cb cb,
                               void *cb_arg, ep_err *err);
