@@ -24,6 +24,7 @@
 #include "crypto/transformer_set.h"
 #include "proxy/tls.h"
 #include "proxy/upstream.h"
+#include "proxy/value_codec.h"
 #include "proxy/worker.h"
 
 #define DEFAULT_MAX_REQUEST_BYTES ((size_t)(1536 + 64) * 1024)
@@ -225,22 +226,6 @@ void proxy_serve_opts_free(proxy_serve_opts *opts) {
     opts->listen_host = opts->listen_port = NULL;
 }
 
-/* ---- the value codec over the transformer set ---- */
-
-static bool codec_encrypts(void *ctx, str key) {
-    return !crypto_transformer_writes_plaintext(crypto_transformer_set_lookup(ctx, key));
-}
-
-static int codec_encrypt(void *ctx, str key, str plain, buf *out, ep_err *err) {
-    return crypto_transformer_encrypt(crypto_transformer_set_lookup(ctx, key), key, plain, out,
-                                      err);
-}
-
-static int codec_decrypt(void *ctx, str key, str stored, buf *out, ep_err *err) {
-    return crypto_transformer_decrypt(crypto_transformer_set_lookup(ctx, key), key, stored, out,
-                                      NULL, err);
-}
-
 /* ---- running ---- */
 
 typedef struct {
@@ -337,7 +322,7 @@ static int setup(server *sv, ep_err *err) {
     if (rv != 0) {
         return rv;
     }
-    sv->codec = (etcd_value_codec){sv->set, codec_encrypts, codec_encrypt, codec_decrypt};
+    value_codec_init(&sv->codec, sv->set);
     if ((rv = parse_endpoints(sv, err)) != 0 || (rv = setup_tls(sv, err)) != 0) {
         return rv;
     }
