@@ -118,6 +118,7 @@ typedef struct {
 /* Appends |tag| and room for a length varint sized for |guess|. Returns 0 or INTERNAL. */
 static int open_len(rewriter *rw, str tag, size_t guess, len_mark *m) {
     buf *out = rw->out;
+    m->start = out->len;
     m->width = pbwire_varint_len(guess);
     if (buf_reserve(out, tag.len + m->width) != EP_OK) {
         return nomem(rw);

@@ -69,7 +69,7 @@ static int continue_pending(grpc_frame_reader *r, str *data, grpc_frame_cb cb, v
             return EP_OK;
         }
     }
-    size_t msg_len;
+    size_t msg_len = 0;
     int rv = parse_header(r, p->data, &msg_len, err);
     if (rv == EP_OK) {
         rv = buf_reserve(p, GRPC_FRAME_HEADER_LEN + msg_len - p->len);
