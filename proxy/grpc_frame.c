@@ -108,7 +108,7 @@ int grpc_frame_feed(grpc_frame_reader *r, str data, grpc_frame_cb cb, void *arg,
         }
     }
     while (data.len >= GRPC_FRAME_HEADER_LEN) {
-        size_t msg_len;
+        size_t msg_len = 0;
         int rv = parse_header(r, data.ptr, &msg_len, err);
         if (rv != EP_OK) {
             return rv;
