@@ -1,6 +1,46 @@
-/* Placeholder entry point, replaced by the CLI. */
+/*
+ * etcd-encrypt-proxy: one binary, several subcommands.
+ */
 #include <stdio.h>
-int main(void) {
-    fprintf(stderr, "etcd-encrypt-proxy: not built yet\n");
-    return 1;
+#include <string.h>
+
+#include "proxy/cli.h"
+
+static const char usage[] =
+    "Usage: etcd-encrypt-proxy COMMAND [FLAGS]\n"
+    "\n"
+    "A transparent encrypting proxy for etcd: kube-apiserver's EncryptionConfiguration applied\n"
+    "outside the apiserver, writing byte-for-byte what kube-apiserver would write.\n"
+    "\n"
+    "Commands:\n"
+    "  check-config  validate an EncryptionConfiguration and print key prefix -> providers\n"
+    "  encrypt       plaintext on stdin -> stored value for an etcd key on stdout\n"
+    "  decrypt       stored value on stdin -> plaintext on stdout\n"
+    "\n"
+    "Run 'etcd-encrypt-proxy COMMAND --help' for the flags of a command.\n";
+
+typedef int (*command_fn)(int argc, char **argv);
+
+static const struct {
+    const char *name;
+    command_fn fn;
+} commands[] = {
+    {"check-config", cli_check_config_main},
+    {"encrypt", cli_encrypt_main},
+    {"decrypt", cli_decrypt_main},
+};
+
+int main(int argc, char **argv) {
+    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
+        strcmp(argv[1], "help") == 0) {
+        fputs(usage, argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
+        if (strcmp(argv[1], commands[i].name) == 0) {
+            return commands[i].fn(argc - 1, argv + 1);
+        }
+    }
+    fprintf(stderr, "etcd-encrypt-proxy: unknown command \"%s\"\n%s", argv[1], usage);
+    return 2;
 }

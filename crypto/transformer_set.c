@@ -1,0 +1,83 @@
+/*
+ * transformer_set: config file -> keymap -> one transformer per chain.
+ *
+ * The keymap answers "which chain does this etcd key use" with an index; this set holds the
+ * transformer for each index, so the hot path is one keymap lookup and one array load. Keys no
+ * rule covers get the shared bare identity transformer, which is what kube-apiserver uses for
+ * resources without a rule.
+ */
+#include "crypto/transformer_set.h"
+
+#include "common/alloc.h"
+
+struct crypto_transformer_set {
+    config_encryption *config;
+    config_keymap *keymap;
+    crypto_transformer **transformers; /* one per keymap chain */
+    size_t ntransformers;
+};
+
+static int build_transformers(crypto_transformer_set *s, ep_err *err) {
+    size_t n = config_keymap_nchains(s->keymap);
+    s->transformers = ep_calloc(n, sizeof(*s->transformers));
+    if (s->transformers == NULL) {
+        return ep_err_set(err, EP_ERR_NOMEM, "out of memory building transformers");
+    }
+    s->ntransformers = n;
+    for (size_t i = 0; i < n; i++) {
+        const config_chain *chain = config_keymap_chain(s->keymap, i);
+        int rv =
+            crypto_transformer_new(chain->providers, chain->nproviders, &s->transformers[i], err);
+        if (rv != EP_OK) {
+            return ep_err_wrap(err, rv, "%s: resources %s", s->config->path, chain->label);
+        }
+    }
+    return EP_OK;
+}
+
+int crypto_transformer_set_load(const char *config_path, const char *etcd_prefix,
+                                crypto_transformer_set **out, ep_err *err) {
+    crypto_transformer_set *s = ep_calloc(1, sizeof(*s));
+    if (s == NULL) {
+        return ep_err_set(err, EP_ERR_NOMEM, "out of memory loading %s", config_path);
+    }
+    int rv = config_load_file(config_path, &s->config, err);
+    if (rv == EP_OK) {
+        rv = config_keymap_build(s->config, etcd_prefix, &s->keymap, err);
+    }
+    if (rv == EP_OK) {
+        rv = build_transformers(s, err);
+    }
+    if (rv != EP_OK) {
+        crypto_transformer_set_free(s);
+        return rv;
+    }
+    *out = s;
+    return EP_OK;
+}
+
+const crypto_transformer *crypto_transformer_set_lookup(const crypto_transformer_set *s,
+                                                        str etcd_key) {
+    int i = config_keymap_lookup(s->keymap, etcd_key);
+    if (i < 0 || (size_t)i >= s->ntransformers) {
+        return crypto_transformer_bare_identity();
+    }
+    return s->transformers[i];
+}
+
+const config_keymap *crypto_transformer_set_keymap(const crypto_transformer_set *s) {
+    return s->keymap;
+}
+
+void crypto_transformer_set_free(crypto_transformer_set *s) {
+    if (s == NULL) {
+        return;
+    }
+    for (size_t i = 0; i < s->ntransformers; i++) {
+        crypto_transformer_free(s->transformers[i]);
+    }
+    ep_free(s->transformers);
+    config_keymap_free(s->keymap);
+    config_encryption_free(s->config);
+    ep_free(s);
+}
