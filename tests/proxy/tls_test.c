@@ -1,0 +1,109 @@
+/* Includes the module to reach select_h2 (ALPN choice). */
+#include "../../proxy/tls.c"
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include <cmocka.h>
+
+static void test_alpn_select(void **state) {
+    const unsigned char *out = NULL;
+    unsigned char outlen = 0;
+    static const unsigned char h2_last[] = {8, 'h', 't', 't', 'p', '/', '1', '.', '1', 2, 'h', '2'};
+    assert_int_equal(select_h2(NULL, &out, &outlen, h2_last, sizeof(h2_last), NULL),
+                     SSL_TLSEXT_ERR_OK);
+    assert_int_equal(outlen, 2);
+    assert_memory_equal(out, "h2", 2);
+    static const unsigned char http11[] = {8, 'h', 't', 't', 'p', '/', '1', '.', '1'};
+    assert_int_equal(select_h2(NULL, &out, &outlen, http11, sizeof(http11), NULL),
+                     SSL_TLSEXT_ERR_ALERT_FATAL);
+    static const unsigned char truncated[] = {2, 'h'};
+    assert_int_equal(select_h2(NULL, &out, &outlen, truncated, sizeof(truncated), NULL),
+                     SSL_TLSEXT_ERR_ALERT_FATAL);
+    static const unsigned char h2c[] = {3, 'h', '2', 'c'};
+    assert_int_equal(select_h2(NULL, &out, &outlen, h2c, sizeof(h2c), NULL),
+                     SSL_TLSEXT_ERR_ALERT_FATAL);
+}
+
+static void test_server_ctx_refusals(void **state) {
+    SSL_CTX *ctx = NULL;
+    ep_err err = {{0}};
+    proxy_tls_server_opts no_key = {"s.crt", NULL, NULL, false};
+    assert_int_equal(proxy_tls_server_ctx(&no_key, &ctx, &err), EP_ERR_CONFIG);
+    assert_non_null(strstr(err.msg, "--key-file"));
+    proxy_tls_server_opts no_ca = {"s.crt", "s.key", NULL, true};
+    assert_int_equal(proxy_tls_server_ctx(&no_ca, &ctx, &err), EP_ERR_CONFIG);
+    assert_non_null(strstr(err.msg, "--trusted-ca-file"));
+    proxy_tls_server_opts missing = {"/nonexistent/s.crt", "/nonexistent/s.key", NULL, false};
+    assert_int_equal(proxy_tls_server_ctx(&missing, &ctx, &err), EP_ERR_CONFIG);
+    assert_non_null(strstr(err.msg, "/nonexistent/s.crt"));
+    assert_null(ctx);
+}
+
+static void test_client_ctx(void **state) {
+    SSL_CTX *ctx = NULL;
+    ep_err err = {{0}};
+    proxy_tls_client_opts half = {NULL, "c.crt", NULL};
+    assert_int_equal(proxy_tls_client_ctx(&half, &ctx, &err), EP_ERR_CONFIG);
+    assert_non_null(strstr(err.msg, "--cert and --key"));
+    proxy_tls_client_opts bad_ca = {"/nonexistent/ca.crt", NULL, NULL};
+    assert_int_equal(proxy_tls_client_ctx(&bad_ca, &ctx, &err), EP_ERR_CONFIG);
+    assert_non_null(strstr(err.msg, "/nonexistent/ca.crt"));
+    assert_null(ctx);
+    proxy_tls_client_opts system_store = {NULL, NULL, NULL};
+    assert_int_equal(proxy_tls_client_ctx(&system_store, &ctx, &err), 0);
+    SSL *ip = proxy_tls_client_ssl(ctx, "127.0.0.1");
+    SSL *name = proxy_tls_client_ssl(ctx, "etcd.example");
+    assert_non_null(ip);
+    assert_non_null(name);
+    assert_null(SSL_get_servername(ip, TLSEXT_NAMETYPE_host_name)); /* no SNI for addresses */
+    assert_string_equal(SSL_get_servername(name, TLSEXT_NAMETYPE_host_name), "etcd.example");
+    SSL_free(ip);
+    SSL_free(name);
+    SSL_CTX_free(ctx);
+}
+
+/* A self-signed pair made by the openssl CLI loads; a mismatched key is refused. */
+static void test_server_ctx_loads_pair(void **state) {
+    char dir[] = "/tmp/ep-tls-test.XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char cmd[1024];
+    snprintf(cmd, sizeof(cmd),
+             "cd %s && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
+             "-keyout a.key -out a.crt -subj /CN=a -days 1 >/dev/null 2>&1 && "
+             "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out b.key "
+             ">/dev/null 2>&1",
+             dir);
+    assert_int_equal(system(cmd), 0);
+    char crt[256], key[256], other[256];
+    snprintf(crt, sizeof(crt), "%s/a.crt", dir);
+    snprintf(key, sizeof(key), "%s/a.key", dir);
+    snprintf(other, sizeof(other), "%s/b.key", dir);
+    SSL_CTX *ctx = NULL;
+    ep_err err = {{0}};
+    proxy_tls_server_opts good = {crt, key, crt, true};
+    assert_int_equal(proxy_tls_server_ctx(&good, &ctx, &err), 0);
+    assert_int_equal(SSL_CTX_get_verify_mode(ctx),
+                     SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT);
+    SSL_CTX_free(ctx);
+    ctx = NULL;
+    proxy_tls_server_opts mismatch = {crt, other, NULL, false};
+    assert_int_equal(proxy_tls_server_ctx(&mismatch, &ctx, &err), EP_ERR_CONFIG);
+    assert_non_null(strstr(err.msg, other)); /* OpenSSL 3 refuses it on load already */
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_alpn_select),
+        cmocka_unit_test(test_server_ctx_refusals),
+        cmocka_unit_test(test_client_ctx),
+        cmocka_unit_test(test_server_ctx_loads_pair),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
