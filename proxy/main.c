@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "proxy/cli.h"
+#include "proxy/serve.h"
 
 static const char usage[] =
     "Usage: etcd-encrypt-proxy COMMAND [FLAGS]\n"
@@ -13,6 +14,7 @@ static const char usage[] =
     "outside the apiserver, writing byte-for-byte what kube-apiserver would write.\n"
     "\n"
     "Commands:\n"
+    "  serve         run the proxy in front of etcd\n"
     "  check-config  validate an EncryptionConfiguration and print key prefix -> providers\n"
     "  encrypt       plaintext on stdin -> stored value for an etcd key on stdout\n"
     "  decrypt       stored value on stdin -> plaintext on stdout\n"
@@ -25,6 +27,7 @@ static const struct {
     const char *name;
     command_fn fn;
 } commands[] = {
+    {"serve", proxy_serve_main},
     {"check-config", cli_check_config_main},
     {"encrypt", cli_encrypt_main},
     {"decrypt", cli_decrypt_main},
