@@ -84,12 +84,13 @@ def etcd_restart_under_load():
     restart_at = time.monotonic()
     env.etcd.start()
     healthy_at = time.monotonic()
-    deadline = time.monotonic() + 20
+    # keep the load on past the 5 s recovery allowance, so the "after" window has samples
+    deadline, settled = time.monotonic() + 20, healthy_at + 7.0
     while time.monotonic() < deadline:
-        if results and results[-1][0] > healthy_at and results[-1][1] == grpc.StatusCode.OK:
+        recovered = results and results[-1][0] > healthy_at and results[-1][1] == grpc.StatusCode.OK
+        if recovered and time.monotonic() > settled:
             break
         time.sleep(0.2)
-    time.sleep(1.0)
     stop_flag.set()
     for th in threads:
         th.join(10)
