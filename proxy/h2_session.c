@@ -210,6 +210,11 @@ static int create_ng(h2_session *s) {
     if (cbs && nghttp2_option_new(&opt) == 0) {
         nghttp2_option_set_no_auto_window_update(opt, 1);
         if (s->role == H2_ROLE_SERVER) {
+            /* etcd's own server accepts what grpc-go clients send, including an :authority that
+             * is a whole URL (etcdctl 3.4 `endpoint status` with http:// endpoints); nghttp2's
+             * HTTP checks would reset those streams. The proxy never forwards the client's
+             * :authority or connection headers, and an absent :path fails closed. */
+            nghttp2_option_set_no_http_messaging(opt, 1);
             rv = nghttp2_session_server_new3(&s->ng, cbs, s, opt, &ng_mem);
         } else {
             rv = nghttp2_session_client_new3(&s->ng, cbs, s, opt, &ng_mem);
