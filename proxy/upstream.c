@@ -5,6 +5,12 @@
  * that received GOAWAY and finishes the streams it already has. Streams are on |waiting| (no
  * usable session yet; a 50 ms timer expires them) or on |active| (submitted; st->up says on
  * which session). When a session dies every active stream on it ends with UNAVAILABLE.
+ *
+ * Waiting is only worth it while a connection is on its way (first connect, reconnect after a
+ * GOAWAY or a lost connection). Once every endpoint has refused in a row, the upstream is
+ * |unreachable|: waiting streams and new ones end at once with UNAVAILABLE, as grpc-go fails
+ * RPCs fast in TRANSIENT_FAILURE, so clients retry or report instead of running into their
+ * deadline. The first successful connection clears it.
  */
 #include "proxy/upstream.h"
 
@@ -35,6 +41,8 @@ struct upstream {
     bool live_up; /* |live| finished its handshake */
     size_t endpoint;
     int backoff_ms;
+    size_t failed_in_row; /* connect attempts that failed since the last success */
+    bool unreachable;     /* every endpoint failed in a row: don't queue new streams */
     struct event *retry_ev;
     struct event *wait_ev;
     struct proxy_stream_list waiting;
@@ -184,10 +192,23 @@ static void expire_waiting(evutil_socket_t fd, short what, void *arg) {
     }
 }
 
+static void fail_waiting(upstream *u, const char *reason) {
+    proxy_stream *st;
+    while ((st = TAILQ_FIRST(&u->waiting)) != NULL) {
+        TAILQ_REMOVE(&u->waiting, st, up_link);
+        lose(u, st, reason);
+    }
+}
+
 void upstream_start(upstream *u, proxy_stream *st) {
     u->n_streams++;
     if (u->live && u->live_up) {
         submit(u, st);
+        return;
+    }
+    if (u->unreachable) {
+        st->up_state = UP_WAITING; /* what lose() ends */
+        lose(u, st, "no connection to etcd: every endpoint refused; retrying in the background");
         return;
     }
     int64_t left = proxy_stream_remaining_ms(st);
@@ -278,14 +299,27 @@ static int connect_endpoint(upstream *u) {
     return 0;
 }
 
+/* A connect attempt failed: the next endpoint is tried at once until each has failed in a row;
+ * then waiting streams end and the retries back off. */
+static void connect_failed(upstream *u, const char *reason) {
+    u->endpoint = (u->endpoint + 1) % u->cfg.n_endpoints;
+    if (++u->failed_in_row < u->cfg.n_endpoints) {
+        struct timeval now = {0, 0};
+        event_add(u->retry_ev, &now);
+        return;
+    }
+    u->unreachable = true;
+    fail_waiting(u, reason);
+    schedule_retry(u);
+}
+
 static void retry(evutil_socket_t fd, short what, void *arg) {
     upstream *u = arg;
     if (u->live) {
         return;
     }
     if (connect_endpoint(u) != 0) {
-        u->endpoint = (u->endpoint + 1) % u->cfg.n_endpoints;
-        schedule_retry(u);
+        connect_failed(u, "cannot connect");
     }
 }
 
@@ -293,6 +327,8 @@ static void on_connected(h2_session *s, void *arg) {
     upstream *u = arg;
     u->live_up = true;
     u->backoff_ms = BACKOFF_MIN_MS;
+    u->failed_in_row = 0;
+    u->unreachable = false;
     log_event(u, "connected", NULL);
     submit_waiting(u);
 }
@@ -306,8 +342,12 @@ static void on_close(h2_session *s, const char *reason, void *arg) {
         u->live = NULL;
         u->live_up = false;
         log_event(u, was_up ? "connection lost" : "cannot connect", reason);
-        u->endpoint = (u->endpoint + 1) % u->cfg.n_endpoints;
-        schedule_retry(u);
+        if (was_up) {
+            u->endpoint = (u->endpoint + 1) % u->cfg.n_endpoints;
+            schedule_retry(u);
+        } else {
+            connect_failed(u, reason);
+        }
     }
     fail_streams_on(u, s, reason);
     h2_session_free(s);

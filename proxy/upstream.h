@@ -4,8 +4,10 @@
  * One connection multiplexes every stream of the worker (nghttp2 queues streams beyond etcd's
  * MAX_CONCURRENT_STREAMS). When it cannot connect, or etcd closes it or sends GOAWAY, the next
  * endpoint is tried after an exponential backoff (100 ms doubling to 5 s, reset by a successful
- * connection). Streams in flight on a lost connection end with UNAVAILABLE; streams started while
- * disconnected wait, at most until their grpc-timeout or 5 s, then end with UNAVAILABLE.
+ * connection); after a failed connect the other endpoints are tried at once. Streams in flight on
+ * a lost connection end with UNAVAILABLE. Streams started while a connection is on its way wait,
+ * at most until their grpc-timeout or 5 s; once every endpoint has refused in a row, waiting and
+ * new streams end at once with UNAVAILABLE until a connection succeeds.
  */
 #ifndef EP_PROXY_UPSTREAM_H
 #define EP_PROXY_UPSTREAM_H
