@@ -25,8 +25,8 @@
  */
 #include "proxy/etcd_msg.h"
 
+#include "common/pbwire.h"
 #include "proxy/grpc.h"
-#include "proxy/pbwire.h"
 
 #define TXN_MAX_DEPTH 64
 

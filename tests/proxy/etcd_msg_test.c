@@ -9,9 +9,9 @@
 #include <cmocka.h>
 
 #include "common/alloc.h"
+#include "common/pbwire.h"
 #include "proxy/etcd_msg.h"
 #include "proxy/grpc.h"
-#include "proxy/pbwire.h"
 
 #define S(lit) STR_LIT(lit)
 

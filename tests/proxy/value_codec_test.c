@@ -9,8 +9,8 @@
 
 #include <cmocka.h>
 
+#include "common/pbwire.h"
 #include "proxy/etcd_msg.h"
-#include "proxy/pbwire.h"
 #include "proxy/value_codec.h"
 
 #define S(lit) STR_LIT(lit)

@@ -6,8 +6,8 @@
  * read is bounds-checked against the remaining input. Groups (wire types 3 and 4) are refused:
  * no etcd message uses them and skipping them needs a stack.
  */
-#ifndef EP_PROXY_PBWIRE_H
-#define EP_PROXY_PBWIRE_H
+#ifndef EP_COMMON_PBWIRE_H
+#define EP_COMMON_PBWIRE_H
 
 #include <stddef.h>
 #include <stdint.h>

@@ -3,7 +3,7 @@
  * subtle part is that every length read from the input is compared with what remains before any
  * pointer arithmetic, so hostile input can at worst be refused.
  */
-#include "proxy/pbwire.h"
+#include "common/pbwire.h"
 
 int pbwire_read_varint(str *in, uint64_t *value) {
     uint64_t v = 0;

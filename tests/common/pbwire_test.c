@@ -7,7 +7,7 @@
 #include <cmocka.h>
 
 #include "common/alloc.h"
-#include "proxy/pbwire.h"
+#include "common/pbwire.h"
 
 #define S(lit) STR_LIT(lit)
 
