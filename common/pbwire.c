@@ -5,21 +5,32 @@
  */
 #include "common/pbwire.h"
 
-int pbwire_read_varint(str *in, uint64_t *value) {
+#include <stdbool.h>
+
+/* Reads a varint from the front of |*in| and advances it. |strict| refuses a 10th byte above 1
+ * (a value past 2^64-1); without it those bits are dropped, as Go's generated code does. */
+static pbwire_fault read_varint(str *in, uint64_t *value, bool strict) {
     uint64_t v = 0;
-    for (size_t i = 0; i < PBWIRE_VARINT_MAX_LEN && i < in->len; i++) {
+    for (size_t i = 0; i < PBWIRE_VARINT_MAX_LEN; i++) {
+        if (i == in->len) {
+            return PBWIRE_FAULT_EOF;
+        }
         uint8_t byte = in->ptr[i];
-        if (i == PBWIRE_VARINT_MAX_LEN - 1 && byte > 1) {
-            return EP_ERR_INVALID; /* more than 64 bits */
+        if (strict && i == PBWIRE_VARINT_MAX_LEN - 1 && byte > 1) {
+            return PBWIRE_FAULT_OVERFLOW;
         }
         v |= (uint64_t)(byte & 0x7f) << (7 * i);
         if ((byte & 0x80) == 0) {
             *value = v;
             *in = str_skip(*in, i + 1);
-            return EP_OK;
+            return PBWIRE_FAULT_NONE;
         }
     }
-    return EP_ERR_INVALID;
+    return PBWIRE_FAULT_OVERFLOW;
+}
+
+int pbwire_read_varint(str *in, uint64_t *value) {
+    return read_varint(in, value, true) == PBWIRE_FAULT_NONE ? EP_OK : EP_ERR_INVALID;
 }
 
 static uint64_t read_le(const uint8_t *p, size_t n) {
@@ -30,23 +41,37 @@ static uint64_t read_le(const uint8_t *p, size_t n) {
     return v;
 }
 
-/* Reads the body of a field of |type| from |*rest| into |f|. Returns 0 or EP_ERR_INVALID. */
-static int read_body(str *rest, pbwire_field *f, ep_err *err) {
+/* Reads the tag at the front of |*rest| into |f| (and |*tag|), clearing the rest of |f|. */
+static pbwire_fault read_tag(str *rest, pbwire_field *f, uint64_t *tag, bool strict) {
+    *f = (pbwire_field){.number = 0};
+    *tag = 0;
+    size_t before = rest->len;
+    pbwire_fault fault = read_varint(rest, tag, strict);
+    if (fault == PBWIRE_FAULT_NONE) {
+        f->number = *tag >> 3 > UINT32_MAX ? UINT32_MAX : (uint32_t)(*tag >> 3);
+        f->type = (pbwire_type)(*tag & 7);
+        f->tag_len = before - rest->len;
+    }
+    return fault;
+}
+
+/* Reads the body of a field of f->type from |*rest| into |f|; a group tag has none here. */
+static pbwire_fault read_body(str *rest, pbwire_field *f, bool strict) {
     size_t fixed = 0;
     switch (f->type) {
     case PBWIRE_VARINT:
-        if (pbwire_read_varint(rest, &f->varint) != EP_OK) {
-            return ep_err_set(err, EP_ERR_INVALID, "field %u: bad varint", f->number);
-        }
-        return EP_OK;
+        return read_varint(rest, &f->varint, strict);
     case PBWIRE_LEN: {
         uint64_t len;
-        if (pbwire_read_varint(rest, &len) != EP_OK || len > rest->len) {
-            return ep_err_set(err, EP_ERR_INVALID, "field %u: length past the end", f->number);
+        pbwire_fault fault = read_varint(rest, &len, strict);
+        if (fault == PBWIRE_FAULT_NONE && len > rest->len) {
+            fault = PBWIRE_FAULT_EOF;
         }
-        f->payload = str_make(rest->ptr, (size_t)len);
-        *rest = str_skip(*rest, (size_t)len);
-        return EP_OK;
+        if (fault == PBWIRE_FAULT_NONE) {
+            f->payload = str_make(rest->ptr, (size_t)len);
+            *rest = str_skip(*rest, (size_t)len);
+        }
+        return fault;
     }
     case PBWIRE_FIXED64:
         fixed = 8;
@@ -54,39 +79,76 @@ static int read_body(str *rest, pbwire_field *f, ep_err *err) {
     case PBWIRE_FIXED32:
         fixed = 4;
         break;
+    case PBWIRE_SGROUP:
+    case PBWIRE_EGROUP:
+        return PBWIRE_FAULT_NONE;
+    default:
+        return PBWIRE_FAULT_WIRE_TYPE;
+    }
+    if (rest->len < fixed) {
+        return PBWIRE_FAULT_EOF;
+    }
+    f->varint = read_le(rest->ptr, fixed);
+    *rest = str_skip(*rest, fixed);
+    return PBWIRE_FAULT_NONE;
+}
+
+/* Records |fault| in |f|; on success sets f->raw and advances |*in| to |rest|.
+ * Returns 0 or EP_ERR_INVALID. */
+static int finish(str *in, str rest, pbwire_field *f, pbwire_fault fault) {
+    f->fault = fault;
+    if (fault != PBWIRE_FAULT_NONE) {
+        return EP_ERR_INVALID;
+    }
+    f->raw = str_make(in->ptr, in->len - rest.len);
+    *in = rest;
+    return EP_OK;
+}
+
+/* pbwire_next's message for a body that failed to read. Returns EP_ERR_INVALID. */
+static int body_error(const pbwire_field *f, ep_err *err) {
+    switch (f->type) {
+    case PBWIRE_VARINT:
+        return ep_err_set(err, EP_ERR_INVALID, "field %u: bad varint", f->number);
+    case PBWIRE_LEN:
+        return ep_err_set(err, EP_ERR_INVALID, "field %u: length past the end", f->number);
+    case PBWIRE_FIXED64:
+    case PBWIRE_FIXED32:
+        return ep_err_set(err, EP_ERR_INVALID, "field %u: truncated fixed value", f->number);
     default:
         return ep_err_set(err, EP_ERR_INVALID, "field %u: unsupported wire type %d", f->number,
                           (int)f->type);
     }
-    if (rest->len < fixed) {
-        return ep_err_set(err, EP_ERR_INVALID, "field %u: truncated fixed value", f->number);
-    }
-    f->varint = read_le(rest->ptr, fixed);
-    *rest = str_skip(*rest, fixed);
-    return EP_OK;
 }
 
 int pbwire_next(str *in, pbwire_field *field, ep_err *err) {
     str rest = *in;
     uint64_t tag;
-    if (pbwire_read_varint(&rest, &tag) != EP_OK || tag > UINT32_MAX) {
+    pbwire_fault fault = read_tag(&rest, field, &tag, true);
+    if (fault != PBWIRE_FAULT_NONE || tag > UINT32_MAX) {
+        field->fault = fault != PBWIRE_FAULT_NONE ? fault : PBWIRE_FAULT_FIELD_NUMBER;
         return ep_err_set(err, EP_ERR_INVALID, "bad field tag");
     }
-    field->number = (uint32_t)(tag >> 3);
-    field->type = (pbwire_type)(tag & 7);
-    field->tag_len = in->len - rest.len;
-    field->varint = 0;
-    field->payload = str_make(NULL, 0);
     if (field->number == 0 || field->number > PBWIRE_MAX_FIELD) {
+        field->fault = PBWIRE_FAULT_FIELD_NUMBER;
         return ep_err_set(err, EP_ERR_INVALID, "bad field number %u", field->number);
     }
-    int rv = read_body(&rest, field, err);
-    if (rv != EP_OK) {
-        return rv;
+    if (field->type == PBWIRE_SGROUP || field->type == PBWIRE_EGROUP) {
+        field->fault = PBWIRE_FAULT_GROUP;
+        return body_error(field, err);
     }
-    field->raw = str_make(in->ptr, in->len - rest.len);
-    *in = rest;
-    return EP_OK;
+    fault = read_body(&rest, field, true);
+    return finish(in, rest, field, fault) == EP_OK ? EP_OK : body_error(field, err);
+}
+
+int pbwire_scan(str *in, pbwire_field *field) {
+    str rest = *in;
+    uint64_t tag;
+    pbwire_fault fault = read_tag(&rest, field, &tag, false);
+    if (fault == PBWIRE_FAULT_NONE) {
+        fault = read_body(&rest, field, false);
+    }
+    return finish(in, rest, field, fault);
 }
 
 size_t pbwire_varint_len(uint64_t value) {

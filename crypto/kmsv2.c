@@ -2,8 +2,9 @@
  * KMS v2 stored format: EncryptedObject encode/decode/validate, the seed -> DEK derivation, the
  * DEK/seed cache key, and seal/open of encryptedData (spec 1.6).
  *
- * Reads: crypto_kmsv2_decode first walks the top-level wire format itself (so a malformed body
- * gets a precise message such as "unexpected EOF"), then lets protobuf-c unpack it, then sorts
+ * Reads: crypto_kmsv2_decode first walks the top-level fields with pbwire_scan (so a malformed
+ * body gets Go's precise message such as "unexpected EOF"), then lets protobuf-c unpack it, then
+ * sorts
  * the annotation entries by key (a repeated key keeps its last value, as a proto map does) and
  * validates exactly as kube-apiserver. The caller resolves encryptedDEKSource to a seed or DEK
  * and crypto_kmsv2_open derives the per-write key (type 1) and opens the AES-GCM data.
@@ -24,18 +25,22 @@
 #include <string.h>
 
 #include "common/alloc.h"
+#include "common/pbwire.h"
 #include "crypto/aesgcm.h"
 #include "crypto/kmsv2.pb-c.h"
 #include "crypto/random.h"
 
-/* Protobuf tags: field number << 3 | wire type. */
-#define TAG_ENCRYPTED_DATA 0x0A
-#define TAG_KEY_ID 0x12
-#define TAG_SOURCE 0x1A
-#define TAG_ANNOTATION 0x22
-#define TAG_TYPE 0x28
-#define TAG_ENTRY_KEY 0x0A
-#define TAG_ENTRY_VALUE 0x12
+/* EncryptedObject field numbers, and those of an annotations map entry. */
+#define FIELD_ENCRYPTED_DATA 1
+#define FIELD_KEY_ID 2
+#define FIELD_SOURCE 3
+#define FIELD_ANNOTATION 4
+#define FIELD_TYPE 5
+#define FIELD_ENTRY_KEY 1
+#define FIELD_ENTRY_VALUE 2
+
+/* Group nesting Go's skipper follows before calling the input truncated. */
+#define GROUP_DEPTH_MAX 64
 
 #define DNS1123_SUBDOMAIN_MAX 253
 #define DNS1123_LABEL_MAX 63
@@ -328,77 +333,42 @@ int crypto_kmsv2_derive_dek(str seed, const uint8_t info[CRYPTO_KMSV2_INFO_LEN],
 
 /* ---- encoding ------------------------------------------------------------------------ */
 
-static size_t varint_size(uint64_t v) {
-    size_t n = 1;
-    while (v >= 0x80) {
-        v >>= 7;
-        n++;
-    }
-    return n;
-}
-
-/* Returns 0 or EP_ERR_NOMEM. */
-static int append_varint(buf *out, uint64_t v) {
-    uint8_t tmp[10];
-    size_t n = 0;
-    while (v >= 0x80) {
-        tmp[n++] = (uint8_t)(v | 0x80);
-        v >>= 7;
-    }
-    tmp[n++] = (uint8_t)v;
-    return buf_append(out, tmp, n);
-}
-
-/* Appends a LEN field (tag, length, bytes). Returns 0 or EP_ERR_NOMEM. */
-static int append_bytes_field(buf *out, uint8_t tag, str value) {
-    int rv = buf_append(out, &tag, 1);
-    if (rv == EP_OK) {
-        rv = append_varint(out, value.len);
-    }
-    return rv == EP_OK ? buf_append_str(out, value) : rv;
-}
-
 /* Proto3 omits empty fields. Returns 0 or EP_ERR_NOMEM. */
-static int append_nonempty_field(buf *out, uint8_t tag, str value) {
-    return value.len ? append_bytes_field(out, tag, value) : EP_OK;
+static int append_nonempty_field(buf *out, uint32_t number, str value) {
+    return value.len ? pbwire_put_bytes(out, number, value) : EP_OK;
 }
 
 /* One map entry {1: key, 2: value}; both are written even when empty, as Go does.
  * Returns 0 or EP_ERR_NOMEM. */
 static int append_annotation(buf *out, const crypto_kmsv2_annotation *a) {
-    size_t entry_len =
-        1 + varint_size(a->key.len) + a->key.len + 1 + varint_size(a->value.len) + a->value.len;
-    uint8_t tag = TAG_ANNOTATION;
-    int rv = buf_reserve(out, 1 + varint_size(entry_len) + entry_len);
+    size_t entry_len = 1 + pbwire_varint_len(a->key.len) + a->key.len + 1 +
+                       pbwire_varint_len(a->value.len) + a->value.len;
+    int rv = buf_reserve(out, 1 + pbwire_varint_len(entry_len) + entry_len);
     if (rv == EP_OK) {
-        rv = buf_append(out, &tag, 1);
+        rv = pbwire_put_tag(out, FIELD_ANNOTATION, PBWIRE_LEN);
     }
     if (rv == EP_OK) {
-        rv = append_varint(out, entry_len);
+        rv = pbwire_put_varint(out, entry_len);
     }
     if (rv == EP_OK) {
-        rv = append_bytes_field(out, TAG_ENTRY_KEY, a->key);
+        rv = pbwire_put_bytes(out, FIELD_ENTRY_KEY, a->key);
     }
-    return rv == EP_OK ? append_bytes_field(out, TAG_ENTRY_VALUE, a->value) : rv;
+    return rv == EP_OK ? pbwire_put_bytes(out, FIELD_ENTRY_VALUE, a->value) : rv;
 }
 
 /* Appends fields 2..5; |sorted| annotations are in ascending key order. Returns 0 or
  * EP_ERR_NOMEM (partial output left for the caller to cut). */
 static int append_tail(buf *out, str key_id, str source, const crypto_kmsv2_annotation *sorted,
                        size_t n, int32_t type) {
-    int rv = append_nonempty_field(out, TAG_KEY_ID, key_id);
+    int rv = append_nonempty_field(out, FIELD_KEY_ID, key_id);
     if (rv == EP_OK) {
-        rv = append_nonempty_field(out, TAG_SOURCE, source);
+        rv = append_nonempty_field(out, FIELD_SOURCE, source);
     }
     for (size_t i = 0; rv == EP_OK && i < n; i++) {
         rv = append_annotation(out, &sorted[i]);
     }
-    if (rv == EP_OK && type != 0) {
-        uint8_t tag = TAG_TYPE;
-        rv = buf_append(out, &tag, 1);
-        if (rv == EP_OK) { /* int32 varints sign-extend to 64 bits, as proto3 does */
-            rv = append_varint(out, (uint64_t)(int64_t)type);
-        }
+    if (rv == EP_OK && type != 0) { /* int32 varints sign-extend to 64 bits, as proto3 does */
+        rv = pbwire_put_uint(out, FIELD_TYPE, (uint64_t)(int64_t)type);
     }
     return rv;
 }
@@ -414,7 +384,7 @@ int crypto_kmsv2_encode(const crypto_kmsv2_object *o, buf *out, ep_err *err) {
         return rv;
     }
     size_t start = out->len;
-    rv = append_nonempty_field(out, TAG_ENCRYPTED_DATA, o->encrypted_data);
+    rv = append_nonempty_field(out, FIELD_ENCRYPTED_DATA, o->encrypted_data);
     if (rv == EP_OK) {
         rv = append_tail(out, o->key_id, o->encrypted_dek_source, sorted, o->nannotations, o->type);
     }
@@ -428,92 +398,63 @@ int crypto_kmsv2_encode(const crypto_kmsv2_object *o, buf *out, ep_err *err) {
 
 /* ---- decoding ------------------------------------------------------------------------ */
 
-/* Reads a varint at |*pos|. Returns 0, or EP_ERR_INVALID with Go's message. */
-static int read_varint(str body, size_t *pos, uint64_t *v, ep_err *err) {
-    *v = 0;
-    for (unsigned shift = 0; shift < 70; shift += 7) {
-        if (*pos >= body.len) {
-            return ep_err_set(err, EP_ERR_INVALID, "unexpected EOF");
-        }
-        uint8_t b = body.ptr[(*pos)++];
-        *v |= (uint64_t)(b & 0x7f) << shift;
-        if (b < 0x80) {
-            return EP_OK;
-        }
-    }
-    return ep_err_set(err, EP_ERR_INVALID, "proto: integer overflow");
-}
-
-static int skip_value(str body, size_t *pos, uint64_t tag, int depth, ep_err *err);
-
-/* Skips the fields of a group up to the end marker that balances it. Like Go's skipper, any
- * problem inside a group (truncation, a bad wire type) means its end was not found: "unexpected
- * EOF". Returns 0 or EP_ERR_INVALID. */
-static int skip_group(str body, size_t *pos, int depth, ep_err *err) {
-    for (;;) {
-        uint64_t inner;
-        int rv = depth > 64 ? EP_ERR_INVALID : read_varint(body, pos, &inner, err);
-        if (rv == EP_OK && (inner & 7) == 4) {
-            return EP_OK;
-        }
-        if (rv == EP_OK) {
-            rv = skip_value(body, pos, inner, depth + 1, err);
-        }
-        if (rv != EP_OK) {
-            return ep_err_set(err, EP_ERR_INVALID, "unexpected EOF");
-        }
-    }
-}
-
-/* Skips the value of one field with |tag|. Returns 0 or EP_ERR_INVALID. */
-static int skip_value(str body, size_t *pos, uint64_t tag, int depth, ep_err *err) {
-    uint64_t n = 0;
-    int rv = EP_OK;
-    switch (tag & 7) {
-    case 0:
-        return read_varint(body, pos, &n, err);
-    case 1:
-        n = 8;
-        break;
-    case 2:
-        rv = read_varint(body, pos, &n, err);
-        break;
-    case 3:
-        return skip_group(body, pos, depth, err);
-    case 5:
-        n = 4;
-        break;
-    case 4:
-        return ep_err_set(err, EP_ERR_INVALID, "proto: illegal wireType 4");
-    default:
+/* Go's message for a field pbwire_scan could not read. Returns EP_ERR_INVALID. */
+static int go_wire_error(const pbwire_field *f, ep_err *err) {
+    switch (f->fault) {
+    case PBWIRE_FAULT_OVERFLOW:
+        return ep_err_set(err, EP_ERR_INVALID, "proto: integer overflow");
+    case PBWIRE_FAULT_WIRE_TYPE:
         return ep_err_set(err, EP_ERR_INVALID, "proto: can't skip unknown wire type %u",
-                          (unsigned)(tag & 7));
+                          (unsigned)f->type);
+    default:
+        return ep_err_set(err, EP_ERR_INVALID, "unexpected EOF");
     }
-    if (rv == EP_OK && n > body.len - *pos) {
-        rv = ep_err_set(err, EP_ERR_INVALID, "unexpected EOF");
+}
+
+/* Skips the fields of a group after its start tag, up to the end tag that balances it. Like
+ * Go's skipper, any problem inside (truncation, a bad wire type, too deep) means the end was
+ * not found, which the caller reports as "unexpected EOF". Returns 0 or EP_ERR_INVALID. */
+static int skip_group(str *in, int depth) {
+    for (;;) {
+        pbwire_field f;
+        if (depth > GROUP_DEPTH_MAX || pbwire_scan(in, &f) != EP_OK) {
+            return EP_ERR_INVALID;
+        }
+        if (f.type == PBWIRE_EGROUP) {
+            return EP_OK;
+        }
+        if (f.type == PBWIRE_SGROUP && skip_group(in, depth + 1) != EP_OK) {
+            return EP_ERR_INVALID;
+        }
     }
-    if (rv == EP_OK) {
-        *pos += (size_t)n;
+}
+
+/* Checks one top-level field the way Go's unmarshaler does. Returns 0 or EP_ERR_INVALID. */
+static int check_field(str *in, ep_err *err) {
+    pbwire_field f;
+    int rv = pbwire_scan(in, &f);
+    if (f.tag_len > 0 && f.number == 0) {
+        return ep_err_set(err, EP_ERR_INVALID, "proto: illegal field number 0");
     }
-    return rv;
+    if (rv != EP_OK) {
+        return go_wire_error(&f, err);
+    }
+    if (f.type == PBWIRE_EGROUP) {
+        return ep_err_set(err, EP_ERR_INVALID, "proto: illegal wireType 4");
+    }
+    if (f.type == PBWIRE_SGROUP) { /* a well-formed group still cannot be read by protobuf-c */
+        return skip_group(in, 0) == EP_OK
+                   ? ep_err_set(err, EP_ERR_INVALID, "proto: groups are not supported")
+                   : ep_err_set(err, EP_ERR_INVALID, "unexpected EOF");
+    }
+    return EP_OK;
 }
 
 /* Walks the top-level fields so a malformed body is refused with a precise message before
  * protobuf-c (which only says "failed") sees it. Returns 0 or EP_ERR_INVALID. */
 static int check_wire_format(str body, ep_err *err) {
-    size_t pos = 0;
-    while (pos < body.len) {
-        uint64_t tag;
-        int rv = read_varint(body, &pos, &tag, err);
-        if (rv == EP_OK && tag >> 3 == 0) {
-            rv = ep_err_set(err, EP_ERR_INVALID, "proto: illegal field number 0");
-        }
-        if (rv == EP_OK) {
-            rv = skip_value(body, &pos, tag, 0, err);
-        }
-        if (rv == EP_OK && (tag & 7) == 3) { /* well-formed, but protobuf-c cannot read groups */
-            rv = ep_err_set(err, EP_ERR_INVALID, "proto: groups are not supported");
-        }
+    while (body.len > 0) {
+        int rv = check_field(&body, err);
         if (rv != EP_OK) {
             return rv;
         }
@@ -785,7 +726,6 @@ const uint8_t *crypto_kmsv2_state_cache_key(const crypto_kmsv2_state *st) {
 /* Appends prefix, |name|, ':' and the encryptedData field header for |data_len| bytes.
  * Returns 0 or EP_ERR_NOMEM. */
 static int append_seal_head(str name, size_t data_len, buf *out) {
-    uint8_t tag = TAG_ENCRYPTED_DATA;
     int rv = buf_append_str(out, STR_LIT(CRYPTO_KMSV2_PREFIX));
     if (rv == EP_OK) {
         rv = buf_append_str(out, name);
@@ -794,9 +734,9 @@ static int append_seal_head(str name, size_t data_len, buf *out) {
         rv = buf_append(out, ":", 1);
     }
     if (rv == EP_OK) {
-        rv = buf_append(out, &tag, 1);
+        rv = pbwire_put_tag(out, FIELD_ENCRYPTED_DATA, PBWIRE_LEN);
     }
-    return rv == EP_OK ? append_varint(out, data_len) : rv;
+    return rv == EP_OK ? pbwire_put_varint(out, data_len) : rv;
 }
 
 /* Appends info || nonce || ct || tag for |plain| under a key derived from the state's seed.

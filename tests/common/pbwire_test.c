@@ -117,6 +117,78 @@ static void test_next_refusals(void **state) {
     expect_invalid(S("\x12\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01"), "length past the end");
 }
 
+static void expect_fault(str in, pbwire_fault want) {
+    pbwire_field f;
+    ep_err err = {{0}};
+    assert_int_equal(pbwire_next(&in, &f, &err), EP_ERR_INVALID);
+    assert_int_equal(f.fault, want);
+}
+
+static void test_next_faults(void **state) {
+    expect_fault(S("\x12\x05hi"), PBWIRE_FAULT_EOF);
+    expect_fault(S("\x80"), PBWIRE_FAULT_EOF);
+    expect_fault(S("\x08\xff\xff\xff\xff\xff\xff\xff\xff\xff\x02"), PBWIRE_FAULT_OVERFLOW);
+    expect_fault(S("\x02\x00"), PBWIRE_FAULT_FIELD_NUMBER);
+    expect_fault(S("\xf8\xff\xff\xff\x7f\x00"), PBWIRE_FAULT_FIELD_NUMBER);
+    expect_fault(S("\x0b"), PBWIRE_FAULT_GROUP);
+    expect_fault(S("\x0f"), PBWIRE_FAULT_WIRE_TYPE);
+    pbwire_field f;
+    str ok = S("\x08\x01");
+    assert_int_equal(pbwire_next(&ok, &f, NULL), EP_OK);
+    assert_int_equal(f.fault, PBWIRE_FAULT_NONE);
+}
+
+/* pbwire_scan fails with |want|; |in| stays as it was. */
+static void expect_scan_fault(str in, pbwire_fault want, size_t tag_len) {
+    pbwire_field f;
+    str before = in;
+    assert_int_equal(pbwire_scan(&in, &f), EP_ERR_INVALID);
+    assert_int_equal(f.fault, want);
+    assert_int_equal(f.tag_len, tag_len);
+    assert_ptr_equal(in.ptr, before.ptr);
+    assert_int_equal(in.len, before.len);
+}
+
+static void test_scan_is_lenient_like_go(void **state) {
+    /* field 0, a 10th varint byte above 1, groups as bare tags, field numbers above 2^29-1 */
+    str in = S("\x02\x01x"
+               "\x08\xff\xff\xff\xff\xff\xff\xff\xff\xff\x7f"
+               "\x0b\x0c"
+               "\xf8\xff\xff\xff\x7f\x01");
+    pbwire_field f;
+    assert_int_equal(pbwire_scan(&in, &f), EP_OK);
+    assert_int_equal(f.number, 0);
+    assert_true(str_eq(f.payload, S("x")));
+    assert_int_equal(pbwire_scan(&in, &f), EP_OK);
+    assert_true(f.varint == UINT64_MAX);
+    assert_int_equal(f.raw.len, 11);
+    assert_int_equal(pbwire_scan(&in, &f), EP_OK);
+    assert_int_equal(f.type, PBWIRE_SGROUP);
+    assert_int_equal(f.raw.len, 1);
+    assert_int_equal(pbwire_scan(&in, &f), EP_OK);
+    assert_int_equal(f.type, PBWIRE_EGROUP);
+    assert_int_equal(pbwire_scan(&in, &f), EP_OK);
+    assert_int_equal(f.number, UINT32_MAX); /* 2^32-1 saturates */
+    assert_int_equal(f.varint, 1);
+    assert_int_equal(in.len, 0);
+
+    expect_scan_fault(S(""), PBWIRE_FAULT_EOF, 0);
+    expect_scan_fault(S("\x80"), PBWIRE_FAULT_EOF, 0);
+    expect_scan_fault(S("\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x00"), PBWIRE_FAULT_OVERFLOW, 0);
+    expect_scan_fault(S("\x0a\x05"
+                        "abc"),
+                      PBWIRE_FAULT_EOF, 1);
+    expect_scan_fault(S("\x0a\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01"), PBWIRE_FAULT_OVERFLOW,
+                      1);
+    expect_scan_fault(S("\x09\x01"), PBWIRE_FAULT_EOF, 1);
+    expect_scan_fault(S("\x07"), PBWIRE_FAULT_WIRE_TYPE, 1);
+    pbwire_field g;
+    str seven = S("\x07");
+    assert_int_equal(pbwire_scan(&seven, &g), EP_ERR_INVALID);
+    assert_int_equal(g.number, 0);
+    assert_int_equal(g.type, 7);
+}
+
 static void test_writers(void **state) {
     buf b = BUF_INIT;
     assert_int_equal(pbwire_put_uint(&b, 5, 1), EP_OK);
@@ -143,6 +215,8 @@ int main(void) {
         cmocka_unit_test(test_varint_refusals),
         cmocka_unit_test(test_next_reads_every_wire_type),
         cmocka_unit_test(test_next_refusals),
+        cmocka_unit_test(test_next_faults),
+        cmocka_unit_test(test_scan_is_lenient_like_go),
         cmocka_unit_test(test_writers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -180,6 +180,14 @@ static void test_decode_malformed(void **state) {
     DECODE_ERR("\x0b\x08\x01\x0f", EP_ERR_INVALID, "unexpected EOF"); /* bad type inside */
     DECODE_ERR("\x0b\x0b\x0c\x08\x01\x0c", EP_ERR_INVALID, "proto: groups are not supported");
     DECODE_ERR("\x0c", EP_ERR_INVALID, "proto: illegal wireType 4");
+    /* Go's skipper follows 65 nested groups; one more and it calls the input truncated. */
+    char nested[2 * 66];
+    for (size_t depth = 65; depth <= 66; depth++) {
+        memset(nested, 0x0b, depth);
+        memset(nested + depth, 0x0c, depth);
+        expect_decode_error(nested, 2 * depth, EP_ERR_INVALID,
+                            depth == 65 ? "proto: groups are not supported" : "unexpected EOF");
+    }
     DECODE_ERR("\x02\x01x", EP_ERR_INVALID, "proto: illegal field number 0");
     DECODE_ERR("\x28\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01", EP_ERR_INVALID,
                "proto: integer overflow");
