@@ -36,20 +36,31 @@ static void fetch_ciphers(void) {
     cbc_ciphers[2] = EVP_CIPHER_fetch(NULL, "AES-256-CBC", NULL);
 }
 
-int crypto_aescbc_key_new(str key, crypto_aescbc_key **out, ep_err *err) {
-    if (key.len != 16 && key.len != 24 && key.len != 32) {
-        return ep_err_set(err, EP_ERR_INVALID, "crypto/aes: invalid key size %zu", key.len);
+/* The CBC cipher for a |key_len|-byte key. Returns EP_ERR_INVALID for a length AES does not
+ * have, EP_ERR_PROVIDER when OpenSSL lacks the cipher. */
+static int cbc_cipher(size_t key_len, const EVP_CIPHER **cipher, ep_err *err) {
+    if (key_len != 16 && key_len != 24 && key_len != 32) {
+        return ep_err_set(err, EP_ERR_INVALID, "crypto/aes: invalid key size %zu", key_len);
     }
     pthread_once(&fetch_once, fetch_ciphers);
-    const EVP_CIPHER *cipher = cbc_ciphers[(key.len - 16) / 8];
-    if (cipher == NULL) {
-        return ep_err_set(err, EP_ERR_PROVIDER, "OpenSSL has no AES-%zu-CBC", key.len * 8);
+    *cipher = cbc_ciphers[(key_len - 16) / 8];
+    if (*cipher == NULL) {
+        return ep_err_set(err, EP_ERR_PROVIDER, "OpenSSL has no AES-%zu-CBC", key_len * 8);
+    }
+    return EP_OK;
+}
+
+int crypto_aescbc_key_new(str key, crypto_aescbc_key **out, ep_err *err) {
+    const EVP_CIPHER *cipher;
+    int rv = cbc_cipher(key.len, &cipher, err);
+    if (rv != EP_OK) {
+        return rv;
     }
     crypto_aescbc_key *k = ep_calloc(1, sizeof(*k));
     if (k == NULL) {
         return ep_err_set(err, EP_ERR_NOMEM, "out of memory creating an AES-CBC key");
     }
-    int rv = crypto_cipher_key_init(&k->cipher_key, cipher, key, err);
+    rv = crypto_cipher_key_init(&k->cipher_key, cipher, key, err);
     if (rv != EP_OK) {
         ep_free(k);
         return rv;
@@ -131,18 +142,19 @@ int crypto_aescbc_encrypt(const crypto_aescbc_key *k, str plain, buf *out, ep_er
     return crypto_aescbc_encrypt_iv(k, iv, plain, out, err);
 }
 
-/* Length of the PKCS#7 pad ending |p| (|n| >= 1 bytes), or 0 when it is invalid. The pad may
- * exceed one block as long as it fits, which is what kube-apiserver accepts. */
-static size_t pad_len(const uint8_t *p, size_t n) {
-    size_t pad = p[n - 1];
-    if (pad == 0 || pad > n) {
-        return 0;
+/* Finds the PKCS#7 pad ending |p| (|n| >= 1 bytes) and stores its length in |*pad|. The pad
+ * may exceed one block as long as it fits, which is what kube-apiserver accepts. Returns 0 or
+ * EP_ERR_AUTH with upstream's two messages (a wrong key lands here about 255 times in 256). */
+static int find_pad(const uint8_t *p, size_t n, size_t *pad, ep_err *err) {
+    *pad = p[n - 1];
+    if (*pad == 0 || *pad > n) {
+        return ep_err_set(err, EP_ERR_AUTH, "invalid PKCS7 data (empty or not padded)");
     }
     uint8_t diff = 0;
-    for (size_t i = n - pad; i < n; i++) {
+    for (size_t i = n - *pad; i < n; i++) {
         diff |= p[i] ^ p[n - 1];
     }
-    return diff == 0 ? pad : 0;
+    return diff == 0 ? EP_OK : ep_err_set(err, EP_ERR_AUTH, "invalid padding on input");
 }
 
 /* Checks the layout rules in kube-apiserver's order. Returns 0 or EP_ERR_INVALID. */
@@ -162,15 +174,10 @@ static int check_layout(str stored, ep_err *err) {
     return EP_OK;
 }
 
-int crypto_aescbc_decrypt(const crypto_aescbc_key *k, str stored, buf *out, ep_err *err) {
-    int rv = check_layout(stored, err);
-    if (rv != EP_OK) {
-        return rv;
-    }
-    EVP_CIPHER_CTX *ctx = crypto_cipher_ctx(&k->cipher_key, 0, &rv, err);
-    if (ctx == NULL) {
-        return rv;
-    }
+/* Decrypts |stored| (layout checked) with |ctx|, keyed for decryption, and appends the
+ * unpadded plaintext. Returns 0, EP_ERR_AUTH, EP_ERR_NOMEM or EP_ERR_PROVIDER; on failure the
+ * bytes written past out->len are wiped. */
+static int decrypt_with(EVP_CIPHER_CTX *ctx, str stored, buf *out, ep_err *err) {
     size_t ct_len = stored.len - BLOCK;
     if (buf_reserve(out, ct_len) != EP_OK) {
         return ep_err_set(err, EP_ERR_NOMEM, "out of memory decrypting %zu bytes", stored.len);
@@ -183,12 +190,41 @@ int crypto_aescbc_decrypt(const crypto_aescbc_key *k, str stored, buf *out, ep_e
         explicit_bzero(dst, ct_len);
         return ep_err_set(err, EP_ERR_PROVIDER, "OpenSSL AES-CBC decryption failed");
     }
-    size_t pad = pad_len(dst, ct_len);
-    if (pad == 0) {
+    size_t pad;
+    int rv = find_pad(dst, ct_len, &pad, err);
+    if (rv != EP_OK) {
         explicit_bzero(dst, ct_len);
-        return ep_err_set(err, EP_ERR_AUTH, "invalid padding on input");
+        return rv;
     }
     explicit_bzero(dst + ct_len - pad, pad);
     out->len += ct_len - pad;
     return EP_OK;
+}
+
+int crypto_aescbc_decrypt(const crypto_aescbc_key *k, str stored, buf *out, ep_err *err) {
+    int rv = check_layout(stored, err);
+    if (rv != EP_OK) {
+        return rv;
+    }
+    EVP_CIPHER_CTX *ctx = crypto_cipher_ctx(&k->cipher_key, 0, &rv, err);
+    if (ctx == NULL) {
+        return rv;
+    }
+    return decrypt_with(ctx, stored, out, err);
+}
+
+int crypto_aescbc_decrypt_raw(str key, str stored, buf *out, ep_err *err) {
+    const EVP_CIPHER *cipher;
+    int rv = cbc_cipher(key.len, &cipher, err);
+    if (rv == EP_OK) {
+        rv = check_layout(stored, err);
+    }
+    if (rv != EP_OK) {
+        return rv;
+    }
+    EVP_CIPHER_CTX *ctx = crypto_cipher_ctx_raw(cipher, key, 0, &rv, err);
+    if (ctx == NULL) {
+        return rv;
+    }
+    return decrypt_with(ctx, stored, out, err);
 }

@@ -33,7 +33,14 @@ int crypto_aescbc_encrypt_iv(const crypto_aescbc_key *k, const uint8_t *iv, str 
 /* Decrypts IV || ciphertext and appends the unpadded plaintext. Returns 0, or EP_ERR_INVALID
  * ("the stored data was shorter than the required size" below one block or with no ciphertext
  * block after the IV, "the stored data is not a multiple of the block size"), EP_ERR_AUTH
- * ("invalid padding on input"), EP_ERR_NOMEM, EP_ERR_PROVIDER. Nothing is appended on failure. */
+ * ("invalid PKCS7 data (empty or not padded)" for a last byte of 0 or past the data, "invalid
+ * padding on input" when the pad bytes differ), EP_ERR_NOMEM, EP_ERR_PROVIDER. Nothing is
+ * appended on failure. */
 int crypto_aescbc_decrypt(const crypto_aescbc_key *k, str stored, buf *out, ep_err *err);
+
+/* One-shot decrypt with a raw key used once (KMS v1 legacy payloads under a plugin DEK): no
+ * expanded key object is kept. Same returns as crypto_aescbc_decrypt, plus EP_ERR_INVALID
+ * ("crypto/aes: invalid key size N") for a key that is not 16, 24 or 32 bytes. */
+int crypto_aescbc_decrypt_raw(str key, str stored, buf *out, ep_err *err);
 
 #endif

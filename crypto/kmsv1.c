@@ -13,15 +13,13 @@
  */
 #include "crypto/kmsv1.h"
 
-#include <openssl/evp.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "common/base64.h"
+#include "crypto/aescbc.h"
 #include "crypto/aesgcm.h"
 #include "crypto/random.h"
-
-#define CBC_BLOCK 16
 
 static const char parse_error[] =
     "invalid data encountered by envelope transformer: failed to read uint16 length prefixed data";
@@ -118,82 +116,15 @@ int crypto_kmsv1_seal_value(str name, str encrypted_dek, str dek, str etcd_key, 
     return rv;
 }
 
-/* Returns NULL for a length that is not an AES key size (callers checked it already). */
-static const EVP_CIPHER *cbc_cipher(size_t key_len) {
-    switch (key_len) {
-    case 16:
-        return EVP_aes_128_cbc();
-    case 24:
-        return EVP_aes_192_cbc();
-    case 32:
-        return EVP_aes_256_cbc();
-    default:
-        return NULL;
-    }
-}
-
-/* Decrypts the |n| whole blocks at |in| into |plain| (n > 0). Returns 0 or EP_ERR_PROVIDER. */
-static int cbc_decrypt_blocks(str dek, const uint8_t *iv, const uint8_t *in, size_t n,
-                              uint8_t *plain, ep_err *err) {
-    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
-    int outl = 0;
-    int ok = ctx != NULL && n <= INT32_MAX &&
-             EVP_DecryptInit_ex(ctx, cbc_cipher(dek.len), NULL, dek.ptr, iv) == 1 &&
-             EVP_CIPHER_CTX_set_padding(ctx, 0) == 1 &&
-             EVP_DecryptUpdate(ctx, plain, &outl, in, (int)n) == 1 && (size_t)outl == n;
-    EVP_CIPHER_CTX_free(ctx);
-    if (!ok) {
-        return ep_err_set(err, EP_ERR_PROVIDER, "AES-CBC decryption failed in OpenSSL");
-    }
-    return EP_OK;
-}
-
-/* Length of the plaintext once a valid PKCS#7 pad is removed from |plain| (n bytes), or a
- * negative EP_ERR_AUTH with upstream's message. A wrong key lands here about 255 times in 256. */
-static long pkcs7_unpadded_len(const uint8_t *plain, size_t n, ep_err *err) {
-    uint8_t pad = n ? plain[n - 1] : 0;
-    if (pad == 0 || pad > n) {
-        return ep_err_set(err, EP_ERR_AUTH, "invalid PKCS7 data (empty or not padded)");
-    }
-    uint8_t mismatch = 0;
-    for (size_t i = n - pad; i < n; i++) {
-        mismatch |= plain[i] ^ pad;
-    }
-    if (mismatch) {
-        return ep_err_set(err, EP_ERR_AUTH, "invalid padding on input");
-    }
-    return (long)(n - pad);
-}
-
 /* The legacy 1.10-1.24 payload: IV[16] || AES-CBC(PKCS#7(plain)), no AAD. Appends the
- * plaintext. Returns 0, EP_ERR_INVALID (short / not whole blocks), EP_ERR_AUTH (bad padding),
- * EP_ERR_NOMEM or EP_ERR_PROVIDER; nothing left appended on failure. */
+ * plaintext. Returns what crypto_aescbc_decrypt_raw returns, except that the IV alone (where
+ * upstream would index before the start) fails its padding check: EP_ERR_AUTH. Nothing is left
+ * appended on failure. */
 static int cbc_open(str dek, str payload, buf *out, ep_err *err) {
-    if (payload.len < CBC_BLOCK) {
-        return ep_err_set(err, EP_ERR_INVALID,
-                          "the stored data was shorter than the required size");
-    }
-    size_t n = payload.len - CBC_BLOCK;
-    if (n % CBC_BLOCK != 0) {
-        return ep_err_set(err, EP_ERR_INVALID,
-                          "the stored data is not a multiple of the block size");
-    }
-    if (n == 0) { /* upstream would index before the start here; refuse instead */
+    if (payload.len == CRYPTO_AESCBC_BLOCK_LEN) {
         return ep_err_set(err, EP_ERR_AUTH, "invalid PKCS7 data (empty or not padded)");
     }
-    if (buf_reserve(out, n) != EP_OK) {
-        return ep_err_set(err, EP_ERR_NOMEM, "out of memory decrypting a KMS v1 value");
-    }
-    uint8_t *plain = out->data + out->len;
-    int rv = cbc_decrypt_blocks(dek, payload.ptr, payload.ptr + CBC_BLOCK, n, plain, err);
-    long plain_len = rv == EP_OK ? pkcs7_unpadded_len(plain, n, err) : rv;
-    if (plain_len < 0) {
-        explicit_bzero(plain, n);
-        return (int)plain_len;
-    }
-    explicit_bzero(plain + plain_len, n - (size_t)plain_len);
-    out->len += (size_t)plain_len;
-    return EP_OK;
+    return crypto_aescbc_decrypt_raw(dek, payload, out, err);
 }
 
 static bool valid_aes_key_len(size_t n) {
