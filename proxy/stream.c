@@ -579,6 +579,11 @@ void proxy_stream_on_upstream_close(proxy_stream *st, uint32_t error_code, bool 
         return;
     }
     st->up_state = UP_DONE;
+    if (st->up && st->up_id > 0) {
+        /* nghttp2 may still report this stream (e.g. closing it after its HEADERS were not
+         * sent): it must not reach |st| once |st| can be freed. */
+        nghttp2_session_set_stream_user_data(h2_session_ng(st->up), st->up_id, NULL);
+    }
     st->up = NULL;
     st->up_unconsumed = 0;
     if (!st->status_sent) {
