@@ -35,6 +35,13 @@ static inline bool str_has_prefix(str s, str prefix) {
     return s.len >= prefix.len && (prefix.len == 0 || memcmp(s.ptr, prefix.ptr, prefix.len) == 0);
 }
 
+/* memcmp order of the bytes, a view before any longer view it is a prefix of: <0, 0 or >0. */
+static inline int str_cmp(str a, str b) {
+    size_t n = a.len < b.len ? a.len : b.len;
+    int c = n ? memcmp(a.ptr, b.ptr, n) : 0;
+    return c != 0 ? c : (a.len > b.len) - (a.len < b.len);
+}
+
 /* |s| without its first |n| bytes (n <= s.len). */
 static inline str str_skip(str s, size_t n) {
     return str_make(s.ptr + n, s.len - n);

@@ -111,22 +111,11 @@ const config_builtin *config_builtin_table(size_t *n) {
     return table;
 }
 
-/* memcmp order of a view against a C string, shorter first on a common prefix. */
-static int compare(str a, const char *b) {
-    size_t blen = strlen(b);
-    size_t n = a.len < blen ? a.len : blen;
-    int c = n ? memcmp(a.ptr, b, n) : 0;
-    if (c != 0) {
-        return c;
-    }
-    return a.len < blen ? -1 : a.len > blen;
-}
-
 int config_builtin_find_prefix(str prefix) {
     size_t lo = 0, hi = TABLE_LEN;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
-        int c = compare(prefix, table[mid].prefix);
+        int c = str_cmp(prefix, str_cstr(table[mid].prefix));
         if (c == 0) {
             return (int)mid;
         }

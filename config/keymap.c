@@ -67,17 +67,6 @@ struct config_keymap {
     int star_chain; /* "*.*" or -1 */
 };
 
-/* memcmp order of a view against a C string, shorter first on a common prefix. */
-static int compare_view(str a, const char *b) {
-    size_t blen = strlen(b);
-    size_t n = a.len < blen ? a.len : blen;
-    int c = n ? memcmp(a.ptr, b, n) : 0;
-    if (c != 0) {
-        return c;
-    }
-    return a.len < blen ? -1 : a.len > blen;
-}
-
 static int compare_entries(const void *a, const void *b) {
     const keymap_entry *x = a, *y = b;
     int c = strcmp(x->group, y->group);
@@ -97,9 +86,9 @@ static int find_entry(const config_keymap *m, str group, str resource) {
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
         const keymap_entry *e = &m->sorted[mid];
-        int c = compare_view(group, e->group);
+        int c = str_cmp(group, str_cstr(e->group));
         if (c == 0) {
-            c = compare_view(resource, e->resource);
+            c = str_cmp(resource, str_cstr(e->resource));
         }
         if (c == 0) {
             return e->chain;
@@ -141,7 +130,7 @@ static int lookup_unknown(const config_keymap *m, str segment) {
     size_t lo = 0, hi = m->ninferred;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
-        int c = compare_view(segment, m->inferred[mid].segment);
+        int c = str_cmp(segment, str_cstr(m->inferred[mid].segment));
         if (c == 0) {
             return m->inferred[mid].chain;
         }

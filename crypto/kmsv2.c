@@ -199,15 +199,9 @@ int crypto_kmsv2_validate(const crypto_kmsv2_object *o, ep_err *err) {
 
 /* ---- annotation ordering ------------------------------------------------------------- */
 
-static int compare_bytes(str a, str b) {
-    size_t n = a.len < b.len ? a.len : b.len;
-    int c = n ? memcmp(a.ptr, b.ptr, n) : 0;
-    return c != 0 ? c : (a.len > b.len) - (a.len < b.len);
-}
-
 static int compare_annotations(const void *a, const void *b) {
-    return compare_bytes(((const crypto_kmsv2_annotation *)a)->key,
-                         ((const crypto_kmsv2_annotation *)b)->key);
+    return str_cmp(((const crypto_kmsv2_annotation *)a)->key,
+                   ((const crypto_kmsv2_annotation *)b)->key);
 }
 
 /* Points |*sorted| at |ann| in ascending key order: |ann| itself when already strictly sorted,
@@ -219,7 +213,7 @@ static int sorted_annotations(const crypto_kmsv2_annotation *ann, size_t n,
     *copy = NULL;
     *sorted = ann;
     size_t i = 1;
-    while (i < n && compare_bytes(ann[i - 1].key, ann[i].key) < 0) {
+    while (i < n && str_cmp(ann[i - 1].key, ann[i].key) < 0) {
         i++;
     }
     if (n < 2 || i == n) {
@@ -233,7 +227,7 @@ static int sorted_annotations(const crypto_kmsv2_annotation *ann, size_t n,
     qsort(*copy, n, sizeof(**copy), compare_annotations);
     *sorted = *copy;
     for (i = 1; i < n; i++) {
-        if (compare_bytes((*copy)[i - 1].key, (*copy)[i].key) == 0) {
+        if (str_cmp((*copy)[i - 1].key, (*copy)[i].key) == 0) {
             ep_free(*copy);
             *copy = NULL;
             return ep_err_set(err, EP_ERR_INVALID, "duplicate annotation key");
@@ -498,7 +492,7 @@ typedef struct {
 
 static int compare_positioned(const void *a, const void *b) {
     const positioned *x = a, *y = b;
-    int c = compare_bytes(x->a.key, y->a.key);
+    int c = str_cmp(x->a.key, y->a.key);
     return c != 0 ? c : (x->position > y->position) - (x->position < y->position);
 }
 
@@ -521,7 +515,7 @@ static size_t collect_annotations(decoded *d) {
     qsort(tmp, n, sizeof(*tmp), compare_positioned);
     size_t kept = 0;
     for (size_t i = 0; i < n; i++) {
-        bool superseded = i + 1 < n && compare_bytes(tmp[i].a.key, tmp[i + 1].a.key) == 0;
+        bool superseded = i + 1 < n && str_cmp(tmp[i].a.key, tmp[i + 1].a.key) == 0;
         if (!superseded) {
             d->annotations[kept++] = tmp[i].a;
         }
