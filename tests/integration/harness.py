@@ -278,7 +278,8 @@ def etcdctl(url, *args, tls=None, client_cert=True, input=None, timeout=30, chec
 
 
 class Etcd:
-    def __init__(self, d, tls=None, client_cert_auth=False):
+    def __init__(self, d, tls=None, client_cert_auth=False, extra_args=()):
+        self.extra_args = list(extra_args)
         self.dir, self.tls, self.client_cert_auth = d, tls, client_cert_auth
         self.port, self.peer_port = free_port(), free_port()
         self.data_dir = os.path.join(d, "etcd-data")
@@ -296,7 +297,7 @@ class Etcd:
              "--advertise-client-urls", self.url, "--listen-peer-urls", peer,
              "--initial-advertise-peer-urls", peer, "--initial-cluster", "ep-it=" + peer,
              "--initial-cluster-state", "new", "--initial-cluster-token", "ep-it",
-             "--snapshot-count", "100000"]
+             "--snapshot-count", "100000"] + self.extra_args
         if self.tls:
             a += ["--cert-file", self.tls.server_cert, "--key-file", self.tls.server_key]
             if self.client_cert_auth:
