@@ -24,6 +24,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "common/alloc.h"
@@ -115,6 +116,47 @@ static int queue_message(struct evbuffer *queue, str msg) {
         return EP_ERR_NOMEM;
     }
     return 0;
+}
+
+static void release_message(const void *data, size_t len, void *extra) {
+    explicit_bzero((void *)data, len); /* may be plaintext */
+    ep_free((void *)data);
+}
+
+/* Starts |out| as an empty rewritten message: the gRPC header's bytes are reserved in front so
+ * the message can be queued without a copy. Returns 0 or EP_ERR_NOMEM. */
+static int begin_rewrite(buf *out, size_t expected_len) {
+    buf_reset(out);
+    if (buf_reserve(out, GRPC_FRAME_HEADER_LEN + expected_len) != 0) {
+        return EP_ERR_NOMEM;
+    }
+    out->len = GRPC_FRAME_HEADER_LEN;
+    return 0;
+}
+
+/* Queues the message rewritten into |out| (after begin_rewrite) without copying it: |queue| owns
+ * the memory from now on, and wipes and frees it once sent. Returns 0 or EP_ERR_NOMEM (|out| is
+ * then unchanged). */
+static int queue_rewritten(struct evbuffer *queue, buf *out) {
+    size_t len = out->len - GRPC_FRAME_HEADER_LEN;
+    uint8_t hdr[GRPC_FRAME_HEADER_LEN] = {0, (uint8_t)(len >> 24), (uint8_t)(len >> 16),
+                                          (uint8_t)(len >> 8), (uint8_t)len};
+    memcpy(out->data, hdr, sizeof(hdr));
+    if (evbuffer_add_reference(queue, out->data, out->len, release_message, NULL) != 0) {
+        return EP_ERR_NOMEM;
+    }
+    *out = (buf)BUF_INIT;
+    return 0;
+}
+
+/* Queues |msg| as it is, or the rewrite in |out| when |unchanged| is false. Returns 0 or
+ * EP_ERR_NOMEM. */
+static int queue_result(struct evbuffer *queue, str msg, buf *out, bool unchanged) {
+    if (!unchanged) {
+        return queue_rewritten(queue, out);
+    }
+    buf_reset(out);
+    return queue_message(queue, msg);
 }
 
 /* ---- flow control ---- */
@@ -338,18 +380,20 @@ static int forward_request_message(void *arg, uint8_t compressed, str msg) {
         proxy_stream_fail(st, GRPC_STATUS_UNIMPLEMENTED, "compressed messages are not supported");
         return GRPC_STATUS_UNIMPLEMENTED;
     }
-    buf_reset(&st->scratch);
-    int code =
-        etcd_msg_rewrite_request(st->method, st->env->codec, msg, &st->scratch, &unchanged, &err);
+    int code = begin_rewrite(&st->scratch, msg.len) == 0
+                   ? etcd_msg_rewrite_request(st->method, st->env->codec, msg, &st->scratch,
+                                              &unchanged, &err)
+                   : ep_err_set(&err, GRPC_STATUS_INTERNAL, "out of memory");
     if (code != 0) {
+        buf_wipe(&st->scratch); /* may hold plaintext */
         proxy_stream_fail(st, code, err.msg);
         return code;
     }
-    if (queue_message(st->to_up.queue, unchanged ? msg : buf_str(&st->scratch)) != 0) {
+    if (queue_result(st->to_up.queue, msg, &st->scratch, unchanged) != 0) {
+        buf_wipe(&st->scratch);
         proxy_stream_fail(st, GRPC_STATUS_INTERNAL, "out of memory");
         return GRPC_STATUS_INTERNAL;
     }
-    buf_wipe(&st->scratch); /* may hold plaintext */
     return 0;
 }
 
@@ -530,18 +574,20 @@ static int forward_response_message(void *arg, uint8_t compressed, str msg) {
         proxy_stream_fail(st, GRPC_STATUS_INTERNAL, "etcd sent a compressed message");
         return GRPC_STATUS_INTERNAL;
     }
-    buf_reset(&st->scratch);
-    int code = etcd_msg_rewrite_response(st->method, st->env->codec, msg, &st->scratch, &unchanged,
-                                         &stats, on_undecryptable, st, &err);
+    int code = begin_rewrite(&st->scratch, msg.len) == 0
+                   ? etcd_msg_rewrite_response(st->method, st->env->codec, msg, &st->scratch,
+                                               &unchanged, &stats, on_undecryptable, st, &err)
+                   : ep_err_set(&err, GRPC_STATUS_INTERNAL, "out of memory");
     if (code != 0) {
+        buf_wipe(&st->scratch); /* may hold plaintext */
         proxy_stream_fail(st, code, err.msg);
         return code;
     }
-    if (queue_message(st->to_down.queue, unchanged ? msg : buf_str(&st->scratch)) != 0) {
+    if (queue_result(st->to_down.queue, msg, &st->scratch, unchanged) != 0) {
+        buf_wipe(&st->scratch);
         proxy_stream_fail(st, GRPC_STATUS_INTERNAL, "out of memory");
         return GRPC_STATUS_INTERNAL;
     }
-    buf_wipe(&st->scratch); /* holds plaintext */
     return 0;
 }
 
