@@ -15,6 +15,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 
 import grpc
@@ -178,6 +179,45 @@ def cluster_leader(members):
     return None
 
 
+def leader_killed(members, proxy):
+    """Kills the raft leader. etcd itself then times out writes in flight ("request timed out,
+    possibly due to previous leader failure", ~7 s); the proxy must recover no later than a
+    client talking to a surviving member directly, and pass etcd's error through meanwhile."""
+    leader = cluster_leader(members)
+    if leader is None:
+        suite.check("a leader is known before killing it", False)
+        return
+    survivor = [m for m in members if m is not leader][0]
+    took, errors = {}, {}
+
+    def until_ok(name, url):
+        started = time.monotonic()
+        while time.monotonic() - started < 20:
+            r = put_get_ok(url, "/registry/secrets/cluster/%s" % name, name, timeout=15)
+            if r is True:
+                took[name] = time.monotonic() - started
+                return
+            errors.setdefault(name, r)
+            time.sleep(0.1)
+
+    leader.kill()
+    threads = [threading.Thread(target=until_ok, args=(n, u))
+               for n, u in (("direct", survivor.url), ("proxy", proxy.url))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(30)
+    print("      leader %s killed: direct client ok after %s s, proxy client after %s s; first "
+          "proxy error: %s" % (leader.name, round(took.get("direct", -1), 2),
+                               round(took.get("proxy", -1), 2), errors.get("proxy")), flush=True)
+    suite.check("after the leader is killed, the proxy recovers no later than a direct client"
+                " (+2 s)", "proxy" in took and "direct" in took and
+                took["proxy"] <= took["direct"] + 2.0, took)
+    err = errors.get("proxy")
+    suite.check("a failure meanwhile is etcd's own error, passed through",
+                err is None or "etcdserver:" in err or "context deadline" in err, err)
+
+
 def cluster_member_killed():
     t0 = time.monotonic()
     d = harness.workdir()
@@ -259,6 +299,7 @@ def cluster_member_killed():
                 plain == values["/registry/secrets/cluster/k0"].encode(), plain)
     suite.check("put/get through the proxy after the restart",
                 put_get_ok(proxy.url, "/registry/secrets/cluster/end", "end") is True)
+    leader_killed(members, proxy)
     suite.check("cluster case bounded (< 40 s, took %.1f s)" % (time.monotonic() - t0),
                 time.monotonic() - t0 < 40)
     proxy.stop()
