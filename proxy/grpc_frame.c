@@ -59,6 +59,9 @@ static void copy_in(buf *p, str *data, size_t n) {
 
 /* Moves bytes from |*data| into the pending message until it is complete or |*data| is used
  * up; delivers it when complete. Returns 0, the callback's value, or a parse_header error. */
+/* A reassembly buffer larger than this is released after its message instead of kept. */
+#define KEEP_PENDING_MAX (1u << 20)
+
 static int continue_pending(grpc_frame_reader *r, str *data, grpc_frame_cb cb, void *arg,
                             ep_err *err) {
     buf *p = &r->pending;
@@ -86,7 +89,11 @@ static int continue_pending(grpc_frame_reader *r, str *data, grpc_frame_cb cb, v
         return EP_OK;
     }
     rv = cb(arg, p->data[0], str_make(p->data + GRPC_FRAME_HEADER_LEN, msg_len));
-    buf_wipe(p);
+    if (p->cap > KEEP_PENDING_MAX) {
+        buf_free_secure(p); /* a LIST of hundreds of MB must not stay allocated per stream */
+    } else {
+        buf_wipe(p);
+    }
     return rv;
 }
 
