@@ -1,0 +1,70 @@
+/*
+ * kms_client: the KMS plugins as seen from one event loop.
+ *
+ * A kms_set holds one kms_client per kms provider of the configuration; each client keeps an
+ * HTTP/2 (h2c, prior knowledge) connection to its plugin's unix socket through the same
+ * h2_session wrapper the proxy uses for etcd, and speaks the plugin's gRPC API (v1beta1 for
+ * apiVersion v1, v2 for apiVersion v2; spec section 5). Calls are asynchronous, many are in
+ * flight at once, each has the provider's `timeout`, and nothing ever blocks the loop.
+ *
+ * Data flow: a transform that misses a DEK returns EP_ERR_AGAIN with calls recorded in a
+ * crypto_kms_pending (crypto/kms_provider.h); the caller hands the pending set to
+ * kms_set_perform, which issues every call concurrently, records each answer with
+ * crypto_kms_call_complete / crypto_kms_call_fail, and invokes the callback once when all are
+ * done; the caller then runs the transform again.
+ *
+ * v2 write state: exactly one kms_set in the process runs the Status poller (kms_set_start_
+ * pollers): Status at start, then every 60 s (every 10 s after a failure); a healthy Status
+ * with the current key_id extends the state's expiry, a new key_id (or no state) makes a fresh
+ * 32-byte seed and calls Encrypt, whose answer becomes the provider's write state (spec 1.6.3).
+ * v1 clients call Version once before their first Encrypt/Decrypt.
+ */
+#ifndef EP_PROXY_KMS_CLIENT_H
+#define EP_PROXY_KMS_CLIENT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+
+#include <event2/event.h>
+
+#include "common/err.h"
+#include "crypto/kms_provider.h"
+#include "crypto/transformer_set.h"
+
+typedef struct kms_set kms_set;
+typedef struct kms_request kms_request;
+
+/* Called once when every call of a kms_set_perform is completed or failed. */
+typedef void (*kms_done_cb)(void *arg);
+
+/* Creates a client for every kms provider of |transformers| on |base|. Connections are made
+ * lazily and re-made after failures. Returns 0, EP_ERR_NOMEM, or EP_ERR_CONFIG (message). A set
+ * with no kms providers is valid and empty. */
+int kms_set_new(struct event_base *base, const crypto_transformer_set *transformers, kms_set **out,
+                ep_err *err);
+
+/* Cancels outstanding requests (their callbacks are not called), closes connections, frees. */
+void kms_set_free(kms_set *s);
+
+/* Starts the v2 Status pollers (and primes each v2 provider's write state); call on exactly
+ * one set in the process. |primed| (may be NULL) is called once every v2 provider's first
+ * Status+Encrypt attempt finished, successfully or not. Returns 0 or EP_ERR_NOMEM. */
+int kms_set_start_pollers(kms_set *s, kms_done_cb primed, void *arg);
+
+/* Issues every call of |pending| to its provider's plugin, concurrently. |done| runs once all
+ * have finished (on this loop, never from inside this call). |*req| (may be NULL) lets the
+ * caller cancel. Returns 0, or EP_ERR_NOMEM / EP_ERR_CONFIG (a call for a provider this set
+ * does not know) with nothing started. |pending| must stay alive until |done| or cancel. */
+int kms_set_perform(kms_set *s, crypto_kms_pending *pending, kms_done_cb done, void *arg,
+                    kms_request **req);
+
+/* Cancels a request from kms_set_perform: its callback will not run. Plugin calls already
+ * sent finish in the background and their answers are dropped. Never fails. */
+void kms_request_cancel(kms_request *req);
+
+/* One line per provider for logs and `check-config --probe`: name, api version, whether the
+ * last Status/Version succeeded, key_id hash, state expiry. Never fails. */
+void kms_set_describe(const kms_set *s, FILE *f);
+
+#endif
