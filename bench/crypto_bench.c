@@ -48,7 +48,7 @@ static double measure(const crypto_transformer *t, int decrypt, str value, doubl
     str key = STR_LIT(key_text);
     buf stored = BUF_INIT, out = BUF_INIT;
     ep_err err;
-    if (crypto_transformer_encrypt(t, key, value, &stored, &err) != EP_OK) {
+    if (crypto_transformer_encrypt(t, key, value, &stored, NULL, &err) != EP_OK) {
         fprintf(stderr, "crypto_bench: encrypt: %s\n", err.msg);
         exit(1);
     }
@@ -57,9 +57,9 @@ static double measure(const crypto_transformer *t, int decrypt, str value, doubl
     while (elapsed < seconds) {
         for (int i = 0; i < 256; i++) {
             buf_reset(&out);
-            int rv = decrypt
-                         ? crypto_transformer_decrypt(t, key, buf_str(&stored), &out, NULL, &err)
-                         : crypto_transformer_encrypt(t, key, value, &out, &err);
+            int rv = decrypt ? crypto_transformer_decrypt(t, key, buf_str(&stored), &out, NULL,
+                                                          NULL, &err)
+                             : crypto_transformer_encrypt(t, key, value, &out, NULL, &err);
             if (rv != EP_OK) {
                 fprintf(stderr, "crypto_bench: %s\n", err.msg);
                 exit(1);

@@ -421,7 +421,7 @@ size_t crypto_transformer_overhead(const crypto_transformer *t) {
 }
 
 int crypto_transformer_encrypt(const crypto_transformer *t, str etcd_key, str plain, buf *out,
-                               ep_err *err) {
+                               crypto_kms_pending *pending, ep_err *err) {
     const tr_provider *p = &t->providers[0];
     size_t start = out->len;
     int rv = p->kind->encrypt(p, etcd_key, plain, out, err);
@@ -443,7 +443,7 @@ static void fill_info(crypto_read_info *info, const tr_provider *p, size_t index
 }
 
 int crypto_transformer_decrypt(const crypto_transformer *t, str etcd_key, str stored, buf *out,
-                               crypto_read_info *info, ep_err *err) {
+                               crypto_read_info *info, crypto_kms_pending *pending, ep_err *err) {
     read_state rs;
     rs.errors.code = EP_OK;
     rs.errors.n = rs.errors.len = 0;

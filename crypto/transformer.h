@@ -20,6 +20,7 @@
 #include "common/err.h"
 #include "common/str.h"
 #include "config/encryption_config.h"
+#include "crypto/kms_provider.h"
 
 typedef struct crypto_transformer crypto_transformer;
 
@@ -53,17 +54,23 @@ size_t crypto_transformer_overhead(const crypto_transformer *t);
 
 /* Encrypts |plain| written at |etcd_key| and appends the stored form to |out|.
  * Returns 0, EP_ERR_NOMEM, or EP_ERR_PROVIDER / EP_ERR_UNAVAILABLE (message in |err|). On
- * failure nothing usable is appended: the caller must fail the write, never store plaintext. */
+ * failure nothing usable is appended: the caller must fail the write, never store plaintext.
+ * With a kms provider first it may return EP_ERR_AGAIN after adding the plugin calls it needs to
+ * |pending| (see crypto/kms_provider.h): perform them, then call again with the same |pending|.
+ * |pending| NULL means no plugin is reachable: a needed call is then EP_ERR_UNAVAILABLE. */
 int crypto_transformer_encrypt(const crypto_transformer *t, str etcd_key, str plain, buf *out,
-                               ep_err *err);
+                               crypto_kms_pending *pending, ep_err *err);
 
 /* Decrypts |stored| read at |etcd_key| and appends the plaintext to |out|; fills |info| if not
  * NULL. Returns 0, or on failure EP_ERR_AUTH (tampered, wrong key, moved to another key under
  * an AEAD provider), EP_ERR_INVALID (truncated or malformed), EP_ERR_NOMATCH (no provider or key
- * prefix matched), EP_ERR_NOMEM, EP_ERR_PROVIDER; |err| then says which provider failed and
- * why, in kube-apiserver's words where it has them. |out| may hold partial output on failure:
- * callers wipe it. */
+ * prefix matched), EP_ERR_NOMEM, EP_ERR_PROVIDER, EP_ERR_UNAVAILABLE (a kms plugin call it
+ * needed failed, or |pending| is NULL); |err| then says which provider failed and why, in
+ * kube-apiserver's words where it has them. EP_ERR_AGAIN: a kms provider needs plugin calls,
+ * now in |pending|; the read walk stopped there (no later provider was tried) and the caller
+ * must perform the calls and run the whole decrypt again. |out| may hold partial output on
+ * failure: callers wipe it. */
 int crypto_transformer_decrypt(const crypto_transformer *t, str etcd_key, str stored, buf *out,
-                               crypto_read_info *info, ep_err *err);
+                               crypto_read_info *info, crypto_kms_pending *pending, ep_err *err);
 
 #endif

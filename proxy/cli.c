@@ -212,8 +212,9 @@ static int run_transform(int argc, char **argv, const char *usage, bool decrypt)
         str key = str_cstr(o.etcd_key);
         const crypto_transformer *t = crypto_transformer_set_lookup(set, key);
         crypto_read_info info = {0};
-        int status = decrypt ? crypto_transformer_decrypt(t, key, buf_str(&in), &out, &info, &err)
-                             : crypto_transformer_encrypt(t, key, buf_str(&in), &out, &err);
+        int status = decrypt
+                         ? crypto_transformer_decrypt(t, key, buf_str(&in), &out, &info, NULL, &err)
+                         : crypto_transformer_encrypt(t, key, buf_str(&in), &out, NULL, &err);
         if (status != EP_OK) {
             fprintf(stderr, "%s: %s: %s\n", argv[0], o.etcd_key, err.msg);
             rv = 1;

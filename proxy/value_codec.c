@@ -14,12 +14,12 @@ static bool codec_encrypts(void *ctx, str key) {
 
 /* Returns 0, or the transformer's EP_ERR_* (message in |err|). */
 static int codec_encrypt(void *ctx, str key, str plain, buf *out, ep_err *err) {
-    return crypto_transformer_encrypt(transformer_for(ctx, key), key, plain, out, err);
+    return crypto_transformer_encrypt(transformer_for(ctx, key), key, plain, out, NULL, err);
 }
 
 /* Returns 0, or the transformer's EP_ERR_* (message in |err|); etcd_msg wipes partial output. */
 static int codec_decrypt(void *ctx, str key, str stored, buf *out, ep_err *err) {
-    return crypto_transformer_decrypt(transformer_for(ctx, key), key, stored, out, NULL, err);
+    return crypto_transformer_decrypt(transformer_for(ctx, key), key, stored, out, NULL, NULL, err);
 }
 
 void value_codec_init(etcd_value_codec *codec, const crypto_transformer_set *set) {

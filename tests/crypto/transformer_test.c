@@ -76,12 +76,13 @@ static void test_round_trips(void **state) {
             ep_err err;
             crypto_read_info info;
             str value = str_make(plain, sizes[s]);
-            assert_int_equal(crypto_transformer_encrypt(t, etcd_key, value, &stored, &err), EP_OK);
+            assert_int_equal(crypto_transformer_encrypt(t, etcd_key, value, &stored, NULL, &err),
+                             EP_OK);
             assert_true(str_has_prefix(buf_str(&stored), str_cstr(prefixes[ti])));
             assert_true(stored.len <= sizes[s] + overhead);
-            assert_int_equal(
-                crypto_transformer_decrypt(t, etcd_key, buf_str(&stored), &opened, &info, &err),
-                EP_OK);
+            assert_int_equal(crypto_transformer_decrypt(t, etcd_key, buf_str(&stored), &opened,
+                                                        &info, NULL, &err),
+                             EP_OK);
             assert_true(str_eq(buf_str(&opened), value));
             assert_false(info.stale);
             assert_string_equal(info.key_name, ti == 0 ? "" : "key1");
@@ -102,10 +103,10 @@ static void test_moved_value(void **state) {
         crypto_transformer *t = one_key_chain(types[ti], "k", 0x22);
         buf stored = BUF_INIT, opened = BUF_INIT;
         ep_err err;
-        assert_int_equal(crypto_transformer_encrypt(t, etcd_key, STR_LIT("v"), &stored, &err),
+        assert_int_equal(crypto_transformer_encrypt(t, etcd_key, STR_LIT("v"), &stored, NULL, &err),
                          EP_OK);
         assert_int_equal(crypto_transformer_decrypt(t, STR_LIT("/registry/secrets/default/s2"),
-                                                    buf_str(&stored), &opened, NULL, &err),
+                                                    buf_str(&stored), &opened, NULL, NULL, &err),
                          expect[ti]);
         buf_free(&stored);
         buf_free(&opened);
@@ -130,29 +131,32 @@ static void test_rotation(void **state) {
 
     buf stored = BUF_INIT, opened = BUF_INIT;
     crypto_read_info info;
-    assert_int_equal(crypto_transformer_encrypt(t, etcd_key, STR_LIT("new"), &stored, &err), EP_OK);
+    assert_int_equal(crypto_transformer_encrypt(t, etcd_key, STR_LIT("new"), &stored, NULL, &err),
+                     EP_OK);
     assert_true(str_has_prefix(buf_str(&stored), STR_LIT("k8s:enc:aesgcm:v1:key2:")));
     assert_int_equal(
-        crypto_transformer_decrypt(t, etcd_key, buf_str(&stored), &opened, &info, &err), EP_OK);
+        crypto_transformer_decrypt(t, etcd_key, buf_str(&stored), &opened, &info, NULL, &err),
+        EP_OK);
     assert_false(info.stale);
     assert_string_equal(info.key_name, "key2");
     assert_string_equal(info.prefix, "k8s:enc:aesgcm:v1:");
 
     buf_reset(&stored);
     buf_reset(&opened);
-    assert_int_equal(crypto_transformer_encrypt(old, etcd_key, STR_LIT("old"), &stored, &err),
+    assert_int_equal(crypto_transformer_encrypt(old, etcd_key, STR_LIT("old"), &stored, NULL, &err),
                      EP_OK);
     assert_int_equal(
-        crypto_transformer_decrypt(t, etcd_key, buf_str(&stored), &opened, &info, &err), EP_OK);
+        crypto_transformer_decrypt(t, etcd_key, buf_str(&stored), &opened, &info, NULL, &err),
+        EP_OK);
     assert_true(info.stale);
     assert_string_equal(info.key_name, "key1");
     assert_string_equal(info.provider, "aesgcm");
     assert_true(str_eq(buf_str(&opened), STR_LIT("old")));
 
     buf_reset(&opened);
-    assert_int_equal(
-        crypto_transformer_decrypt(t, etcd_key, STR_LIT("{\"plain\":1}"), &opened, &info, &err),
-        EP_OK);
+    assert_int_equal(crypto_transformer_decrypt(t, etcd_key, STR_LIT("{\"plain\":1}"), &opened,
+                                                &info, NULL, &err),
+                     EP_OK);
     assert_true(info.stale);
     assert_string_equal(info.provider, "identity");
     assert_string_equal(info.prefix, "");
@@ -160,7 +164,7 @@ static void test_rotation(void **state) {
     /* A key nobody has: both aesgcm entries match the outer prefix, neither has the key. */
     buf_reset(&opened);
     assert_int_equal(crypto_transformer_decrypt(t, etcd_key, STR_LIT("k8s:enc:aesgcm:v1:key9:abc"),
-                                                &opened, &info, &err),
+                                                &opened, &info, NULL, &err),
                      EP_ERR_NOMATCH);
     assert_string_equal(err.msg, "no matching key was found for the provided AES transformer");
     assert_int_equal(opened.len, 0);
@@ -185,9 +189,11 @@ static void test_inner_key_stale(void **state) {
     assert_int_equal(crypto_transformer_new(chain, 1, &t, &err), EP_OK);
     buf stored = BUF_INIT, opened = BUF_INIT;
     crypto_read_info info;
-    assert_int_equal(crypto_transformer_encrypt(old, etcd_key, STR_LIT("x"), &stored, &err), EP_OK);
+    assert_int_equal(crypto_transformer_encrypt(old, etcd_key, STR_LIT("x"), &stored, NULL, &err),
+                     EP_OK);
     assert_int_equal(
-        crypto_transformer_decrypt(t, etcd_key, buf_str(&stored), &opened, &info, &err), EP_OK);
+        crypto_transformer_decrypt(t, etcd_key, buf_str(&stored), &opened, &info, NULL, &err),
+        EP_OK);
     assert_true(info.stale);
     assert_string_equal(info.key_name, "old");
     buf_free(&stored);
@@ -209,11 +215,12 @@ static void test_overlapping_key_names(void **state) {
     assert_int_equal(crypto_transformer_new(chain, 1, &t, &err), EP_OK);
     buf stored = BUF_INIT, opened = BUF_INIT;
     crypto_read_info info;
-    assert_int_equal(crypto_transformer_encrypt(ab, etcd_key, STR_LIT("val"), &stored, &err),
+    assert_int_equal(crypto_transformer_encrypt(ab, etcd_key, STR_LIT("val"), &stored, NULL, &err),
                      EP_OK);
     assert_true(str_has_prefix(buf_str(&stored), STR_LIT("k8s:enc:aesgcm:v1:a:b:")));
     assert_int_equal(
-        crypto_transformer_decrypt(t, etcd_key, buf_str(&stored), &opened, &info, &err), EP_OK);
+        crypto_transformer_decrypt(t, etcd_key, buf_str(&stored), &opened, &info, NULL, &err),
+        EP_OK);
     assert_string_equal(info.key_name, "a:b");
     assert_true(info.stale);
     assert_true(str_eq(buf_str(&opened), STR_LIT("val")));
@@ -235,22 +242,24 @@ static void test_aggregated_errors(void **state) {
     crypto_transformer *writer = one_key_chain(CONFIG_PROVIDER_AESGCM, "key1", 0x65);
     buf stored = BUF_INIT, opened = BUF_INIT;
     ep_err err;
-    assert_int_equal(crypto_transformer_encrypt(writer, etcd_key, STR_LIT("v"), &stored, &err),
-                     EP_OK);
+    assert_int_equal(
+        crypto_transformer_encrypt(writer, etcd_key, STR_LIT("v"), &stored, NULL, &err), EP_OK);
 
     const config_provider *mixed[] = {&a.p, &b.p};
     crypto_transformer *t = NULL;
     assert_int_equal(crypto_transformer_new(mixed, 2, &t, &err), EP_OK);
-    assert_int_equal(crypto_transformer_decrypt(t, etcd_key, buf_str(&stored), &opened, NULL, &err),
-                     EP_ERR_AUTH);
+    assert_int_equal(
+        crypto_transformer_decrypt(t, etcd_key, buf_str(&stored), &opened, NULL, NULL, &err),
+        EP_ERR_AUTH);
     assert_string_equal(err.msg, "[cipher: message authentication failed, no matching key was "
                                  "found for the provided AES transformer]");
     crypto_transformer_free(t);
 
     const config_provider *same[] = {&a.p, &c.p};
     assert_int_equal(crypto_transformer_new(same, 2, &t, &err), EP_OK);
-    assert_int_equal(crypto_transformer_decrypt(t, etcd_key, buf_str(&stored), &opened, NULL, &err),
-                     EP_ERR_AUTH);
+    assert_int_equal(
+        crypto_transformer_decrypt(t, etcd_key, buf_str(&stored), &opened, NULL, NULL, &err),
+        EP_ERR_AUTH);
     assert_string_equal(err.msg, "cipher: message authentication failed");
     assert_int_equal(opened.len, 0);
     crypto_transformer_free(t);
@@ -270,16 +279,17 @@ static void test_identity_rules(void **state) {
     crypto_read_info info;
     assert_true(crypto_transformer_writes_plaintext(bare));
     assert_int_equal(crypto_transformer_overhead(bare), 0);
-    assert_int_equal(crypto_transformer_encrypt(bare, etcd_key, STR_LIT("k8s\0x"), &out, &err),
-                     EP_OK);
+    assert_int_equal(
+        crypto_transformer_encrypt(bare, etcd_key, STR_LIT("k8s\0x"), &out, NULL, &err), EP_OK);
     assert_int_equal(out.len, 5);
     assert_int_equal(
-        crypto_transformer_decrypt(bare, etcd_key, STR_LIT("k8s\0x"), &out, &info, &err), EP_OK);
+        crypto_transformer_decrypt(bare, etcd_key, STR_LIT("k8s\0x"), &out, &info, NULL, &err),
+        EP_OK);
     assert_false(info.stale);
     assert_int_equal(out.len, 10);
     /* Identity's refusal is discarded: what remains is "no matching prefix found". */
     assert_int_equal(crypto_transformer_decrypt(bare, etcd_key, STR_LIT("k8s:enc:aescbc:v1:k:xx"),
-                                                &out, &info, &err),
+                                                &out, &info, NULL, &err),
                      EP_ERR_NOMATCH);
     assert_string_equal(err.msg, "no matching prefix found");
     assert_int_equal(out.len, 10);
@@ -297,15 +307,16 @@ static void test_identity_rules(void **state) {
     assert_int_equal(crypto_transformer_new(chain, 2, &t, &err), EP_OK);
     assert_true(crypto_transformer_writes_plaintext(t));
     buf stored = BUF_INIT, opened = BUF_INIT;
-    assert_int_equal(crypto_transformer_encrypt(writer, etcd_key, STR_LIT("s"), &stored, &err),
-                     EP_OK);
     assert_int_equal(
-        crypto_transformer_decrypt(t, etcd_key, buf_str(&stored), &opened, &info, &err), EP_OK);
+        crypto_transformer_encrypt(writer, etcd_key, STR_LIT("s"), &stored, NULL, &err), EP_OK);
+    assert_int_equal(
+        crypto_transformer_decrypt(t, etcd_key, buf_str(&stored), &opened, &info, NULL, &err),
+        EP_OK);
     assert_true(info.stale);
     assert_string_equal(info.provider, "aescbc");
     /* Truncated ciphertext: identity's refusal vanishes, aescbc's error is what is reported. */
     assert_int_equal(crypto_transformer_decrypt(t, etcd_key, str_make(stored.data, stored.len - 1),
-                                                &opened, &info, &err),
+                                                &opened, &info, NULL, &err),
                      EP_ERR_INVALID);
     assert_string_equal(err.msg, "the stored data is not a multiple of the block size");
     crypto_transformer_free(t);
@@ -367,14 +378,16 @@ static void test_alloc_failure(void **state) {
             ep_alloc_fail_after(n);
             int rv = crypto_transformer_new(chain, 2, &t, &err);
             if (rv == EP_OK) {
-                rv = crypto_transformer_encrypt(t, etcd_key, STR_LIT("value"), &stored, &err);
+                rv = crypto_transformer_encrypt(t, etcd_key, STR_LIT("value"), &stored, NULL, &err);
                 assert_int_equal(stored.len, rv == EP_OK ? stored.len : 0);
             }
             if (rv == EP_OK) {
-                rv = crypto_transformer_decrypt(t, etcd_key, buf_str(&stored), &opened, NULL, &err);
+                rv = crypto_transformer_decrypt(t, etcd_key, buf_str(&stored), &opened, NULL, NULL,
+                                                &err);
             }
             if (rv == EP_OK) { /* identity's copy path too */
-                rv = crypto_transformer_decrypt(t, etcd_key, STR_LIT("plain"), &opened, NULL, &err);
+                rv = crypto_transformer_decrypt(t, etcd_key, STR_LIT("plain"), &opened, NULL, NULL,
+                                                &err);
             }
             ep_alloc_fail_reset();
             if (rv == EP_OK) {
@@ -407,9 +420,9 @@ static void *thread_main(void *arg) {
         buf_reset(&stored);
         buf_reset(&opened);
         failures += crypto_transformer_encrypt(shared, str_make(key, kn), str_make(value, vn),
-                                               &stored, &err) != EP_OK;
+                                               &stored, NULL, &err) != EP_OK;
         failures += crypto_transformer_decrypt(shared, str_make(key, kn), buf_str(&stored), &opened,
-                                               &info, &err) != EP_OK;
+                                               &info, NULL, &err) != EP_OK;
         failures += !str_eq(buf_str(&opened), str_make(value, vn)) || info.stale;
     }
     buf_free(&stored);

@@ -161,7 +161,7 @@ static int check_read(const cJSON *c, const crypto_transformer *t, str etcd_key,
     buf plain = BUF_INIT;
     crypto_read_info info;
     ep_err err = {{0}};
-    int rv = crypto_transformer_decrypt(t, etcd_key, stored, &plain, &info, &err);
+    int rv = crypto_transformer_decrypt(t, etcd_key, stored, &plain, &info, NULL, &err);
     int bad = 0;
     if (strcmp(json_str(c, "expect"), "ok") == 0) {
         buf want = b64(json_str(c, "plaintext_b64"));
@@ -192,7 +192,8 @@ static int check_fresh(const cJSON *c, const crypto_transformer *writer,
     buf stored = BUF_INIT;
     ep_err err;
     int bad = 0;
-    if (crypto_transformer_encrypt(writer, etcd_key, buf_str(&plain), &stored, &err) != EP_OK) {
+    if (crypto_transformer_encrypt(writer, etcd_key, buf_str(&plain), &stored, NULL, &err) !=
+        EP_OK) {
         printf("MISMATCH %s: fresh encrypt failed: %s\n", json_str(c, "id"), err.msg);
         bad = 1;
     } else {
