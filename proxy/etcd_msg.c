@@ -19,6 +19,12 @@
  * KeyValue (keys_only, DELETE events) is left alone; in a Put to an encrypting key it is added,
  * because kube-apiserver encrypts empty values too and proto3 omits empty bytes.
  *
+ * Waiting for the KMS plugin. A codec may answer EP_ERR_AGAIN: the value needs a DEK the plugin
+ * has not given yet (the codec recorded the call). The walk then goes on, so that one rewrite
+ * collects every miss of the message (a Range of 10,000 values issues its plugin calls
+ * together), and ends with ETCD_MSG_RETRY and an empty output; such a value is neither counted
+ * nor reported as undecryptable, since the rerun after the calls decides what it is.
+ *
  * Invariants: the input is never modified; on any failure the output is wiped back to where
  * it started; |changed| becomes true only when some value's bytes differ, so "unchanged"
  * lets the server forward the original message.
@@ -44,6 +50,7 @@ typedef struct {
     etcd_msg_stats *stats;
     etcd_msg_undecryptable_cb cb;
     void *cb_arg;
+    bool again; /* some value waits for KMS plugin calls: the output will be discarded */
 } rewriter;
 
 /* ---- classification ---- */
@@ -264,8 +271,7 @@ static int scan_kv(rewriter *rw, str msg, uint32_t key_no, uint32_t value_no, ui
 /* ---- requests ---- */
 
 static int encrypt_status(int ep_code) {
-    return ep_code == EP_ERR_UNAVAILABLE || ep_code == EP_ERR_AGAIN ? GRPC_STATUS_UNAVAILABLE
-                                                                    : GRPC_STATUS_INTERNAL;
+    return ep_code == EP_ERR_UNAVAILABLE ? GRPC_STATUS_UNAVAILABLE : GRPC_STATUS_INTERNAL;
 }
 
 /* Appends a value field (|tag|) holding the stored form of |plain| at |key|. */
@@ -278,6 +284,13 @@ static int put_encrypted(rewriter *rw, str key, str tag, str plain) {
         return rv;
     }
     rv = c->encrypt(c->ctx, key, plain, rw->out, rw->err);
+    if (rv == EP_ERR_AGAIN) {
+        /* Keep walking so one rewrite collects every plugin call of the message; the value is
+         * left out of an output that is never sent. */
+        truncate_to(rw, mark);
+        rw->again = true;
+        return 0;
+    }
     if (rv != EP_OK) {
         truncate_to(rw, mark);
         return ep_err_wrap(rw->err, encrypt_status(rv), "encrypting the value of a Put");
@@ -416,7 +429,11 @@ static int put_decrypted(rewriter *rw, str key, const pbwire_field *v) {
     if (rv == EP_ERR_NOMEM) {
         return nomem(rw);
     }
-    report_undecryptable(rw, key, &why);
+    if (rv == EP_ERR_AGAIN) {
+        rw->again = true; /* not undecryptable yet: the rerun after the plugin calls decides */
+    } else {
+        report_undecryptable(rw, key, &why);
+    }
     return append_str(rw, v->raw);
 }
 
@@ -489,13 +506,18 @@ static int rewrite_txn_response(rewriter *rw, str msg) {
 
 /* ---- entry points ---- */
 
-/* Runs |rewrite| over the whole message; leaves |out| as it was unless something changed. */
+/* Runs |rewrite| over the whole message; leaves |out| as it was unless something changed.
+ * Returns 0, ETCD_MSG_RETRY, or a gRPC status. */
 static int run(rewriter *rw, rewrite_fn rewrite, str msg, size_t slack, bool *unchanged) {
     size_t base = rw->out->len;
     if (buf_reserve(rw->out, msg.len + slack) != EP_OK) {
         return nomem(rw);
     }
     int rv = rewrite(rw, msg);
+    if (rv == 0 && rw->again) {
+        truncate_to(rw, base);
+        return ETCD_MSG_RETRY;
+    }
     if (rv != 0 || !rw->changed) {
         truncate_to(rw, base);
         *unchanged = rv == 0;
@@ -521,7 +543,8 @@ int etcd_msg_rewrite_request(etcd_method method, const etcd_value_codec *codec, 
         *unchanged = true;
         return 0;
     }
-    rewriter rw = {codec, out, err, GRPC_STATUS_INVALID_ARGUMENT, false, 0, NULL, NULL, NULL};
+    rewriter rw = {codec, out,  err,  GRPC_STATUS_INVALID_ARGUMENT, false, 0, NULL,
+                   NULL,  NULL, false};
     if (method == ETCD_METHOD_PUT) { /* most Puts to plaintext keys: decide without copying */
         kv_scan s;
         bool encrypt;
@@ -563,6 +586,6 @@ int etcd_msg_rewrite_response(etcd_method method, const etcd_value_codec *codec,
         *unchanged = true;
         return 0;
     }
-    rewriter rw = {codec, out, err, GRPC_STATUS_INTERNAL, false, 0, stats, cb, cb_arg};
+    rewriter rw = {codec, out, err, GRPC_STATUS_INTERNAL, false, 0, stats, cb, cb_arg, false};
     return run(&rw, rewrite, msg, RESPONSE_SLACK, unchanged);
 }

@@ -33,7 +33,13 @@ typedef enum {
 /* Classifies a gRPC :path. Never fails. */
 etcd_method etcd_msg_classify(str path);
 
-/* The crypto seen from the wire layer. Each function returns 0 or an EP_ERR_* with |err|. */
+/* Returned by the rewrites when some value needs KMS plugin calls first: the codec recorded
+ * them (EP_ERR_AGAIN from encrypt or decrypt), |out| is left as it was, and the caller performs
+ * the calls and rewrites the same message again. Outside the gRPC status range. */
+#define ETCD_MSG_RETRY 0x100
+
+/* The crypto seen from the wire layer. Each function returns 0 or an EP_ERR_* with |err|;
+ * EP_ERR_AGAIN means "the plugin calls this value needs are recorded, ask again later". */
 typedef struct {
     void *ctx;
     /* True when a value written at |key| must be encrypted (the write provider is not
@@ -57,7 +63,9 @@ typedef struct {
 typedef void (*etcd_msg_undecryptable_cb)(void *arg, str key, const ep_err *err);
 
 /* Rewrites one request message |msg| of |method| into |out|. Sets |*unchanged| (and leaves
- * |out| empty) when the message can be forwarded as it is. Returns a gRPC status code: 0, or
+ * |out| empty) when the message can be forwarded as it is. Returns ETCD_MSG_RETRY when some
+ * encryption answered EP_ERR_AGAIN (every value of the message was tried first). Otherwise
+ * returns a gRPC status code: 0, or
  * 3 INVALID_ARGUMENT (malformed protobuf), 9 FAILED_PRECONDITION (VALUE compare on an encrypted
  * key, or any VALUE compare with a range_end), 13 INTERNAL / 14 UNAVAILABLE (encryption failed,
  * or out of memory: the write must not reach etcd), or 12 UNIMPLEMENTED for
@@ -67,8 +75,10 @@ int etcd_msg_rewrite_request(etcd_method method, const etcd_value_codec *codec, 
                              bool *unchanged, ep_err *err);
 
 /* Rewrites one response message. Undecryptable values are copied unchanged, counted in |stats|
- * and reported to |cb| (may be NULL); |stats| may be NULL. Returns 0, 12 UNIMPLEMENTED for
- * ETCD_METHOD_UNIMPLEMENTED, or 13 INTERNAL for a malformed response or allocation failure
+ * and reported to |cb| (may be NULL); |stats| may be NULL. Returns 0, ETCD_MSG_RETRY when some
+ * decryption answered EP_ERR_AGAIN (after trying every value; |stats| and |cb| may then have
+ * seen the other values of this pass, so callers count only the final pass), 12 UNIMPLEMENTED
+ * for ETCD_METHOD_UNIMPLEMENTED, or 13 INTERNAL for a malformed response or allocation failure
  * (message in |err|). */
 int etcd_msg_rewrite_response(etcd_method method, const etcd_value_codec *codec, str msg, buf *out,
                               bool *unchanged, etcd_msg_stats *stats, etcd_msg_undecryptable_cb cb,

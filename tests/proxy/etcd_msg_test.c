@@ -184,6 +184,19 @@ static void expect_response(etcd_method m, const buf *msg, const buf *want, etcd
     buf_free(&out);
 }
 
+static void expect_response_with(const etcd_value_codec *c, etcd_method m, const buf *msg,
+                                 const buf *want, etcd_msg_stats *stats) {
+    buf out = BUF_INIT;
+    bool unchanged = true;
+    ep_err err = {{0}};
+    assert_int_equal(
+        etcd_msg_rewrite_response(m, c, buf_str(msg), &out, &unchanged, stats, NULL, NULL, &err),
+        0);
+    assert_false(unchanged);
+    assert_buf_eq(&out, want);
+    buf_free(&out);
+}
+
 /* ---- classification ---- */
 
 static void test_classify(void **state) {
@@ -802,6 +815,167 @@ static void test_large_range_response(void **state) {
     buf_free(&scratch);
 }
 
+/* ---- values waiting for KMS plugin calls ----
+ * A codec over the test codec where keys containing "/kms-" need a plugin answer first: until
+ * |fetched| is set, encrypt and decrypt record the key as a miss and answer EP_ERR_AGAIN. */
+
+typedef struct {
+    bool fetched;
+    int misses;
+} kms_fake;
+
+static bool needs_plugin(void *ctx, str key) {
+    kms_fake *k = ctx;
+    if (k->fetched || memmem(key.ptr, key.len, "/kms-", 5) == NULL) {
+        return false;
+    }
+    k->misses++;
+    return true;
+}
+
+static int kms_encrypt(void *ctx, str key, str plain, buf *out, ep_err *err) {
+    return needs_plugin(ctx, key) ? EP_ERR_AGAIN : test_encrypt(ctx, key, plain, out, err);
+}
+
+static int kms_decrypt(void *ctx, str key, str stored, buf *out, ep_err *err) {
+    return needs_plugin(ctx, key) ? EP_ERR_AGAIN : test_decrypt(ctx, key, stored, out, err);
+}
+
+static void test_response_collects_every_kms_miss(void **state) {
+    const char *k1 = "/registry/secrets/ns/kms-a", *k2 = "/registry/secrets/ns/plain-b";
+    const char *k3 = "/registry/secrets/ns/kms-c", *moved = "/registry/secrets/ns/moved";
+    kms_fake fake = {false, 0};
+    etcd_value_codec kc = {&fake, test_encrypts, kms_encrypt, kms_decrypt};
+    buf s1 = BUF_INIT, s2 = BUF_INIT, s3 = BUF_INIT, s4 = BUF_INIT, msg = BUF_INIT;
+    buf want = BUF_INIT, item;
+    str v1 = sealed(k1, "one", &s1), v2 = sealed(k2, "two", &s2), v3 = sealed(k3, "three", &s3);
+    str foreign = sealed("/elsewhere", "x", &s4);
+    str p1 = S("one"), p2 = S("two"), p3 = S("three");
+    const char *keys[] = {k1, k2, k3, moved};
+    str *stored[] = {&v1, &v2, &v3, &foreign}, *plain[] = {&p1, &p2, &p3, &foreign};
+    add_header(&msg);
+    add_header(&want);
+    for (int i = 0; i < 4; i++) {
+        item = kv(keys[i], stored[i], false);
+        add_msg(&msg, 2, &item);
+        item = kv(keys[i], plain[i], false);
+        add_msg(&want, 2, &item);
+    }
+
+    /* first pass: both misses recorded, nothing output, the pending ones not undecryptable */
+    buf out = BUF_INIT;
+    assert_int_equal(buf_append(&out, "kept", 4), EP_OK);
+    bool unchanged = true;
+    etcd_msg_stats stats = {0, 0, 0};
+    undecryptable_log log = {0, ""};
+    ep_err err = {{0}};
+    assert_int_equal(etcd_msg_rewrite_response(ETCD_METHOD_RANGE, &kc, buf_str(&msg), &out,
+                                               &unchanged, &stats, log_undecryptable, &log, &err),
+                     ETCD_MSG_RETRY);
+    assert_int_equal(fake.misses, 2);
+    assert_false(unchanged);
+    assert_int_equal(out.len, 4); /* what the caller had is untouched */
+    assert_int_equal(stats.values_undecryptable, 1);
+    assert_int_equal(log.calls, 1);
+    assert_string_equal(log.last_key, moved);
+    buf_free(&out);
+
+    /* after the plugin answered: a normal rewrite */
+    fake.fetched = true;
+    etcd_msg_stats final = {0, 0, 0};
+    expect_response_with(&kc, ETCD_METHOD_RANGE, &msg, &want, &final);
+    assert_int_equal(final.values_decrypted, 3);
+    assert_int_equal(final.values_undecryptable, 1);
+    buf_free(&msg);
+    buf_free(&want);
+    buf_free(&s1);
+    buf_free(&s2);
+    buf_free(&s3);
+    buf_free(&s4);
+}
+
+static void test_watch_response_with_kms_miss(void **state) {
+    const char *key = "/registry/secrets/ns/kms-w";
+    kms_fake fake = {false, 0};
+    etcd_value_codec kc = {&fake, test_encrypts, kms_encrypt, kms_decrypt};
+    buf scratch = BUF_INIT, msg = BUF_INIT, ev = BUF_INIT, item, out = BUF_INIT;
+    str stored = sealed(key, "w", &scratch);
+    item = kv(key, &stored, false);
+    add_msg(&ev, 2, &item);
+    item = kv(key, &stored, false);
+    add_msg(&ev, 3, &item);
+    add_msg(&msg, 11, &ev);
+    bool unchanged;
+    assert_int_equal(etcd_msg_rewrite_response(ETCD_METHOD_WATCH, &kc, buf_str(&msg), &out,
+                                               &unchanged, NULL, NULL, NULL, NULL),
+                     ETCD_MSG_RETRY);
+    assert_int_equal(fake.misses, 2); /* kv and prev_kv both recorded */
+    assert_int_equal(out.len, 0);
+    fake.fetched = true;
+    assert_int_equal(etcd_msg_rewrite_response(ETCD_METHOD_WATCH, &kc, buf_str(&msg), &out,
+                                               &unchanged, NULL, NULL, NULL, NULL),
+                     0);
+    assert_false(unchanged);
+    assert_null(memmem(out.data, out.len, "ENC:", 4));
+    buf_free(&out);
+    buf_free(&msg);
+    buf_free(&scratch);
+}
+
+static void test_request_collects_every_kms_miss(void **state) {
+    kms_fake fake = {false, 0};
+    etcd_value_codec kc = {&fake, test_encrypts, kms_encrypt, kms_decrypt};
+    /* outer put, and the nested txn's put under /registry/secrets/ns/inner (not kms) */
+    buf txn = kube_txn("/registry/secrets/ns/kms-outer", "v", true);
+    buf out = BUF_INIT;
+    bool unchanged = true;
+    ep_err err = {{0}};
+    assert_int_equal(
+        etcd_msg_rewrite_request(ETCD_METHOD_TXN, &kc, buf_str(&txn), &out, &unchanged, &err),
+        ETCD_MSG_RETRY);
+    assert_int_equal(fake.misses, 1);
+    assert_int_equal(out.len, 0);
+    assert_false(unchanged);
+
+    /* two kms puts in one txn: both misses are collected before the retry */
+    buf two = BUF_INIT, sub, op;
+    sub = put_request("/registry/secrets/ns/kms-1", "a");
+    op = request_op(2, &sub);
+    add_msg(&two, 2, &op);
+    sub = put_request("/registry/secrets/ns/kms-2", NULL); /* empty value: encrypted too */
+    op = request_op(2, &sub);
+    add_msg(&two, 2, &op);
+    fake.misses = 0;
+    assert_int_equal(
+        etcd_msg_rewrite_request(ETCD_METHOD_TXN, &kc, buf_str(&two), &out, &unchanged, &err),
+        ETCD_MSG_RETRY);
+    assert_int_equal(fake.misses, 2);
+    assert_int_equal(out.len, 0);
+
+    /* a single Put */
+    buf put = put_request("/registry/secrets/ns/kms-p", "plain");
+    assert_int_equal(
+        etcd_msg_rewrite_request(ETCD_METHOD_PUT, &kc, buf_str(&put), &out, &unchanged, &err),
+        ETCD_MSG_RETRY);
+    assert_int_equal(out.len, 0);
+
+    /* answered: the same messages now encrypt, and the plaintext never shows */
+    fake.fetched = true;
+    assert_int_equal(
+        etcd_msg_rewrite_request(ETCD_METHOD_TXN, &kc, buf_str(&two), &out, &unchanged, &err), 0);
+    assert_false(unchanged);
+    assert_non_null(memmem(out.data, out.len, "ENC:26:a", 8));
+    buf_reset(&out);
+    assert_int_equal(
+        etcd_msg_rewrite_request(ETCD_METHOD_PUT, &kc, buf_str(&put), &out, &unchanged, &err), 0);
+    assert_null(memmem(out.data, out.len, "plain", 5));
+    assert_non_null(memmem(out.data, out.len, "nialp", 5));
+    buf_free(&out);
+    buf_free(&two);
+    buf_free(&put);
+    buf_free(&txn);
+}
+
 static void test_allocation_failures(void **state) {
     const char *key = "/registry/secrets/ns/t";
     buf scratch = BUF_INIT;
@@ -939,6 +1113,9 @@ int main(void) {
         cmocka_unit_test(test_length_width_changes),
         cmocka_unit_test(test_malformed_responses),
         cmocka_unit_test(test_large_range_response),
+        cmocka_unit_test(test_response_collects_every_kms_miss),
+        cmocka_unit_test(test_watch_response_with_kms_miss),
+        cmocka_unit_test(test_request_collects_every_kms_miss),
         cmocka_unit_test(test_allocation_failures),
         cmocka_unit_test(test_fuzz_rewriters),
     };
