@@ -19,8 +19,11 @@
  *     completed it, the retried write uses that pair (once).
  *
  * Without a pending collector (NULL), a miss is an error (EP_ERR_UNAVAILABLE, "not cached").
- * Providers are shared by every worker thread: caches are sharded with a lock per shard, the v2
- * state is swapped under a lock and reference-counted, nothing blocks on I/O.
+ * Providers are shared by every worker thread: caches are sharded with a lock per shard; the v2
+ * state is published with an atomic pointer (readers take no lock) and a replaced state is kept,
+ * zeroized only when the provider is freed (rotations are rare); nothing blocks on I/O.
+ * As upstream, v2 reads also need a write state to have been installed once (it says whether a
+ * value is stale); without one they fail with EP_ERR_UNAVAILABLE after decrypting.
  */
 #ifndef EP_CRYPTO_KMS_PROVIDER_H
 #define EP_CRYPTO_KMS_PROVIDER_H
@@ -57,15 +60,20 @@ typedef struct {
     void *owned; /* the call's own copies */
 } crypto_kms_call;
 
-/* The calls one transform is waiting for; duplicates (same cache key) are recorded once. */
+/* The calls one transform is waiting for; duplicates (same cache key) are recorded once.
+ * Several transforms (every value of one message) may share one pending set: each records what
+ * it misses, the caller performs them all, then reruns every transform. V1 writes take their
+ * wrapped DEKs in the order they ran: the k-th v1 write of a provider in a rerun gets the k-th
+ * V1_WRAP call recorded for it (a rerun starts whenever a call was completed or failed). */
 typedef struct {
     crypto_kms_call **calls;
     size_t ncalls;
     size_t cap;
+    void *index; /* private: lookup of recorded calls by cache key */
 } crypto_kms_pending;
 
 #define CRYPTO_KMS_PENDING_INIT                                                                    \
-    { NULL, 0, 0 }
+    { NULL, 0, 0, NULL }
 
 /* Creates the provider for |cfg| (a kms provider; borrowed only during the call). Returns 0,
  * EP_ERR_CONFIG (message in |err|), or EP_ERR_NOMEM. */
@@ -115,12 +123,26 @@ bool crypto_kms_provider_extend_v2_state(crypto_kms_provider *p, str status_key_
 /* Records the plugin's answer to |call|: for decrypts the plaintext DEK/seed (validated: a v1
  * DEK and a v2 type-0 DEK must be 16/24/32 bytes, a seed >= 32) goes into the cache; for
  * V1_WRAP the EDEK is kept with the call's DEK for the retried write. Returns 0, EP_ERR_INVALID
- * (message), EP_ERR_NOMEM. */
+ * (message), EP_ERR_NOMEM. The call is settled whatever this returns (do not call _fail after
+ * it): an unusable DEK/seed is not cached but kept for the retried read, which then fails with
+ * kube-apiserver's error for it; an unusable EDEK (empty, > 65535 bytes) or no memory fails the
+ * call with that message. */
 int crypto_kms_call_complete(crypto_kms_call *call, str plaintext_or_edek, ep_err *err);
 
 /* Records that the plugin call failed (the retried transform then fails with
  * EP_ERR_UNAVAILABLE and |reason|). Never fails. */
 void crypto_kms_call_fail(crypto_kms_call *call, const char *reason);
+
+/* Replaces the clock (CLOCK_MONOTONIC in ns) the v2 write-state expiry and the cache TTL use:
+ * a test hook. Not thread-safe; call before use. */
+void crypto_kms_provider_set_clock(crypto_kms_provider *p, uint64_t (*now_ns)(void));
+
+/* Upper bound of the bytes a stored value adds to the plaintext (prefix, EDEK or
+ * EncryptedObject fields at their limits, nonce, tag). Never fails. */
+size_t crypto_kms_provider_overhead(const crypto_kms_provider *p);
+
+/* Entries in the DEK/seed read cache now (metrics, tests). Never fails. */
+size_t crypto_kms_provider_cache_size(const crypto_kms_provider *p);
 
 /* Empties |pending| (freeing its calls, zeroizing DEKs) and keeps it usable. */
 void crypto_kms_pending_reset(crypto_kms_pending *pending);

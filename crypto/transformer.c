@@ -4,8 +4,10 @@
  * A chain is an array of entries, each an outer prefix and a provider. What a provider does is
  * given by its kind's ops table (provider_kind): identity stores plaintext under the empty
  * prefix; the keyed kinds (aesgcm, aescbc, secretbox) share one implementation that walks an
- * inner ordered list of "<keyname>:" prefixes and calls the kind's cipher_ops; kms has a kind
- * whose build refuses until the KMS transport exists, so adding it means filling in that entry.
+ * inner ordered list of "<keyname>:" prefixes and calls the kind's cipher_ops; a kms entry's
+ * prefix is "k8s:enc:kms:vN:<name>:" and it delegates to a crypto_kms_provider, its own or one
+ * shared by every chain of a transformer set (kube-apiserver keys kms providers by name, so
+ * caches and the v2 write state are per provider, not per chain).
  *
  * Writes: the first entry, and its first key, prepend their prefixes and seal into the output
  * buf, which is grown once. Reads: every entry whose prefix is a byte prefix of the stored
@@ -14,7 +16,9 @@
  * (deduplicated and flattened like Go's aggregate errors), except those of an empty-prefix
  * entry, which are rolled back: that is what lets "identity first" chains read ciphertext
  * through a later provider. Out of memory ends the walk at once: it says nothing about the
- * value.
+ * value. So does EP_ERR_AGAIN from a kms entry (its DEK is being fetched, the calls are in the
+ * caller's pending set): it is not a verdict on the value, and trying later entries would only
+ * report a misleading error; the caller reruns the whole read once the calls are done.
  *
  * Invariants: a transformer is immutable after crypto_transformer_new(), so it may be shared by
  * any number of threads; key material lives only in the cipher modules' key objects.
@@ -26,6 +30,7 @@
 #include "common/alloc.h"
 #include "crypto/aescbc.h"
 #include "crypto/aesgcm.h"
+#include "crypto/kms_provider.h"
 #include "crypto/secretbox.h"
 
 #define ENC_MARKER "k8s:enc:"
@@ -45,6 +50,8 @@ typedef struct {
     str prefix;   /* outer prefix, e.g. "k8s:enc:aesgcm:v1:"; empty for identity */
     tr_key *keys; /* keyed kinds: in config order, first key writes */
     size_t nkeys;
+    crypto_kms_provider *kms; /* kms kind */
+    bool owns_kms;            /* false when a transformer set shares it */
 } tr_provider;
 
 struct crypto_transformer {
@@ -65,7 +72,8 @@ typedef struct {
     bool stale;           /* the provider itself said stale (e.g. a non-first key) */
     const char *key_name; /* what read the value */
     read_errors errors;
-    ep_err scratch; /* message of the operation being tried */
+    ep_err scratch;              /* message of the operation being tried */
+    crypto_kms_pending *pending; /* where kms entries record plugin calls; may be NULL */
 } read_state;
 
 /* How a cipher module plugs into the keyed-provider implementation. */
@@ -85,10 +93,13 @@ struct provider_kind {
     /* Fills |p| from |cfg|. Returns 0, EP_ERR_CONFIG, or EP_ERR_NOMEM. */
     int (*build)(tr_provider *p, const config_provider *cfg, ep_err *err);
     void (*destroy)(tr_provider *p);
-    /* Appends prefixes and sealed form. Returns 0 or EP_ERR_*; the caller truncates |out|. */
-    int (*encrypt)(const tr_provider *p, str etcd_key, str plain, buf *out, ep_err *err);
-    /* Appends the plaintext of |body| (outer prefix removed). Returns 0, EP_ERR_NOMEM (message
-     * in rs->scratch), or another EP_ERR_* after recording its reasons in rs->errors. */
+    /* Appends prefixes and sealed form. Returns 0 or EP_ERR_* (EP_ERR_AGAIN: calls added to
+     * |pending|); the caller truncates |out|. */
+    int (*encrypt)(const tr_provider *p, str etcd_key, str plain, buf *out,
+                   crypto_kms_pending *pending, ep_err *err);
+    /* Appends the plaintext of |body| (outer prefix removed). Returns 0, EP_ERR_NOMEM or
+     * EP_ERR_AGAIN (message in rs->scratch), or another EP_ERR_* after recording its reasons in
+     * rs->errors. */
     int (*decrypt)(const tr_provider *p, str etcd_key, str body, buf *out, read_state *rs);
     size_t (*overhead)(const tr_provider *p);
 };
@@ -193,7 +204,8 @@ static int keyed_build(tr_provider *p, const config_provider *cfg, ep_err *err) 
     return EP_OK;
 }
 
-static int keyed_encrypt(const tr_provider *p, str etcd_key, str plain, buf *out, ep_err *err) {
+static int keyed_encrypt(const tr_provider *p, str etcd_key, str plain, buf *out,
+                         crypto_kms_pending *pending, ep_err *err) {
     const tr_key *k = &p->keys[0];
     size_t fixed = p->prefix.len + k->prefix_len + p->kind->ciph->overhead;
     if (plain.len > SIZE_MAX - fixed || buf_reserve(out, fixed + plain.len) != EP_OK) {
@@ -304,7 +316,8 @@ static int identity_build(tr_provider *p, const config_provider *cfg, ep_err *er
 
 static void identity_destroy(tr_provider *p) {}
 
-static int identity_encrypt(const tr_provider *p, str etcd_key, str plain, buf *out, ep_err *err) {
+static int identity_encrypt(const tr_provider *p, str etcd_key, str plain, buf *out,
+                            crypto_kms_pending *pending, ep_err *err) {
     if (buf_append_str(out, plain) != EP_OK) {
         return ep_err_set(err, EP_ERR_NOMEM, "out of memory copying %zu bytes", plain.len);
     }
@@ -330,13 +343,48 @@ static size_t identity_overhead(const tr_provider *p) {
     return 0;
 }
 
-/* ---- kms: refused until the KMS plugin transport exists ---- */
+/* ---- kms: delegated to crypto_kms_provider ---- */
 
+/* A shared provider was set by provider_build; otherwise the entry makes its own. */
 static int kms_build(tr_provider *p, const config_provider *cfg, ep_err *err) {
-    return ep_err_set(err, EP_ERR_CONFIG,
-                      "kms provider \"%s\": KMS v%d needs a KMS plugin connection, not available "
-                      "in this build",
-                      cfg->kms.name ? cfg->kms.name : "", cfg->kms.api_version);
+    if (p->kms == NULL) {
+        int rv = crypto_kms_provider_new(cfg, &p->kms, err);
+        if (rv != EP_OK) {
+            return rv;
+        }
+        p->owns_kms = true;
+    }
+    p->prefix = crypto_kms_provider_prefix(p->kms);
+    return EP_OK;
+}
+
+static void kms_destroy(tr_provider *p) {
+    if (p->owns_kms) {
+        crypto_kms_provider_free(p->kms);
+    }
+    p->kms = NULL;
+}
+
+static int kms_encrypt(const tr_provider *p, str etcd_key, str plain, buf *out,
+                       crypto_kms_pending *pending, ep_err *err) {
+    return crypto_kms_provider_encrypt(p->kms, etcd_key, plain, out, pending, err);
+}
+
+static int kms_decrypt(const tr_provider *p, str etcd_key, str body, buf *out, read_state *rs) {
+    bool stale = false;
+    int rv =
+        crypto_kms_provider_decrypt(p->kms, etcd_key, body, out, &stale, rs->pending, &rs->scratch);
+    if (rv == EP_OK) {
+        rs->stale = stale;
+        rs->key_name = crypto_kms_provider_name(p->kms);
+    } else if (rv != EP_ERR_NOMEM && rv != EP_ERR_AGAIN) {
+        errors_add(&rs->errors, rv, rs->scratch.msg);
+    }
+    return rv;
+}
+
+static size_t kms_overhead(const tr_provider *p) {
+    return crypto_kms_provider_overhead(p->kms);
 }
 
 /* ---- kinds ---- */
@@ -350,10 +398,12 @@ static const provider_kind kinds[] = {
                                 keyed_destroy, keyed_encrypt, keyed_decrypt, keyed_overhead},
     [CONFIG_PROVIDER_SECRETBOX] = {"secretbox", ENC_MARKER "secretbox:v1:", &box_ops, keyed_build,
                                    keyed_destroy, keyed_encrypt, keyed_decrypt, keyed_overhead},
-    [CONFIG_PROVIDER_KMS] = {"kms", NULL, NULL, kms_build, identity_destroy, NULL, NULL, NULL},
+    [CONFIG_PROVIDER_KMS] = {"kms", NULL, NULL, kms_build, kms_destroy, kms_encrypt, kms_decrypt,
+                             kms_overhead},
 };
 
-static tr_provider bare_identity_provider = {&kinds[CONFIG_PROVIDER_IDENTITY], {NULL, 0}, NULL, 0};
+static tr_provider bare_identity_provider = {
+    &kinds[CONFIG_PROVIDER_IDENTITY], {NULL, 0}, NULL, 0, NULL, false};
 static crypto_transformer bare_identity = {&bare_identity_provider, 1};
 
 /* ---- public ---- */
@@ -375,12 +425,27 @@ void crypto_transformer_free(crypto_transformer *t) {
     ep_free(t);
 }
 
+/* The provider of |shared| a kms entry for |cfg| uses: same version and name. */
+static crypto_kms_provider *shared_kms(const config_provider *cfg,
+                                       crypto_kms_provider *const *shared, size_t nshared) {
+    for (size_t i = 0; cfg->type == CONFIG_PROVIDER_KMS && i < nshared; i++) {
+        if (crypto_kms_provider_api_version(shared[i]) == cfg->kms.api_version &&
+            cfg->kms.name != NULL &&
+            strcmp(crypto_kms_provider_name(shared[i]), cfg->kms.name) == 0) {
+            return shared[i];
+        }
+    }
+    return NULL;
+}
+
 /* Sets up entry |p| for |cfg|. Returns 0, EP_ERR_CONFIG or EP_ERR_NOMEM. */
-static int provider_build(tr_provider *p, const config_provider *cfg, ep_err *err) {
+static int provider_build(tr_provider *p, const config_provider *cfg,
+                          crypto_kms_provider *const *shared, size_t nshared, ep_err *err) {
     if ((unsigned)cfg->type >= sizeof(kinds) / sizeof(kinds[0])) {
         return ep_err_set(err, EP_ERR_CONFIG, "unknown provider type %d", (int)cfg->type);
     }
     p->kind = &kinds[cfg->type];
+    p->kms = shared_kms(cfg, shared, nshared);
     if (p->kind->prefix != NULL) {
         p->prefix = str_cstr(p->kind->prefix);
     }
@@ -389,6 +454,12 @@ static int provider_build(tr_provider *p, const config_provider *cfg, ep_err *er
 
 int crypto_transformer_new(const config_provider *const *providers, size_t n,
                            crypto_transformer **out, ep_err *err) {
+    return crypto_transformer_new_shared(providers, n, NULL, 0, out, err);
+}
+
+int crypto_transformer_new_shared(const config_provider *const *providers, size_t n,
+                                  crypto_kms_provider *const *kms, size_t nkms,
+                                  crypto_transformer **out, ep_err *err) {
     if (n == 0) {
         return ep_err_set(err, EP_ERR_CONFIG, "a provider list needs at least one provider");
     }
@@ -402,7 +473,7 @@ int crypto_transformer_new(const config_provider *const *providers, size_t n,
     t->providers = entries;
     t->nproviders = n;
     for (size_t i = 0; i < n; i++) {
-        int rv = provider_build(&entries[i], providers[i], err);
+        int rv = provider_build(&entries[i], providers[i], kms, nkms, err);
         if (rv != EP_OK) {
             crypto_transformer_free(t);
             return rv;
@@ -424,7 +495,7 @@ int crypto_transformer_encrypt(const crypto_transformer *t, str etcd_key, str pl
                                crypto_kms_pending *pending, ep_err *err) {
     const tr_provider *p = &t->providers[0];
     size_t start = out->len;
-    int rv = p->kind->encrypt(p, etcd_key, plain, out, err);
+    int rv = p->kind->encrypt(p, etcd_key, plain, out, pending, err);
     if (rv != EP_OK) {
         out->len = start;
     }
@@ -439,7 +510,27 @@ static void fill_info(crypto_read_info *info, const tr_provider *p, size_t index
     info->stale = index > 0 || rs->stale;
     info->provider = p->kind->name;
     info->key_name = rs->key_name;
-    info->prefix = p->kind->prefix != NULL ? p->kind->prefix : "";
+    info->prefix = p->prefix.len > 0 ? (const char *)p->prefix.ptr : ""; /* NUL-terminated */
+}
+
+size_t crypto_transformer_kms_providers(const crypto_transformer *t, crypto_kms_provider **out,
+                                        size_t cap) {
+    size_t n = 0;
+    for (size_t i = 0; i < t->nproviders; i++) {
+        crypto_kms_provider *k = t->providers[i].kms;
+        bool seen = false;
+        for (size_t j = 0; k != NULL && j < i; j++) {
+            seen = seen || t->providers[j].kms == k;
+        }
+        if (k == NULL || seen) {
+            continue;
+        }
+        if (n < cap) {
+            out[n] = k;
+        }
+        n++;
+    }
+    return n;
 }
 
 int crypto_transformer_decrypt(const crypto_transformer *t, str etcd_key, str stored, buf *out,
@@ -448,6 +539,7 @@ int crypto_transformer_decrypt(const crypto_transformer *t, str etcd_key, str st
     rs.errors.code = EP_OK;
     rs.errors.n = rs.errors.len = 0;
     rs.errors.text[0] = '\0';
+    rs.pending = pending;
     size_t start = out->len;
     for (size_t i = 0; i < t->nproviders; i++) {
         const tr_provider *p = &t->providers[i];
@@ -465,6 +557,9 @@ int crypto_transformer_decrypt(const crypto_transformer *t, str etcd_key, str st
         out->len = start;
         if (rv == EP_ERR_NOMEM) {
             return ep_err_set(err, rv, "%s: %s", p->kind->name, rs.scratch.msg);
+        }
+        if (rv == EP_ERR_AGAIN) {
+            return ep_err_set(err, rv, "%s", rs.scratch.msg);
         }
         if (p->prefix.len == 0) { /* an empty-prefix entry's refusal is not an error */
             rs.errors.code = mark_code;

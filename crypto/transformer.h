@@ -38,6 +38,18 @@ typedef struct {
 int crypto_transformer_new(const config_provider *const *providers, size_t n,
                            crypto_transformer **out, ep_err *err);
 
+/* Like crypto_transformer_new, but a kms entry uses the provider of |kms| with its apiVersion
+ * and name (borrowed: it must outlive the transformer) and only creates its own when none
+ * matches. Returns what crypto_transformer_new returns. */
+int crypto_transformer_new_shared(const config_provider *const *providers, size_t n,
+                                  crypto_kms_provider *const *kms, size_t nkms,
+                                  crypto_transformer **out, ep_err *err);
+
+/* Stores up to |cap| distinct kms providers of |t| in |out|, in chain order, and returns how
+ * many it has (may exceed |cap|). Never fails. */
+size_t crypto_transformer_kms_providers(const crypto_transformer *t, crypto_kms_provider **out,
+                                        size_t cap);
+
 /* The bare identity transformer used for keys no rule covers: writes plaintext, refuses to read
  * "k8s:enc:" values. Never fails; never freed. */
 const crypto_transformer *crypto_transformer_bare_identity(void);

@@ -5,8 +5,14 @@
  * transformer for each index, so the hot path is one keymap lookup and one array load. Keys no
  * rule covers get the shared bare identity transformer, which is what kube-apiserver uses for
  * resources without a rule.
+ *
+ * kms providers are built once per set, before the chains, and shared by every chain that lists
+ * them (kube-apiserver keys them by name): one DEK cache, one v2 write state and one plugin
+ * client per provider, whichever resources use it.
  */
 #include "crypto/transformer_set.h"
+
+#include <string.h>
 
 #include "common/alloc.h"
 
@@ -15,7 +21,47 @@ struct crypto_transformer_set {
     config_keymap *keymap;
     crypto_transformer **transformers; /* one per keymap chain */
     size_t ntransformers;
+    crypto_kms_provider **kms; /* distinct by (apiVersion, name), in file order */
+    size_t nkms;
 };
+
+static bool kms_known(const crypto_transformer_set *s, const config_kms *k) {
+    for (size_t i = 0; i < s->nkms; i++) {
+        if (crypto_kms_provider_api_version(s->kms[i]) == k->api_version &&
+            strcmp(crypto_kms_provider_name(s->kms[i]), k->name) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Returns 0, EP_ERR_CONFIG or EP_ERR_NOMEM. */
+static int build_kms(crypto_transformer_set *s, ep_err *err) {
+    size_t total = 0;
+    for (size_t r = 0; r < s->config->nrules; r++) {
+        total += s->config->rules[r].nproviders;
+    }
+    s->kms = ep_calloc(total ? total : 1, sizeof(*s->kms));
+    if (s->kms == NULL) {
+        return ep_err_set(err, EP_ERR_NOMEM, "out of memory building kms providers");
+    }
+    for (size_t r = 0; r < s->config->nrules; r++) {
+        const config_rule *rule = &s->config->rules[r];
+        for (size_t i = 0; i < rule->nproviders; i++) {
+            const config_provider *p = &rule->providers[i];
+            if (p->type != CONFIG_PROVIDER_KMS || kms_known(s, &p->kms)) {
+                continue;
+            }
+            int rv = crypto_kms_provider_new(p, &s->kms[s->nkms], err);
+            if (rv != EP_OK) {
+                return ep_err_wrap(err, rv, "%s:%d:%d: kms provider", s->config->path, p->mark.line,
+                                   p->mark.col);
+            }
+            s->nkms++;
+        }
+    }
+    return EP_OK;
+}
 
 static int build_transformers(crypto_transformer_set *s, ep_err *err) {
     size_t n = config_keymap_nchains(s->keymap);
@@ -26,8 +72,8 @@ static int build_transformers(crypto_transformer_set *s, ep_err *err) {
     s->ntransformers = n;
     for (size_t i = 0; i < n; i++) {
         const config_chain *chain = config_keymap_chain(s->keymap, i);
-        int rv =
-            crypto_transformer_new(chain->providers, chain->nproviders, &s->transformers[i], err);
+        int rv = crypto_transformer_new_shared(chain->providers, chain->nproviders, s->kms, s->nkms,
+                                               &s->transformers[i], err);
         if (rv != EP_OK) {
             return ep_err_wrap(err, rv, "%s: resources %s", s->config->path, chain->label);
         }
@@ -44,6 +90,9 @@ int crypto_transformer_set_load(const char *config_path, const char *etcd_prefix
     int rv = config_load_file(config_path, &s->config, err);
     if (rv == EP_OK) {
         rv = config_keymap_build(s->config, etcd_prefix, &s->keymap, err);
+    }
+    if (rv == EP_OK) {
+        rv = build_kms(s, err);
     }
     if (rv == EP_OK) {
         rv = build_transformers(s, err);
@@ -65,6 +114,12 @@ const crypto_transformer *crypto_transformer_set_lookup(const crypto_transformer
     return s->transformers[i];
 }
 
+crypto_kms_provider *const *crypto_transformer_set_kms_providers(const crypto_transformer_set *s,
+                                                                 size_t *n) {
+    *n = s->nkms;
+    return s->kms;
+}
+
 const config_keymap *crypto_transformer_set_keymap(const crypto_transformer_set *s) {
     return s->keymap;
 }
@@ -77,6 +132,10 @@ void crypto_transformer_set_free(crypto_transformer_set *s) {
         crypto_transformer_free(s->transformers[i]);
     }
     ep_free(s->transformers);
+    for (size_t i = 0; i < s->nkms; i++) {
+        crypto_kms_provider_free(s->kms[i]);
+    }
+    ep_free(s->kms);
     config_keymap_free(s->keymap);
     config_encryption_free(s->config);
     ep_free(s);

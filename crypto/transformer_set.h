@@ -25,6 +25,11 @@ int crypto_transformer_set_load(const char *config_path, const char *etcd_prefix
 const crypto_transformer *crypto_transformer_set_lookup(const crypto_transformer_set *s,
                                                         str etcd_key);
 
+/* Every kms provider of the configuration, once each (chains listing the same apiVersion and
+ * name share it), in file order; |*n| gets the count. Owned by the set. Never fails. */
+crypto_kms_provider *const *crypto_transformer_set_kms_providers(const crypto_transformer_set *s,
+                                                                 size_t *n);
+
 const config_keymap *crypto_transformer_set_keymap(const crypto_transformer_set *s);
 
 void crypto_transformer_set_free(crypto_transformer_set *s);

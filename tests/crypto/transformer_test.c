@@ -334,15 +334,17 @@ static void test_refused_configs(void **state) {
     test_provider kms, gcm;
     make_provider(&kms, CONFIG_PROVIDER_KMS, 0, NULL, NULL);
     kms.p.kms.name = "vault";
-    kms.p.kms.api_version = 2;
+    kms.p.kms.api_version = 3;
     static const char *const names[] = {"k"};
     static const uint8_t fills[] = {1};
     make_provider(&gcm, CONFIG_PROVIDER_AESGCM, 1, names, fills);
     const config_provider *chain[] = {&gcm.p, &kms.p};
     assert_int_equal(crypto_transformer_new(chain, 2, &t, &err), EP_ERR_CONFIG);
-    assert_string_equal(err.msg, "kms provider \"vault\": KMS v2 needs a KMS plugin connection, "
-                                 "not available in this build");
+    assert_string_equal(err.msg, "kms provider \"vault\": unsupported apiVersion v3");
     assert_null(t);
+    kms.p.kms.name = NULL;
+    assert_int_equal(crypto_transformer_new(chain, 2, &t, &err), EP_ERR_CONFIG);
+    assert_string_equal(err.msg, "a kms provider needs a name");
 
     /* A 20-byte AES key (the config loader refuses it too). */
     secret_free(&gcm.keys[0].secret);
