@@ -9,6 +9,7 @@ EP_DEBIAN_PACKAGES=(
     libjemalloc-dev libsodium-dev libcmocka-dev libcjson-dev
     etcd-server etcd-client python3 python3-etcd3 python3-grpcio
     nghttp2-client nghttp2-proxy
+    libp11-kit-dev softhsm2 opensc
 )
 
 ep_missing_packages() {
