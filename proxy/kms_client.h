@@ -44,6 +44,12 @@ typedef void (*kms_done_cb)(void *arg);
 int kms_set_new(struct event_base *base, const crypto_transformer_set *transformers, kms_set **out,
                 ep_err *err);
 
+/* Like kms_set_new for an explicit list of |n| kms providers (borrowed; they must outlive the
+ * set): what kms_set_new uses, and what tests and the CLI can call directly. Returns 0,
+ * EP_ERR_NOMEM, or EP_ERR_CONFIG (a socket path that cannot be a unix address; message). */
+int kms_set_new_providers(struct event_base *base, crypto_kms_provider *const *providers, size_t n,
+                          kms_set **out, ep_err *err);
+
 /* Cancels outstanding requests (their callbacks are not called), closes connections, frees. */
 void kms_set_free(kms_set *s);
 
@@ -51,6 +57,14 @@ void kms_set_free(kms_set *s);
  * one set in the process. |primed| (may be NULL) is called once every v2 provider's first
  * Status+Encrypt attempt finished, successfully or not. Returns 0 or EP_ERR_NOMEM. */
 int kms_set_start_pollers(kms_set *s, kms_done_cb primed, void *arg);
+
+/* Plugin Encrypt calls the v2 pollers made for new seeds, process-wide (the benchmark checks it
+ * is 1 per process start and per key_id rotation). Never fails. */
+uint64_t kms_set_encrypt_calls(void);
+
+/* Test hook: the poller's interval after a healthy cycle (60 s), after a failed one (10 s), and
+ * the write-state validity it grants (3 min). Call before kms_set_start_pollers. */
+void kms_set_test_intervals(kms_set *s, uint64_t ok_ns, uint64_t retry_ns, uint64_t validity_ns);
 
 /* Issues every call of |pending| to its provider's plugin, concurrently. |done| runs once all
  * have finished (on this loop, never from inside this call). |*req| (may be NULL) lets the
