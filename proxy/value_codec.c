@@ -28,3 +28,48 @@ void value_codec_init(etcd_value_codec *codec, const crypto_transformer_set *set
     codec->encrypt = codec_encrypt;
     codec->decrypt = codec_decrypt;
 }
+
+/* ---- the bound codec ---- */
+
+/* After one round of plugin calls another miss must not ask for a second round (a message
+ * could otherwise wait forever on a cache that keeps evicting). Returns |rv| or
+ * EP_ERR_UNAVAILABLE. */
+static int settle(const value_codec *vc, int rv, ep_err *err) {
+    if (rv != EP_ERR_AGAIN || !vc->last_attempt) {
+        return rv;
+    }
+    return ep_err_set(err, EP_ERR_UNAVAILABLE,
+                      "the KMS plugin's answer for this value was not available after a round "
+                      "of plugin calls");
+}
+
+static bool bound_encrypts(void *ctx, str key) {
+    return codec_encrypts((void *)((value_codec *)ctx)->set, key);
+}
+
+/* Returns 0, EP_ERR_AGAIN (calls recorded), or the transformer's EP_ERR_* (message in |err|). */
+static int bound_encrypt(void *ctx, str key, str plain, buf *out, ep_err *err) {
+    value_codec *vc = ctx;
+    int rv = crypto_transformer_encrypt(crypto_transformer_set_lookup(vc->set, key), key, plain,
+                                        out, vc->pending, err);
+    return settle(vc, rv, err);
+}
+
+/* Returns 0, EP_ERR_AGAIN (calls recorded), or the transformer's EP_ERR_* (message in |err|). */
+static int bound_decrypt(void *ctx, str key, str stored, buf *out, ep_err *err) {
+    value_codec *vc = ctx;
+    int rv = crypto_transformer_decrypt(crypto_transformer_set_lookup(vc->set, key), key, stored,
+                                        out, NULL, vc->pending, err);
+    return settle(vc, rv, err);
+}
+
+void value_codec_bind(value_codec *vc, const crypto_transformer_set *set,
+                      crypto_kms_pending *pending) {
+    vc->codec.ctx = vc;
+    vc->codec.encrypts = bound_encrypts;
+    vc->codec.encrypt = bound_encrypt;
+    vc->codec.decrypt = bound_decrypt;
+    vc->set = set;
+    vc->pending = pending;
+    vc->last_attempt = false;
+}
