@@ -99,8 +99,13 @@ static int p11_open(kek *k, str aad, str sealed, buf *out, ep_err *err) {
     }
     rv = fl->C_Decrypt(pk->token->session, (CK_BYTE_PTR)sealed.ptr + KEK_NONCE_LEN,
                        sealed.len - KEK_NONCE_LEN, out->data + out->len, &len);
-    if (rv == CKR_ENCRYPTED_DATA_INVALID || rv == CKR_ENCRYPTED_DATA_LEN_RANGE) {
-        return ep_err_set(err, EP_ERR_AUTH, "message authentication failed");
+    /* SoftHSM2 reports a bad GCM tag as CKR_GENERAL_ERROR, not CKR_ENCRYPTED_DATA_INVALID: once
+     * C_DecryptInit accepted key and parameters, a failing C_Decrypt is taken as a ciphertext
+     * that does not authenticate (a broken token shows in Status's probe instead). */
+    if (rv == CKR_ENCRYPTED_DATA_INVALID || rv == CKR_ENCRYPTED_DATA_LEN_RANGE ||
+        rv == CKR_GENERAL_ERROR) {
+        return ep_err_set(err, EP_ERR_AUTH, "message authentication failed (CKR 0x%lx)",
+                          (unsigned long)rv);
     }
     if (rv != CKR_OK) {
         return ckr_fail(err, "C_Decrypt(CKM_AES_GCM)", rv);

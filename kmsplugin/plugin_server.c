@@ -356,7 +356,7 @@ static int open_listener(plugin_server *srv, const char *endpoint, int *fd, ep_e
         return rv;
     }
     *fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    mode_t old_mask = umask(077);
+    mode_t old_mask = umask(0177); /* the socket file becomes 0600 */
     rv = *fd < 0 ? -1 : bind(*fd, (struct sockaddr *)&addr, len);
     umask(old_mask);
     if (rv != 0 || listen(*fd, 128) != 0) {
