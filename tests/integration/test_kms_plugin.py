@@ -60,7 +60,10 @@ class Plugin:
 
     def wait_up(self, timeout=10):
         if self.sock is None:
-            return h.wait_for(lambda: self.error(V2 + "Status", b"")[0] is None, timeout)
+            # no file to wait for: the start line says the socket listens (a grpc channel that
+            # tried too early would back off for seconds)
+            return (h.wait_for(lambda: "serving" in self.log_text(), timeout)
+                    and self.error(V2 + "Status", b"")[0] is None)
         return h.wait_for(lambda: os.path.exists(self.sock) or self.proc.poll() is not None,
                           timeout) and self.proc.poll() is None
 
