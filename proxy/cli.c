@@ -5,9 +5,16 @@
  * be put straight into etcd and read back through the proxy (or kube-apiserver with the same
  * config), and the other way round. They read the value from stdin and write the result to
  * stdout as raw bytes; messages go to stderr and never contain the value or key material.
+ *
+ * With kms providers they talk to the configured plugins the way the proxy does, on a private
+ * event loop: the v2 write state is primed first (Status + Encrypt of a seed; reads need it
+ * too, it says whether a value is stale), then the transform runs; when it answers
+ * EP_ERR_AGAIN the recorded plugin calls are performed and it runs once more, final.
+ * `check-config --probe` primes the same way and prints each provider's health.
  */
 #include "proxy/cli.h"
 
+#include <event2/event.h>
 #include <getopt.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -20,40 +27,49 @@
 #include "config/encryption_config.h"
 #include "config/keymap.h"
 #include "crypto/transformer_set.h"
+#include "proxy/kms_client.h"
+#include "proxy/serve.h"
 
 /* A value larger than this is not an etcd value (etcd refuses requests over 1.5 MiB by
  * default); the cap only stops a mistaken pipe from eating memory. */
 #define CLI_MAX_VALUE (256u << 20)
+
+/* Longest wait for the v2 pollers' first Status + Encrypt (each bounded by its timeout). */
+#define CLI_PRIME_WAIT_S 15
 
 typedef struct {
     const char *config_path;
     const char *etcd_prefix;
     const char *etcd_key;
     bool verbose;
+    bool probe;
     bool help;
 } cli_options;
 
-enum { OPT_CONFIG = 1, OPT_PREFIX, OPT_KEY, OPT_VERBOSE, OPT_HELP };
+enum { OPT_CONFIG = 1, OPT_PREFIX, OPT_KEY, OPT_VERBOSE, OPT_PROBE, OPT_HELP };
 
 static const struct option long_options[] = {
     {"encryption-provider-config", required_argument, NULL, OPT_CONFIG},
     {"etcd-prefix", required_argument, NULL, OPT_PREFIX},
     {"key", required_argument, NULL, OPT_KEY},
     {"verbose", no_argument, NULL, OPT_VERBOSE},
+    {"probe", no_argument, NULL, OPT_PROBE},
     {"help", no_argument, NULL, OPT_HELP},
     {NULL, 0, NULL, 0},
 };
 
 static const char check_config_usage[] =
     "Usage: etcd-encrypt-proxy check-config --encryption-provider-config FILE\n"
-    "                                       [--etcd-prefix PREFIX]\n"
+    "                                       [--etcd-prefix PREFIX] [--probe]\n"
     "\n"
     "Validates FILE exactly as kube-apiserver would and prints which etcd key prefixes get\n"
     "which provider chain (names only, never secrets). Exit 0 when valid, 1 with\n"
     "FILE:LINE:COL: reason when not.\n"
     "\n"
     "  --encryption-provider-config FILE  EncryptionConfiguration (YAML or JSON)\n"
-    "  --etcd-prefix PREFIX               kube-apiserver's --etcd-prefix (default /registry)\n";
+    "  --etcd-prefix PREFIX               kube-apiserver's --etcd-prefix (default /registry)\n"
+    "  --probe                            also connect to every KMS plugin and print its\n"
+    "                                     health; exit 1 when one is unhealthy\n";
 
 static const char encrypt_usage[] =
     "Usage: etcd-encrypt-proxy encrypt --encryption-provider-config FILE --key ETCD_KEY\n"
@@ -101,6 +117,9 @@ static int parse_options(int argc, char **argv, const char *usage, bool need_key
             break;
         case OPT_VERBOSE:
             o->verbose = true;
+            break;
+        case OPT_PROBE:
+            o->probe = true;
             break;
         case OPT_HELP:
             o->help = true;
@@ -164,6 +183,116 @@ static int write_stdout(const char *cmd, str s) {
     return 0;
 }
 
+/* ---- talking to the KMS plugins ---- */
+
+typedef struct {
+    struct event_base *base;
+    kms_set *kms;
+    struct event *give_up;
+} cli_kms;
+
+static void on_loop_done(void *arg) {
+    event_base_loopbreak(arg);
+}
+
+static void on_give_up(evutil_socket_t fd, short what, void *arg) {
+    event_base_loopbreak(arg);
+}
+
+/* Creates the plugin clients for |set| and, when |prime| and a v2 provider exists, runs the
+ * loop until every v2 provider had its first Status + Encrypt (or CLI_PRIME_WAIT_S passed).
+ * Returns 0 or EP_ERR_NOMEM / EP_ERR_CONFIG (message in |err|). */
+static int cli_kms_open(cli_kms *c, const crypto_transformer_set *set, bool prime, ep_err *err) {
+    memset(c, 0, sizeof(*c));
+    c->base = event_base_new();
+    if (!c->base) {
+        return ep_err_set(err, EP_ERR_NOMEM, "cannot create an event loop");
+    }
+    int rv = kms_set_new(c->base, set, &c->kms, err);
+    if (rv != 0 || !prime || !proxy_uses_kms(set, 2)) {
+        return rv;
+    }
+    struct timeval wait = {CLI_PRIME_WAIT_S, 0};
+    c->give_up = evtimer_new(c->base, on_give_up, c->base);
+    if (!c->give_up || evtimer_add(c->give_up, &wait) != 0 ||
+        kms_set_start_pollers(c->kms, on_loop_done, c->base) != 0) {
+        return ep_err_set(err, EP_ERR_NOMEM, "out of memory starting the KMS pollers");
+    }
+    event_base_dispatch(c->base);
+    evtimer_del(c->give_up);
+    return 0;
+}
+
+static void cli_kms_close(cli_kms *c) {
+    if (c->kms) {
+        kms_set_free(c->kms);
+    }
+    if (c->give_up) {
+        event_free(c->give_up);
+    }
+    if (c->base) {
+        event_base_free(c->base);
+    }
+}
+
+/* Performs every call of |pending| and waits for them. Returns 0 or the kms_set_perform error
+ * (the calls are then failed with the reason, so the rerun reports it). */
+static int cli_kms_perform(cli_kms *c, crypto_kms_pending *pending) {
+    int rv = kms_set_perform(c->kms, pending, on_loop_done, c->base, NULL);
+    if (rv != 0) {
+        for (size_t i = 0; i < pending->ncalls; i++) {
+            crypto_kms_call_fail(pending->calls[i], "cannot call the KMS plugin");
+        }
+        return rv;
+    }
+    event_base_dispatch(c->base);
+    return 0;
+}
+
+/* ---- check-config ---- */
+
+/* Prints kms_set_describe to stdout. Returns 0 when every provider is healthy, else 1. */
+static int print_health(const kms_set *kms) {
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    if (!f) {
+        fprintf(stderr, "out of memory\n");
+        return 1;
+    }
+    kms_set_describe(kms, f);
+    fclose(f);
+    printf("KMS providers:\n%s", text);
+    int status = strstr(text, "unhealthy") ? 1 : 0;
+    free(text);
+    return status;
+}
+
+/* Connects to every KMS plugin of the config, prints their health to stdout. Returns 0 when all
+ * are healthy, 1 otherwise (or when they cannot be reached at all). */
+static int probe_plugins(const cli_options *o) {
+    ep_err err = {{0}};
+    crypto_transformer_set *set = NULL;
+    cli_kms c;
+    memset(&c, 0, sizeof(c));
+    int rv = crypto_transformer_set_load(o->config_path, o->etcd_prefix, &set, &err);
+    if (rv == EP_OK && proxy_uses_kms(set, 0)) {
+        rv = cli_kms_open(&c, set, true, &err);
+    }
+    int status = 0;
+    if (rv != EP_OK) {
+        fprintf(stderr, "%s\n", err.msg);
+        status = 1;
+    } else if (c.kms) {
+        status = print_health(c.kms);
+    } else {
+        printf("no KMS providers\n");
+    }
+    cli_kms_close(&c);
+    crypto_transformer_set_free(set);
+    return status;
+}
+
 int cli_check_config_main(int argc, char **argv) {
     cli_options o;
     int rv = parse_options(argc, argv, check_config_usage, false, &o);
@@ -189,7 +318,48 @@ int cli_check_config_main(int argc, char **argv) {
     }
     config_keymap_free(map);
     config_encryption_free(cfg);
+    if (rv == EP_OK && o.probe) {
+        fflush(stdout);
+        return probe_plugins(&o);
+    }
     return rv == EP_OK ? 0 : 1;
+}
+
+/* ---- encrypt / decrypt ---- */
+
+/* Runs one transform of |in| into |out|, with a round of plugin calls when it asks for one.
+ * Returns the transformer's status (message in |err|). */
+static int transform(const crypto_transformer *t, str key, str in, bool decrypt, cli_kms *c,
+                     buf *out, crypto_read_info *info, ep_err *err) {
+    crypto_kms_pending pending = CRYPTO_KMS_PENDING_INIT;
+    crypto_kms_pending *p = c->kms ? &pending : NULL;
+    int status = EP_ERR_AGAIN;
+    for (int round = 0; round < 2 && status == EP_ERR_AGAIN; round++) {
+        if (round == 1) {
+            cli_kms_perform(c, &pending); /* on failure the failed calls tell the rerun why */
+        }
+        buf_wipe(out);
+        status = decrypt ? crypto_transformer_decrypt(t, key, in, out, info, p, err)
+                         : crypto_transformer_encrypt(t, key, in, out, p, err);
+    }
+    if (status == EP_ERR_AGAIN) {
+        status = ep_err_set(err, EP_ERR_UNAVAILABLE,
+                            "the KMS plugin's answer was not available after a round of calls");
+    }
+    crypto_kms_pending_free(&pending);
+    return status;
+}
+
+static void print_verbose(const crypto_transformer *t, bool decrypt, const crypto_read_info *info) {
+    if (decrypt) {
+        fprintf(stderr, "read by %s%s%s%s, stale=%s\n", info->provider,
+                info->key_name[0] ? " key \"" : "", info->key_name, info->key_name[0] ? "\"" : "",
+                info->stale ? "true" : "false");
+    } else {
+        fprintf(stderr, "written by %s\n",
+                crypto_transformer_writes_plaintext(t) ? "identity (plaintext)"
+                                                       : "the first provider");
+    }
 }
 
 /* Shared body of encrypt and decrypt: load, read stdin, transform, write stdout. */
@@ -202,8 +372,13 @@ static int run_transform(int argc, char **argv, const char *usage, bool decrypt)
     }
     ep_err err = {{0}};
     crypto_transformer_set *set = NULL;
-    if (crypto_transformer_set_load(o.config_path, o.etcd_prefix, &set, &err) != EP_OK) {
+    cli_kms c;
+    memset(&c, 0, sizeof(c));
+    if (crypto_transformer_set_load(o.config_path, o.etcd_prefix, &set, &err) != EP_OK ||
+        (proxy_uses_kms(set, 0) && cli_kms_open(&c, set, true, &err) != EP_OK)) {
         fprintf(stderr, "%s: %s\n", argv[0], err.msg);
+        cli_kms_close(&c);
+        crypto_transformer_set_free(set);
         return 1;
     }
     buf in = BUF_INIT, out = BUF_INIT;
@@ -212,27 +387,19 @@ static int run_transform(int argc, char **argv, const char *usage, bool decrypt)
         str key = str_cstr(o.etcd_key);
         const crypto_transformer *t = crypto_transformer_set_lookup(set, key);
         crypto_read_info info = {0};
-        int status = decrypt
-                         ? crypto_transformer_decrypt(t, key, buf_str(&in), &out, &info, NULL, &err)
-                         : crypto_transformer_encrypt(t, key, buf_str(&in), &out, NULL, &err);
-        if (status != EP_OK) {
+        if (transform(t, key, buf_str(&in), decrypt, &c, &out, &info, &err) != EP_OK) {
             fprintf(stderr, "%s: %s: %s\n", argv[0], o.etcd_key, err.msg);
             rv = 1;
         } else {
-            if (o.verbose && decrypt) {
-                fprintf(stderr, "read by %s%s%s%s, stale=%s\n", info.provider,
-                        info.key_name[0] ? " key \"" : "", info.key_name,
-                        info.key_name[0] ? "\"" : "", info.stale ? "true" : "false");
-            } else if (o.verbose) {
-                fprintf(stderr, "written by %s\n",
-                        crypto_transformer_writes_plaintext(t) ? "identity (plaintext)"
-                                                               : "the first provider");
+            if (o.verbose) {
+                print_verbose(t, decrypt, &info);
             }
             rv = write_stdout(argv[0], buf_str(&out));
         }
     }
     buf_free_secure(&in); /* one of the two is plaintext */
     buf_free_secure(&out);
+    cli_kms_close(&c);
     crypto_transformer_set_free(set);
     return rv;
 }

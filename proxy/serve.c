@@ -5,6 +5,12 @@
  * checked before the first worker thread starts, so a bad start exits 1 with one clear line.
  * The main thread then only waits for SIGTERM/SIGINT (blocked in every thread, taken with
  * sigwait) and asks each worker to drain.
+ *
+ * KMS. Every worker has its own plugin clients (kms_set) on its loop; the v2 Status pollers run
+ * on worker 0's set only, since the write state they install lives in the shared providers.
+ * Workers accept connections only once every v2 provider had its first Status+Encrypt attempt
+ * (or KMS_PRIME_WAIT_MS passed): before that, every write to a kms v2 prefix would fail. The
+ * providers' health is logged then, and again whenever it changes.
  */
 #include "proxy/serve.h"
 
@@ -16,20 +22,27 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/thread.h>
 
 #include "common/alloc.h"
 #include "crypto/transformer_set.h"
+#include "proxy/kms_client.h"
 #include "proxy/tls.h"
 #include "proxy/upstream.h"
-#include "proxy/value_codec.h"
 #include "proxy/worker.h"
 
 #define DEFAULT_MAX_REQUEST_BYTES ((size_t)(1536 + 64) * 1024)
 #define DEFAULT_DRAIN_MS 10000
 #define MAX_WORKERS 256
+#define KMS_PRIME_WAIT_MS 15000 /* Status + Encrypt, each bounded by the provider's timeout */
+#define KMS_HEALTH_CHECK_MS 10000
+#define KMS_STATE_VALIDITY_NS                                                                      \
+    (180ull *                                                                                      \
+     1000000000) /* spec 1.6.3: 3 min after a healthy Status */ /* how often worker 0 looks for    \
+                                                                   health changes to log */
 
 static const char usage[] =
     "Usage: etcd-encrypt-proxy serve --encryption-provider-config FILE [FLAGS]\n"
@@ -51,6 +64,8 @@ static const char usage[] =
     "  --client-cert-auth               require client certificates\n"
     "  --cacert F                       CA of etcd's certificate (https endpoints)\n"
     "  --cert F --key F                 client certificate for etcd\n"
+    "  --kms-status-interval-ms N       KMS v2 Status poll interval (default 60000, as\n"
+    "                                   kube-apiserver; shorter for tests)\n"
     "  --help                           this text\n";
 
 enum {
@@ -68,6 +83,7 @@ enum {
     OPT_CACERT,
     OPT_CERT,
     OPT_KEY,
+    OPT_KMS_STATUS_INTERVAL,
     OPT_HELP,
 };
 
@@ -86,6 +102,7 @@ static const struct option options[] = {
     {"cacert", required_argument, NULL, OPT_CACERT},
     {"cert", required_argument, NULL, OPT_CERT},
     {"key", required_argument, NULL, OPT_KEY},
+    {"kms-status-interval-ms", required_argument, NULL, OPT_KMS_STATUS_INTERVAL},
     {"help", no_argument, NULL, OPT_HELP},
     {NULL, 0, NULL, 0},
 };
@@ -179,6 +196,10 @@ static int apply(int opt, const char *arg, proxy_serve_opts *o, ep_err *err) {
     case OPT_KEY:
         o->key = arg;
         return 0;
+    case OPT_KMS_STATUS_INTERVAL:
+        rv = parse_number("kms-status-interval-ms", arg, 100, 3600000, &n, err);
+        o->kms_status_interval_ms = (int)n;
+        return rv;
     case OPT_HELP:
         o->help = true;
         return 0;
@@ -231,13 +252,16 @@ void proxy_serve_opts_free(proxy_serve_opts *opts) {
 typedef struct {
     proxy_serve_opts opts;
     crypto_transformer_set *set;
-    etcd_value_codec codec;
     upstream_endpoint *endpoints;
     size_t n_endpoints;
     SSL_CTX *server_tls;
     SSL_CTX *client_tls;
     proxy_worker **workers;
     int n_workers;
+    pthread_mutex_t prime_lock;
+    pthread_cond_t primed_cond;
+    bool primed;
+    char *last_health; /* the last kms_set_describe output logged */
 } server;
 
 /* Splits --endpoints. Returns 0, EP_ERR_CONFIG or EP_ERR_NOMEM. */
@@ -296,7 +320,7 @@ static int setup_workers(server *sv, ep_err *err) {
     proxy_worker_config cfg = {
         .listen_host = sv->opts.listen_host,
         .listen_port = sv->opts.listen_port,
-        .env = {&sv->codec, sv->opts.max_request_bytes},
+        .env = {sv->set, NULL, sv->opts.max_request_bytes},
         .endpoints = sv->endpoints,
         .n_endpoints = sv->n_endpoints,
         .server_tls = sv->server_tls,
@@ -322,11 +346,109 @@ static int setup(server *sv, ep_err *err) {
     if (rv != 0) {
         return rv;
     }
-    value_codec_init(&sv->codec, sv->set);
     if ((rv = parse_endpoints(sv, err)) != 0 || (rv = setup_tls(sv, err)) != 0) {
         return rv;
     }
     return setup_workers(sv, err);
+}
+
+/* ---- KMS start-up and health ---- */
+
+bool proxy_uses_kms(const crypto_transformer_set *set, int api_version) {
+    size_t n = 0;
+    crypto_kms_provider *const *providers = crypto_transformer_set_kms_providers(set, &n);
+    for (size_t i = 0; i < n; i++) {
+        if (api_version == 0 || crypto_kms_provider_api_version(providers[i]) == api_version) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* |a| and |b| say the same, ignoring the seconds a write state has left ("valid for 170s"),
+ * which change on every look. */
+static bool same_health(const char *a, const char *b) {
+    static const char counting[] = "valid for ";
+    while (*a && *a == *b) {
+        if (strncmp(a, counting, sizeof(counting) - 1) == 0 &&
+            strncmp(b, counting, sizeof(counting) - 1) == 0) {
+            a += sizeof(counting) - 1;
+            b += sizeof(counting) - 1;
+            a += strspn(a, "0123456789");
+            b += strspn(b, "0123456789");
+            continue;
+        }
+        a++;
+        b++;
+    }
+    return *a == *b;
+}
+
+/* Logs the providers' health when it differs from what was logged last. Runs on worker 0. */
+static void log_kms_health(server *sv) {
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    if (!f) {
+        return;
+    }
+    kms_set_describe(proxy_worker_kms(sv->workers[0]), f);
+    fclose(f);
+    if (len > 0 && (!sv->last_health || !same_health(text, sv->last_health))) {
+        fprintf(stderr, "etcd-encrypt-proxy: KMS providers:\n%s", text);
+        free(sv->last_health);
+        sv->last_health = text;
+        return;
+    }
+    free(text);
+}
+
+static void on_health_check(void *arg) {
+    log_kms_health(arg);
+}
+
+/* Worker 0: every v2 provider had its first Status+Encrypt attempt. */
+static void on_primed(void *arg) {
+    server *sv = arg;
+    log_kms_health(sv);
+    pthread_mutex_lock(&sv->prime_lock);
+    sv->primed = true;
+    pthread_cond_signal(&sv->primed_cond);
+    pthread_mutex_unlock(&sv->prime_lock);
+}
+
+/* Starts the pollers on worker 0's set (before its thread runs, so no lock is needed). Returns
+ * 0 or EP_ERR_NOMEM. */
+static int start_kms(server *sv, ep_err *err) {
+    kms_set *kms0 = proxy_worker_kms(sv->workers[0]);
+    int every_ms = sv->opts.kms_status_interval_ms;
+    if (every_ms > 0) { /* a failed cycle retries 6x sooner, as 60 s / 10 s upstream */
+        kms_set_test_intervals(kms0, (uint64_t)every_ms * 1000000, (uint64_t)every_ms * 1000000 / 6,
+                               KMS_STATE_VALIDITY_NS);
+    }
+    if (proxy_worker_every(sv->workers[0], KMS_HEALTH_CHECK_MS, on_health_check, sv) != 0 ||
+        kms_set_start_pollers(kms0, on_primed, sv) != 0) {
+        return ep_err_set(err, EP_ERR_NOMEM, "out of memory starting the KMS pollers");
+    }
+    return 0;
+}
+
+/* Waits until on_primed ran or KMS_PRIME_WAIT_MS passed. Never fails. */
+static void wait_primed(server *sv) {
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += KMS_PRIME_WAIT_MS / 1000;
+    pthread_mutex_lock(&sv->prime_lock);
+    while (!sv->primed) {
+        if (pthread_cond_timedwait(&sv->primed_cond, &sv->prime_lock, &until) != 0) {
+            fprintf(stderr,
+                    "etcd-encrypt-proxy: KMS providers not primed after %d ms; serving "
+                    "anyway (kms v2 writes fail until their plugin answers)\n",
+                    KMS_PRIME_WAIT_MS);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&sv->prime_lock);
 }
 
 static void teardown(server *sv) {
@@ -334,6 +456,7 @@ static void teardown(server *sv) {
         proxy_worker_free(sv->workers[i]);
     }
     ep_free(sv->workers);
+    free(sv->last_health);
     for (size_t i = 0; i < sv->n_endpoints; i++) {
         upstream_endpoint_free(&sv->endpoints[i]);
     }
@@ -347,6 +470,11 @@ static void teardown(server *sv) {
 /* Starts the workers, waits for a stop signal, drains. Returns the exit status. */
 static int run(server *sv, const sigset_t *stop_signals) {
     ep_err err;
+    bool kms = proxy_uses_kms(sv->set, 0);
+    if (kms && start_kms(sv, &err) != 0) {
+        fprintf(stderr, "etcd-encrypt-proxy: %s\n", err.msg);
+        return 1;
+    }
     for (int i = 0; i < sv->n_workers; i++) {
         if (proxy_worker_start(sv->workers[i], &err) != 0) {
             fprintf(stderr, "etcd-encrypt-proxy: %s\n", err.msg);
@@ -355,6 +483,12 @@ static int run(server *sv, const sigset_t *stop_signals) {
             }
             return 1;
         }
+    }
+    if (kms) {
+        wait_primed(sv);
+    }
+    for (int i = 0; i < sv->n_workers; i++) {
+        proxy_worker_accept(sv->workers[i]);
     }
     fprintf(stderr, "etcd-encrypt-proxy: serving on %s port %s (%s), %d workers, etcd %s\n",
             sv->opts.listen_host, sv->opts.listen_port, sv->server_tls ? "TLS" : "h2c",
@@ -373,6 +507,8 @@ int proxy_serve_main(int argc, char **argv) {
     server sv;
     ep_err err = {{0}};
     memset(&sv, 0, sizeof(sv));
+    pthread_mutex_init(&sv.prime_lock, NULL);
+    pthread_cond_init(&sv.primed_cond, NULL);
     if (proxy_serve_parse(argc, argv, &sv.opts, &err) != 0) {
         fprintf(stderr, "etcd-encrypt-proxy serve: %s\n", err.msg);
         proxy_serve_opts_free(&sv.opts);

@@ -9,6 +9,7 @@
 #include <stddef.h>
 
 #include "common/err.h"
+#include "crypto/transformer_set.h"
 
 typedef struct {
     char *listen_host; /* without brackets */
@@ -19,6 +20,7 @@ typedef struct {
     int workers;
     size_t max_request_bytes;
     int drain_ms;
+    int kms_status_interval_ms; /* 0: the default (60 s) */
     const char *cert_file, *key_file, *trusted_ca_file;
     bool client_cert_auth;
     const char *cacert, *cert, *key;
@@ -30,6 +32,10 @@ typedef struct {
 int proxy_serve_parse(int argc, char **argv, proxy_serve_opts *opts, ep_err *err);
 
 void proxy_serve_opts_free(proxy_serve_opts *opts);
+
+/* True when some chain of |set| has a kms provider of |api_version| (1 or 2; 0: either).
+ * Never fails. */
+bool proxy_uses_kms(const crypto_transformer_set *set, int api_version);
 
 /* Runs the proxy. Returns the process exit status: 0 after a clean stop (or --help), 1 for a bad
  * flag, configuration or listen address (message on stderr). */

@@ -16,6 +16,18 @@
  * always acknowledged, since it cannot complete otherwise (its size is bounded by the frame
  * reader's limit).
  *
+ * Waiting for the KMS plugin. A rewrite that answers ETCD_MSG_RETRY has recorded the plugin
+ * calls its values need in the direction's proxy_kms_wait. The message is copied, the calls go
+ * to the worker's kms_set all at once, and the direction pauses: messages that complete
+ * meanwhile are appended to |held| (Watch events and any message order stay as etcd sent them),
+ * an end of the direction (request END_STREAM, etcd's trailers) is deferred, and the bytes held
+ * count against QUEUE_HIGH like queued ones, so a client or etcd that keeps sending sees its
+ * window close. When the calls are done the message is rewritten once more with the answers in
+ * the caches; that second pass is final (value_codec's |last_attempt|): a value still missing
+ * fails a write with UNAVAILABLE or passes a read through as undecryptable. Then the held
+ * messages run, each of which may pause the direction again. A stream freed while waiting
+ * cancels its request.
+ *
  * Ending. Exactly one status reaches the client: etcd's trailers, or one made here by
  * proxy_stream_fail (which also cancels the upstream stream). The stream is freed once the
  * downstream side is closed and the upstream side is not active.
@@ -173,9 +185,14 @@ static void ack_response(proxy_stream *st, size_t n) {
     }
 }
 
+/* Bytes of one direction received but not yet sent on: queued, or waiting for the plugin. */
+static size_t backlog(const h2_body *b, const proxy_kms_wait *w) {
+    return evbuffer_get_length(b->queue) + w->kept.len + w->held.len;
+}
+
 static void to_up_drained(h2_body *b, void *arg) {
     proxy_stream *st = arg;
-    if (st->down_unconsumed && evbuffer_get_length(b->queue) < QUEUE_LOW) {
+    if (st->down_unconsumed && backlog(b, &st->request_wait) < QUEUE_LOW) {
         ack_request(st, st->down_unconsumed);
         st->down_unconsumed = 0;
     }
@@ -183,7 +200,7 @@ static void to_up_drained(h2_body *b, void *arg) {
 
 static void to_down_drained(h2_body *b, void *arg) {
     proxy_stream *st = arg;
-    if (st->up_unconsumed && evbuffer_get_length(b->queue) < QUEUE_LOW) {
+    if (st->up_unconsumed && backlog(b, &st->response_wait) < QUEUE_LOW) {
         ack_response(st, st->up_unconsumed);
         st->up_unconsumed = 0;
     }
@@ -199,7 +216,31 @@ static void send_trailers(h2_body *b, int32_t stream_id, void *arg) {
 
 /* ---- lifetime ---- */
 
+static void kms_wait_init(proxy_kms_wait *w, const proxy_stream_env *env) {
+    w->pending = (crypto_kms_pending)CRYPTO_KMS_PENDING_INIT;
+    value_codec_bind(&w->vc, env->set, env->kms ? &w->pending : NULL);
+}
+
+/* Abandons a wait: cancels its plugin calls and drops what it kept. */
+static void stop_waiting(proxy_kms_wait *w) {
+    if (w->req) {
+        kms_request_cancel(w->req);
+        w->req = NULL;
+    }
+    w->waiting = false;
+    crypto_kms_pending_reset(&w->pending);
+    buf_free_secure(&w->kept);
+    buf_free_secure(&w->held);
+}
+
+static void kms_wait_free(proxy_kms_wait *w) {
+    stop_waiting(w);
+    crypto_kms_pending_free(&w->pending);
+}
+
 static void stream_free(proxy_stream *st) {
+    kms_wait_free(&st->request_wait);
+    kms_wait_free(&st->response_wait);
     hdrs_free(&st->request_headers);
     hdrs_free(&st->response_headers);
     hdrs_free(&st->trailers);
@@ -237,6 +278,8 @@ proxy_stream *proxy_stream_new(const proxy_stream_env *env, proxy_conn *conn, up
     st->to_down = (h2_body){evbuffer_new(), false, false, to_down_drained, send_trailers, st};
     grpc_frame_reader_init(&st->request_reader, env->max_request_bytes);
     grpc_frame_reader_init(&st->response_reader, MAX_RESPONSE_MESSAGE);
+    kms_wait_init(&st->request_wait, env);
+    kms_wait_init(&st->response_wait, env);
     if (!st->to_up.queue || !st->to_down.queue ||
         nghttp2_session_set_stream_user_data(h2_session_ng(conn->h2), stream_id, st) != 0) {
         stream_free(st);
@@ -306,6 +349,8 @@ void proxy_stream_fail(proxy_stream *st, int code, const char *message) {
     }
     st->status_sent = true;
     cancel_upstream(st);
+    stop_waiting(&st->request_wait);
+    stop_waiting(&st->response_wait);
     if (!st->conn) {
         return;
     }
@@ -323,6 +368,229 @@ void proxy_stream_fail(proxy_stream *st, int code, const char *message) {
         st->to_down.trailers = true;
     }
     h2_body_wake(st->conn->h2, st->down_id);
+}
+
+/* ---- messages of either direction ---- */
+
+static void on_undecryptable(void *arg, str key, const ep_err *err) {
+    int len = key.len > 300 ? 300 : (int)key.len;
+    fprintf(stderr, "etcd-encrypt-proxy: cannot decrypt value of key %.*s: %s\n", len,
+            (const char *)key.ptr, err->msg);
+}
+
+static proxy_kms_wait *wait_of(proxy_stream *st, bool request) {
+    return request ? &st->request_wait : &st->response_wait;
+}
+
+/* Rewrites |msg| into |scratch| after its reserved header. Returns 0, ETCD_MSG_RETRY, or a gRPC
+ * status (message in |err|). */
+static int rewrite(proxy_stream *st, bool request, str msg, bool *unchanged, ep_err *err) {
+    const etcd_value_codec *codec = &wait_of(st, request)->vc.codec;
+    if (begin_rewrite(&st->scratch, msg.len) != 0) {
+        return ep_err_set(err, GRPC_STATUS_INTERNAL, "out of memory");
+    }
+    if (request) {
+        return etcd_msg_rewrite_request(st->method, codec, msg, &st->scratch, unchanged, err);
+    }
+    return etcd_msg_rewrite_response(st->method, codec, msg, &st->scratch, unchanged, NULL,
+                                     on_undecryptable, st, err);
+}
+
+/* Ends the call after a failed rewrite. Once etcd's trailers are decided (they wait behind a
+ * response message) no other status can be sent: the stream is reset instead. */
+static void fail_message(proxy_stream *st, bool request, int code, const char *message) {
+    if (!request && st->response_wait.end_deferred && st->conn) {
+        nghttp2_submit_rst_stream(down_ng(st), NGHTTP2_FLAG_NONE, st->down_id,
+                                  NGHTTP2_INTERNAL_ERROR);
+        h2_session_schedule_send(st->conn->h2);
+        return;
+    }
+    proxy_stream_fail(st, code, message);
+}
+
+/* Queues the result of a final rewrite, or fails the call. Returns 0 or the gRPC code sent. */
+static int finish(proxy_stream *st, bool request, str msg, int code, bool unchanged,
+                  const ep_err *err) {
+    h2_body *to = request ? &st->to_up : &st->to_down;
+    const char *why = err->msg;
+    if (code == ETCD_MSG_RETRY) { /* a final pass never asks again; never forward it */
+        code = GRPC_STATUS_UNAVAILABLE;
+        why = "the KMS plugin's answers were not available";
+    }
+    if (code == 0 && queue_result(to->queue, msg, &st->scratch, unchanged) != 0) {
+        code = GRPC_STATUS_INTERNAL;
+        why = "out of memory";
+    }
+    if (code != 0) {
+        buf_wipe(&st->scratch); /* may hold plaintext */
+        fail_message(st, request, code, why);
+    }
+    return code;
+}
+
+static void on_request_calls_done(void *arg);
+static void on_response_calls_done(void *arg);
+
+/* Fails every call of |p|: the plugin cannot be asked. */
+static void fail_calls(crypto_kms_pending *p, const char *reason) {
+    for (size_t i = 0; i < p->ncalls; i++) {
+        crypto_kms_call_fail(p->calls[i], reason);
+    }
+}
+
+/* Keeps a copy of |msg| and sends the plugin calls its rewrite recorded. Returns 0 (the
+ * direction now waits), or EP_ERR_NOMEM / EP_ERR_CONFIG with every call failed, so that the
+ * caller's final rewrite fails the values that needed them. */
+static int start_wait(proxy_stream *st, bool request, uint8_t flag, str msg) {
+    proxy_kms_wait *w = wait_of(st, request);
+    buf_reset(&w->kept);
+    int rv = buf_append_str(&w->kept, msg);
+    if (rv == 0) {
+        rv = kms_set_perform(st->env->kms, &w->pending,
+                             request ? on_request_calls_done : on_response_calls_done, st, &w->req);
+    }
+    if (rv != 0) {
+        buf_free_secure(&w->kept);
+        fail_calls(&w->pending, rv == EP_ERR_NOMEM ? "out of memory calling the KMS plugin"
+                                                   : "no KMS plugin client for this provider");
+        return rv;
+    }
+    w->kept_flag = flag;
+    w->waiting = true;
+    return 0;
+}
+
+/* Rewrites and queues one complete message, or starts waiting for the plugin calls it needs.
+ * Returns 0 or the gRPC code sent (the call is over). */
+static int process_message(proxy_stream *st, bool request, uint8_t compressed, str msg) {
+    proxy_kms_wait *w = wait_of(st, request);
+    ep_err err = {{0}};
+    bool unchanged = false;
+    if (compressed) {
+        int code = request ? GRPC_STATUS_UNIMPLEMENTED : GRPC_STATUS_INTERNAL;
+        fail_message(st, request, code,
+                     request ? "compressed messages are not supported"
+                             : "etcd sent a compressed message");
+        return code;
+    }
+    int code = rewrite(st, request, msg, &unchanged, &err);
+    if (code == ETCD_MSG_RETRY) {
+        if (start_wait(st, request, compressed, msg) == 0) {
+            return 0;
+        }
+        w->vc.last_attempt = true;
+        code = rewrite(st, request, msg, &unchanged, &err);
+        w->vc.last_attempt = false;
+    }
+    crypto_kms_pending_reset(&w->pending);
+    return finish(st, request, msg, code, unchanged, &err);
+}
+
+/* Appends a message that completed while its direction waits. Returns 0 or the gRPC code
+ * sent. */
+static int hold_message(proxy_stream *st, bool request, uint8_t flag, str msg) {
+    buf *held = &wait_of(st, request)->held;
+    if (grpc_frame_write_header(held, flag, (uint32_t)msg.len) != 0 ||
+        buf_append_str(held, msg) != 0) {
+        fail_message(st, request, GRPC_STATUS_INTERNAL, "out of memory");
+        return GRPC_STATUS_INTERNAL;
+    }
+    return 0;
+}
+
+/* Runs the held messages of a direction until it has to wait again; the rest stays held.
+ * Returns 0 or the gRPC code sent. */
+static int run_held(proxy_stream *st, bool request) {
+    proxy_kms_wait *w = wait_of(st, request);
+    buf held = w->held;
+    w->held = (buf)BUF_INIT;
+    str rest = buf_str(&held);
+    int code = 0;
+    while (code == 0 && rest.len >= GRPC_FRAME_HEADER_LEN) {
+        if (w->waiting) {
+            size_t old_len = held.len;
+            memmove(held.data, rest.ptr, rest.len);
+            held.len = rest.len;
+            explicit_bzero(held.data + held.len, old_len - held.len);
+            w->held = held;
+            return 0;
+        }
+        uint8_t flag = rest.ptr[0];
+        size_t len = (size_t)rest.ptr[1] << 24 | (size_t)rest.ptr[2] << 16 |
+                     (size_t)rest.ptr[3] << 8 | rest.ptr[4];
+        str msg = str_make(rest.ptr + GRPC_FRAME_HEADER_LEN, len);
+        rest = str_skip(rest, GRPC_FRAME_HEADER_LEN + len);
+        code = process_message(st, request, flag, msg);
+    }
+    buf_free_secure(&held);
+    return code;
+}
+
+/* True when nothing more can be sent in this direction. */
+static bool direction_over(const proxy_stream *st, bool request) {
+    if (request) {
+        return st->status_sent || st->up_state == UP_DONE;
+    }
+    return !st->conn || (st->status_sent && !st->response_wait.end_deferred);
+}
+
+/* Lets the receiving side send what was queued, and reopens windows the backlog closed. */
+static void wake_direction(proxy_stream *st, bool request) {
+    if (request) {
+        to_up_drained(&st->to_up, st);
+        if (st->up_state == UP_ACTIVE) {
+            h2_body_wake(st->up, st->up_id);
+        }
+    } else {
+        to_down_drained(&st->to_down, st);
+        if (st->conn) {
+            h2_body_wake(st->conn->h2, st->down_id);
+        }
+    }
+}
+
+/* The plugin calls of a direction are done: final rewrite of the kept message, then the held
+ * ones, then a deferred end. */
+static void resume(proxy_stream *st, bool request) {
+    proxy_kms_wait *w = wait_of(st, request);
+    w->req = NULL;
+    w->waiting = false;
+    if (direction_over(st, request)) {
+        stop_waiting(w);
+        return;
+    }
+    ep_err err = {{0}};
+    bool unchanged = false;
+    str msg = buf_str(&w->kept);
+    w->vc.last_attempt = true;
+    int code = rewrite(st, request, msg, &unchanged, &err);
+    w->vc.last_attempt = false;
+    crypto_kms_pending_reset(&w->pending);
+    code = finish(st, request, msg, code, unchanged, &err);
+    buf_free_secure(&w->kept);
+    if (code == 0) {
+        code = run_held(st, request);
+    }
+    if (code != 0) {
+        stop_waiting(w);
+    } else if (!w->waiting && w->end_deferred) {
+        w->end_deferred = false;
+        if (request) {
+            st->to_up.eof = true;
+        } else {
+            st->to_down.eof = true;
+            st->to_down.trailers = true;
+        }
+    }
+    wake_direction(st, request);
+}
+
+static void on_request_calls_done(void *arg) {
+    resume(arg, true);
+}
+
+static void on_response_calls_done(void *arg) {
+    resume(arg, false);
 }
 
 /* ---- request direction ---- */
@@ -371,30 +639,10 @@ int proxy_stream_on_request_headers_end(proxy_stream *st, bool end_stream) {
     return 0;
 }
 
-/* Queues one rewritten request message. Returns 0 or a gRPC code (status already sent). */
 static int forward_request_message(void *arg, uint8_t compressed, str msg) {
     proxy_stream *st = arg;
-    ep_err err = {{0}};
-    bool unchanged = false;
-    if (compressed) {
-        proxy_stream_fail(st, GRPC_STATUS_UNIMPLEMENTED, "compressed messages are not supported");
-        return GRPC_STATUS_UNIMPLEMENTED;
-    }
-    int code = begin_rewrite(&st->scratch, msg.len) == 0
-                   ? etcd_msg_rewrite_request(st->method, st->env->codec, msg, &st->scratch,
-                                              &unchanged, &err)
-                   : ep_err_set(&err, GRPC_STATUS_INTERNAL, "out of memory");
-    if (code != 0) {
-        buf_wipe(&st->scratch); /* may hold plaintext */
-        proxy_stream_fail(st, code, err.msg);
-        return code;
-    }
-    if (queue_result(st->to_up.queue, msg, &st->scratch, unchanged) != 0) {
-        buf_wipe(&st->scratch);
-        proxy_stream_fail(st, GRPC_STATUS_INTERNAL, "out of memory");
-        return GRPC_STATUS_INTERNAL;
-    }
-    return 0;
+    return st->request_wait.waiting ? hold_message(st, true, compressed, msg)
+                                    : process_message(st, true, compressed, msg);
 }
 
 /* Fails the call for a frame-level error of the request stream. */
@@ -426,7 +674,7 @@ int proxy_stream_on_request_data(proxy_stream *st, str data) {
             return 0;
         }
     }
-    if (evbuffer_get_length(st->to_up.queue) < QUEUE_HIGH ||
+    if (backlog(&st->to_up, &st->request_wait) < QUEUE_HIGH ||
         (st->value_method && !grpc_frame_reader_idle(&st->request_reader))) {
         /* A partial message is acknowledged even so, or it could never complete. */
         ack_request(st, data.len);
@@ -446,6 +694,10 @@ int proxy_stream_on_request_end(proxy_stream *st) {
     }
     if (st->value_method && !grpc_frame_reader_idle(&st->request_reader)) {
         proxy_stream_fail(st, GRPC_STATUS_INTERNAL, "request ended inside a gRPC message");
+        return 0;
+    }
+    if (st->request_wait.waiting) {
+        st->request_wait.end_deferred = true; /* after the messages waiting for the plugin */
         return 0;
     }
     st->to_up.eof = true;
@@ -551,6 +803,10 @@ int proxy_stream_on_response_headers_end(proxy_stream *st, const nghttp2_frame *
             return 0;
         }
         st->status_sent = true;
+        if (st->response_wait.waiting) {
+            st->response_wait.end_deferred = true; /* etcd's status follows its messages */
+            return 0;
+        }
         st->to_down.eof = true;
         st->to_down.trailers = true;
     }
@@ -558,37 +814,10 @@ int proxy_stream_on_response_headers_end(proxy_stream *st, const nghttp2_frame *
     return 0;
 }
 
-static void on_undecryptable(void *arg, str key, const ep_err *err) {
-    int len = key.len > 300 ? 300 : (int)key.len;
-    fprintf(stderr, "etcd-encrypt-proxy: cannot decrypt value of key %.*s: %s\n", len,
-            (const char *)key.ptr, err->msg);
-}
-
-/* Queues one rewritten response message. Returns 0 or a gRPC code (status already sent). */
 static int forward_response_message(void *arg, uint8_t compressed, str msg) {
     proxy_stream *st = arg;
-    ep_err err = {{0}};
-    etcd_msg_stats stats = {0};
-    bool unchanged = false;
-    if (compressed) {
-        proxy_stream_fail(st, GRPC_STATUS_INTERNAL, "etcd sent a compressed message");
-        return GRPC_STATUS_INTERNAL;
-    }
-    int code = begin_rewrite(&st->scratch, msg.len) == 0
-                   ? etcd_msg_rewrite_response(st->method, st->env->codec, msg, &st->scratch,
-                                               &unchanged, &stats, on_undecryptable, st, &err)
-                   : ep_err_set(&err, GRPC_STATUS_INTERNAL, "out of memory");
-    if (code != 0) {
-        buf_wipe(&st->scratch); /* may hold plaintext */
-        proxy_stream_fail(st, code, err.msg);
-        return code;
-    }
-    if (queue_result(st->to_down.queue, msg, &st->scratch, unchanged) != 0) {
-        buf_wipe(&st->scratch);
-        proxy_stream_fail(st, GRPC_STATUS_INTERNAL, "out of memory");
-        return GRPC_STATUS_INTERNAL;
-    }
-    return 0;
+    return st->response_wait.waiting ? hold_message(st, false, compressed, msg)
+                                     : process_message(st, false, compressed, msg);
 }
 
 int proxy_stream_on_response_data(proxy_stream *st, str data) {
@@ -607,7 +836,7 @@ int proxy_stream_on_response_data(proxy_stream *st, str data) {
             proxy_stream_fail(st, GRPC_STATUS_INTERNAL, err.msg);
         }
     }
-    if (evbuffer_get_length(st->to_down.queue) < QUEUE_HIGH || st->status_sent ||
+    if (backlog(&st->to_down, &st->response_wait) < QUEUE_HIGH || st->status_sent ||
         (st->value_method && !grpc_frame_reader_idle(&st->response_reader))) {
         ack_response(st, data.len);
     } else {

@@ -7,6 +7,10 @@
  * to the other side, rewriting values on the methods that carry them, and decides when received
  * bytes may reopen the sender's flow-control window. The stream is freed when both of its sides
  * are detached.
+ *
+ * A message whose values need KMS plugin calls pauses its direction (proxy_kms_wait): the calls
+ * run on the worker's kms_set while later messages of that direction are held in order, then
+ * the message is rewritten again and the held ones follow.
  */
 #ifndef EP_PROXY_STREAM_H
 #define EP_PROXY_STREAM_H
@@ -21,6 +25,8 @@
 #include "proxy/etcd_msg.h"
 #include "proxy/grpc_frame.h"
 #include "proxy/h2_session.h"
+#include "proxy/kms_client.h"
+#include "proxy/value_codec.h"
 
 typedef struct proxy_stream proxy_stream;
 typedef struct upstream upstream;
@@ -28,7 +34,8 @@ typedef struct upstream_endpoint upstream_endpoint;
 
 /* What every stream of a worker shares (read-only). */
 typedef struct {
-    const etcd_value_codec *codec;
+    const crypto_transformer_set *set;
+    kms_set *kms;             /* this worker's KMS plugin clients; NULL: values never wait */
     size_t max_request_bytes; /* larger request messages: RESOURCE_EXHAUSTED */
 } proxy_stream_env;
 
@@ -56,6 +63,20 @@ typedef enum {
     UP_ACTIVE,  /* submitted on an upstream session */
     UP_DONE,    /* upstream side closed */
 } proxy_stream_up_state;
+
+/* One direction's wait for KMS plugin calls. While |waiting|, |kept| holds the message being
+ * rewritten (a copy: frame reader views do not outlive the chunk) and |held| every later
+ * message of the direction, framed as on the wire, in arrival order. */
+typedef struct {
+    crypto_kms_pending pending;
+    value_codec vc; /* bound to |pending| when the worker has KMS clients */
+    kms_request *req;
+    bool waiting;
+    bool end_deferred; /* the direction ended while waiting: apply it after the held messages */
+    uint8_t kept_flag;
+    buf kept;
+    buf held;
+} proxy_kms_wait;
 
 /* Fields are private to stream.c, except |up_link| and |up_state|, which upstream.c maintains.
  * (Public only so that one allocation holds a whole call.) */
@@ -88,6 +109,8 @@ struct proxy_stream {
     size_t down_unconsumed; /* request bytes not yet acknowledged to the client */
     size_t up_unconsumed;   /* response bytes not yet acknowledged to etcd */
     buf scratch;            /* rewritten message */
+    proxy_kms_wait request_wait;
+    proxy_kms_wait response_wait;
 };
 
 /* Creates the stream for a new request (downstream HEADERS began) and attaches it to |conn| and

@@ -36,6 +36,11 @@ struct proxy_worker {
     upstream *up;
     struct proxy_conn_list conns;
     size_t n_conns;
+    kms_set *kms;
+    struct event *accept_ev;
+    struct event *periodic_ev;
+    void (*periodic_cb)(void *arg);
+    void *periodic_arg;
     struct event *stop_ev;
     struct event *drain_ev;
     bool stopping;
@@ -215,6 +220,13 @@ static int open_listener(const proxy_worker_config *cfg, ep_err *err) {
     return fd;
 }
 
+static void on_accept_start(evutil_socket_t fd, short what, void *arg) {
+    proxy_worker *w = arg;
+    if (w->listener && !w->stopping) {
+        evconnlistener_enable(w->listener);
+    }
+}
+
 /* ---- stopping ---- */
 
 static void on_drain_timeout(evutil_socket_t fd, short what, void *arg) {
@@ -265,14 +277,22 @@ static int setup(proxy_worker *w, ep_err *err) {
     }
     w->stop_ev = event_new(w->base, -1, 0, on_stop, w);
     w->drain_ev = evtimer_new(w->base, on_drain_timeout, w);
-    if (!w->stop_ev || !w->drain_ev) {
+    w->accept_ev = event_new(w->base, -1, 0, on_accept_start, w);
+    if (!w->stop_ev || !w->drain_ev || !w->accept_ev) {
         return ep_err_set(err, EP_ERR_NOMEM, "out of memory");
     }
+    int rv = kms_set_new(w->base, w->cfg.env.set, &w->kms, err);
+    if (rv != 0) {
+        return rv;
+    }
+    w->cfg.env.kms = w->kms;
     int fd = open_listener(&w->cfg, err);
     if (fd < 0) {
         return EP_ERR_IO;
     }
-    w->listener = evconnlistener_new(w->base, on_accept, w, LEV_OPT_CLOSE_ON_FREE, -1, fd);
+    /* Disabled until proxy_worker_accept: the proxy may first wait for its KMS write state. */
+    w->listener =
+        evconnlistener_new(w->base, on_accept, w, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_DISABLED, -1, fd);
     if (!w->listener) {
         close(fd);
         return ep_err_set(err, EP_ERR_NOMEM, "out of memory");
@@ -312,6 +332,30 @@ int proxy_worker_start(proxy_worker *w, ep_err *err) {
     return 0;
 }
 
+kms_set *proxy_worker_kms(proxy_worker *w) {
+    return w->kms;
+}
+
+static void on_periodic(evutil_socket_t fd, short what, void *arg) {
+    proxy_worker *w = arg;
+    w->periodic_cb(w->periodic_arg);
+}
+
+int proxy_worker_every(proxy_worker *w, int ms, void (*cb)(void *arg), void *arg) {
+    struct timeval every = {ms / 1000, (ms % 1000) * 1000};
+    w->periodic_cb = cb;
+    w->periodic_arg = arg;
+    w->periodic_ev = event_new(w->base, -1, EV_PERSIST, on_periodic, w);
+    if (!w->periodic_ev || event_add(w->periodic_ev, &every) != 0) {
+        return EP_ERR_NOMEM;
+    }
+    return 0;
+}
+
+void proxy_worker_accept(proxy_worker *w) {
+    event_active(w->accept_ev, 0, 0);
+}
+
 void proxy_worker_stop(proxy_worker *w) {
     event_active(w->stop_ev, 0, 0);
 }
@@ -329,11 +373,20 @@ void proxy_worker_free(proxy_worker *w) {
         conn_free(conn);
     }
     upstream_free(w->up);
+    if (w->kms) {
+        kms_set_free(w->kms); /* after the streams, which cancel their plugin requests */
+    }
     if (w->listener) {
         evconnlistener_free(w->listener);
     }
     if (w->stop_ev) {
         event_free(w->stop_ev);
+    }
+    if (w->accept_ev) {
+        event_free(w->accept_ev);
+    }
+    if (w->periodic_ev) {
+        event_free(w->periodic_ev);
     }
     if (w->drain_ev) {
         event_free(w->drain_ev);
