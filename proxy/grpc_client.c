@@ -46,6 +46,8 @@ struct grpc_call {
     call_state state;
     char *path;
     h2_body body;
+    buf request;  /* the message, kept for one transparent retry; wiped when freed */
+    bool retried; /* sent twice already */
     struct event *deadline_ev;
     uint64_t timeout_ns;
     int64_t deadline_ms;
@@ -110,6 +112,7 @@ static void call_free(grpc_call *c) {
         evbuffer_free(c->body.queue); /* runs wipe_block on an unsent request */
     }
     ep_free(c->path);
+    buf_free_secure(&c->request);
     buf_free(&c->grpc_message);
     buf_free_secure(&c->response);
     grpc_frame_reader_free(&c->reader);
@@ -149,7 +152,7 @@ static void abandon(grpc_call *c) {
     }
 }
 
-static void format_timeout(uint64_t ns, char *out, size_t len) {
+void grpc_timeout_message(uint64_t ns, char *out, size_t len) {
     if (ns % 1000000000u == 0) {
         snprintf(out, len, "timeout after %llus", (unsigned long long)(ns / 1000000000u));
     } else if (ns % 1000000u == 0) {
@@ -162,7 +165,7 @@ static void format_timeout(uint64_t ns, char *out, size_t len) {
 static void on_deadline(evutil_socket_t fd, short what, void *arg) {
     grpc_call *c = arg;
     char msg[64];
-    format_timeout(c->timeout_ns, msg, sizeof(msg));
+    grpc_timeout_message(c->timeout_ns, msg, sizeof(msg));
     deliver(c, GRPC_STATUS_DEADLINE_EXCEEDED, msg, str_make(NULL, 0));
     abandon(c);
 }
@@ -224,8 +227,16 @@ static void wipe_block(const void *data, size_t len, void *extra) {
     ep_free((void *)data);
 }
 
-/* Frames |request| into |c|'s body queue. Returns 0 or EP_ERR_NOMEM. */
-static int frame_request(grpc_call *c, str request) {
+/* Frames |c|'s request into a fresh body queue. Returns 0 or EP_ERR_NOMEM. */
+static int frame_request(grpc_call *c) {
+    str request = buf_str(&c->request);
+    if (c->body.queue) {
+        evbuffer_free(c->body.queue);
+    }
+    c->body = (h2_body){.queue = evbuffer_new()};
+    if (!c->body.queue) {
+        return EP_ERR_NOMEM;
+    }
     size_t len = GRPC_FRAME_HEADER_LEN + request.len;
     uint8_t *block = ep_malloc(len);
     if (!block) {
@@ -324,14 +335,30 @@ static void on_connected(h2_session *s, void *arg) {
     submit_waiting(ch);
 }
 
-/* Ends every call on |s|: live ones with UNAVAILABLE, detached ones silently. */
+/* A call the lost connection never answered (no response HEADERS) goes back to |waiting| once,
+ * like gRPC's transparent retry: a plugin restart then costs a reconnect, not a failed call.
+ * Returns true when |c| was requeued. */
+static bool requeue(grpc_channel *ch, grpc_call *c) {
+    if (!c->cb || c->retried || c->http_status != 0 || frame_request(c) != 0) {
+        return false;
+    }
+    c->retried = true;
+    TAILQ_REMOVE(&ch->active, c, link);
+    c->state = CALL_WAITING;
+    c->sess = NULL;
+    TAILQ_INSERT_TAIL(&ch->waiting, c, link);
+    return true;
+}
+
+/* Ends every call on |s|: unanswered ones are retried, live ones fail with UNAVAILABLE,
+ * detached ones end silently. */
 static void fail_calls_on(grpc_channel *ch, h2_session *s, const char *reason) {
     char msg[200];
     snprintf(msg, sizeof(msg), "connection to %s lost: %s", ch->log_name, reason);
     grpc_call *c = TAILQ_FIRST(&ch->active);
     while (c) {
         grpc_call *next = TAILQ_NEXT(c, link);
-        if (c->sess == s) {
+        if (c->sess == s && !requeue(ch, c)) {
             deliver(c, GRPC_STATUS_UNAVAILABLE, msg, str_make(NULL, 0));
             call_unlink_free(c);
         }
@@ -351,12 +378,12 @@ static void on_close(h2_session *s, const char *reason, void *arg) {
             log_event(ch, was_up ? "connection lost" : "cannot connect", reason);
             ch->reported_down = true;
         }
-        if (!TAILQ_EMPTY(&ch->waiting)) {
-            schedule_retry(ch);
-        }
     }
     fail_calls_on(ch, s, reason);
     h2_session_free(s);
+    if (!ch->live && !TAILQ_EMPTY(&ch->waiting) && !event_pending(ch->retry_ev, EV_TIMEOUT, NULL)) {
+        schedule_retry(ch);
+    }
 }
 
 static void on_goaway(grpc_channel *ch, h2_session *s) {
@@ -603,9 +630,9 @@ static grpc_call *call_new(grpc_channel *ch, const char *path, str request) {
     c->grpc_status = -1;
     grpc_frame_reader_init(&c->reader, ch->max_response);
     c->path = ep_strdup(path);
-    c->body.queue = evbuffer_new();
     c->deadline_ev = evtimer_new(ch->base, on_deadline, c);
-    if (!c->path || !c->body.queue || !c->deadline_ev || frame_request(c, request) != 0) {
+    if (!c->path || !c->deadline_ev || buf_append_str(&c->request, request) != 0 ||
+        frame_request(c) != 0) {
         call_free(c);
         return NULL;
     }

@@ -8,7 +8,8 @@
  * on the connection; a call started while the socket is down waits for it (gRPC's wait-for-
  * ready), bounded by the call's own deadline. Each call's deadline is enforced locally by a timer
  * (and sent as grpc-timeout): on expiry the call fails with DEADLINE_EXCEEDED and its stream is
- * reset with CANCEL.
+ * reset with CANCEL. A call the connection lost before any response HEADERS is sent again once
+ * on the next connection (gRPC's transparent retry), still within its deadline.
  */
 #ifndef EP_PROXY_GRPC_CLIENT_H
 #define EP_PROXY_GRPC_CLIENT_H
@@ -67,6 +68,9 @@ uint64_t grpc_channel_connection_id(const grpc_channel *ch);
  * 0 or EP_ERR_NOMEM (message in |err|; |cb| will not run). */
 int grpc_call_start(grpc_channel *ch, const char *path, str request, uint64_t timeout_ns,
                     grpc_call_cb cb, void *arg, grpc_call **out, ep_err *err);
+
+/* Formats "timeout after 3s" (or "...200ms") for a deadline of |ns|. Never fails. */
+void grpc_timeout_message(uint64_t ns, char *out, size_t len);
 
 /* Abandons |call|: its callback will not run; a stream already sent is reset with CANCEL.
  * Never fails. */

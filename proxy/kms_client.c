@@ -19,6 +19,11 @@
  * only during its Encrypt call. Log lines name a key_id by "sha256:" and the first 16 hex digits
  * of its hash, never the bytes, and never print seeds or DEKs.
  *
+ * Version is checked per connection: a call waits for it unless this connection already passed
+ * it. A call that was on a connection the plugin dropped unnoticed is resent on the next one by
+ * grpc_client's transparent retry and may precede that connection's Version; the apiserver
+ * itself checks Version once per process, so plugins cannot rely on more.
+ *
  * :authority is "localhost" for both APIs: v2 by spec 5.1; for v1 the spec leaves grpc-go's
  * derived value open (section 11) and recent grpc-go sends "localhost" for unix targets too;
  * plugins do not look at it.
@@ -279,7 +284,13 @@ static void on_op_result(const grpc_call_result *r, void *arg) {
             snprintf(c->last_error, sizeof(c->last_error), "%s: %s", grpc_status_name(r->status),
                      r->message);
         }
-        op_fail(op, r->status, r->message);
+        if (r->status == GRPC_STATUS_DEADLINE_EXCEEDED) {
+            char msg[64]; /* the provider's timeout, not what was left after waiting */
+            grpc_timeout_message(c->timeout_ns, msg, sizeof(msg));
+            op_fail(op, r->status, msg);
+        } else {
+            op_fail(op, r->status, r->message);
+        }
         return;
     }
     if (c->api == 1) {
@@ -557,7 +568,10 @@ static void cycle_ended(kms_client *c) {
 
 static void poll_failed(kms_client *c, const char *reason) {
     if (c->health != -1 || strcmp(c->last_error, reason) != 0) {
-        log_line(c, "plugin unhealthy, retrying every 10s: %s%s", reason, "");
+        char every[64];
+        grpc_timeout_message(c->set->retry_interval_ns, every, sizeof(every));
+        log_line(c, "plugin unhealthy, retrying (every %s): %s", every + strlen("timeout after "),
+                 reason);
     }
     c->health = -1;
     snprintf(c->last_error, sizeof(c->last_error), "%s", reason);
