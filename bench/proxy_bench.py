@@ -1,8 +1,10 @@
 #!/usr/bin/python3
 """Throughput, latency and CPU cost of the proxy against etcd reached directly, in one run.
 
-Paths: etcd direct; the proxy with an identity config; the proxy with an aesgcm config; and
-nghttpx as an h2c pass-through (an HTTP/2 proxy that does no gRPC work: the floor for "a hop").
+Paths: etcd direct; the proxy with an identity config; the proxy with an aesgcm config; the
+proxy with kms v2 and kms v1 configs (etcd-encrypt-kms-plugin with a key file: v2 writes derive
+a key per write from one seed the plugin wrapped at start, v1 writes call the plugin's Encrypt
+for every value, so its Put rows are bounded by the plugin); and nghttpx as an h2c pass-through (an HTTP/2 proxy that does no gRPC work: the floor for "a hop").
 Load: h2load speaking gRPC (POST, content-type application/grpc, te: trailers, a body file =
 5-byte gRPC header + a protobuf built by hand from spec 6.2). Rounds are interleaved (every path
 once per round) so drift on a shared 2-core machine hits every path alike; medians are printed.
@@ -28,6 +30,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "integration"))
 import etcdwire as w  # noqa: E402
 import harness  # noqa: E402
+import kmsfake  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # name, kind, value size, keys, clients, streams per client
@@ -44,6 +47,7 @@ class Path:
     def __init__(self, name, port, pid=None, range_prefix="/registry/secrets/bench/plain/"):
         self.name, self.port, self.pid, self.range_prefix = name, port, pid, range_prefix
         self.error = None
+        self.log = None
 
 
 def cpu_seconds(pid):
@@ -119,6 +123,32 @@ def reclaim(port):
                    capture_output=True, timeout=90)
 
 
+def start_plugin(d):
+    """The reference KMS plugin with a fresh key file; returns its socket path."""
+    plugin = os.path.join(os.path.dirname(os.path.abspath(harness.binary())),
+                          "etcd-encrypt-kms-plugin")
+    key, sock = os.path.join(d, "kek"), os.path.join(d, "kms.sock")
+    with open(key, "wb") as f:
+        f.write(os.urandom(32))
+    os.chmod(key, 0o600)
+    harness.spawn([plugin, "--listen", "unix://" + sock, "--key-file", key],
+                  os.path.join(d, "kms-plugin.log"))
+    harness.wait_for(lambda: os.path.exists(sock), 10)
+    return sock
+
+
+def start_proxy(d, etcd, args, name, config, prefix):
+    p = harness.Proxy(d, [etcd.url], config, workers=args.workers)
+    path = Path(name, p.port, range_prefix=prefix)
+    path.log = p.log
+    try:
+        p.start(timeout=30)
+        path.pid = p.proc.pid
+    except RuntimeError as e:
+        path.error = str(e).splitlines()[0]
+    return path
+
+
 def start_paths(d, args):
     # Put cells write gigabytes of history; a larger quota plus a compact+defrag before each
     # Put cell keep etcd from raising its NOSPACE alarm (2 GiB by default) mid-run.
@@ -127,16 +157,15 @@ def start_paths(d, args):
     for provider in ("identity", "aesgcm"):
         config = os.path.join(d, "%s.yaml" % provider)
         harness.write_encryption_config(config, provider)
-        p = harness.Proxy(d, [etcd.url], config, workers=args.workers)
-        path = Path("proxy %s" % provider, p.port)
-        if provider == "aesgcm":
-            path.range_prefix = "/registry/secrets/bench/enc/"
-        try:
-            p.start()
-            path.pid = p.proc.pid
-        except RuntimeError as e:
-            path.error = str(e).splitlines()[0]
-        paths.append(path)
+        prefix = "/registry/secrets/bench/%s/" % ("enc" if provider == "aesgcm" else "plain")
+        paths.append(start_proxy(d, etcd, args, "proxy " + provider, config, prefix))
+    sock = start_plugin(d)
+    for version in ("v2", "v1"):
+        config = os.path.join(d, "kms-%s.yaml" % version)
+        kmsfake.write_kms_config(config, [kmsfake.kms_provider_yaml("bench-" + version, version,
+                                                                    sock)])
+        paths.append(start_proxy(d, etcd, args, "proxy kms-" + version, config,
+                                 "/registry/secrets/bench/kms-%s/" % version))
     port = harness.free_port()
     proc = harness.spawn(["nghttpx", "--conf=/dev/null", "--single-process",
                           "--workers=%d" % args.workers, "--errorlog-file=" + os.path.join(d, "nghttpx.log"),
@@ -157,12 +186,12 @@ def run(args):
     for wl in WORKLOADS:
         if wl[1] == "range":
             populate(etcd.port, "/registry/secrets/bench/plain/", wl[2], wl[3], values)
-            enc = next((p for p in live if p.name == "proxy aesgcm"), None)
-            if enc:
-                populate(enc.port, "/registry/secrets/bench/enc/", wl[2], wl[3], values)
+            for enc in live:
+                if enc.range_prefix != "/registry/secrets/bench/plain/":
+                    populate(enc.port, enc.range_prefix, wl[2], wl[3], values)
     bodies = {}
     for name, kind, size, keys, _, _ in WORKLOADS:
-        for prefix in ("/registry/secrets/bench/plain/", "/registry/secrets/bench/enc/"):
+        for prefix in sorted({p.range_prefix for p in paths}):
             msg = (w.put_request("/registry/secrets/bench/put-%d" % size, os.urandom(size))
                    if kind == "put" else range_body(prefix, keys))
             bodies[(name, prefix)] = os.path.join(d, "body-%d.bin" % len(bodies))
@@ -229,7 +258,21 @@ def report(args, paths, cells):
                 name, p.name, rps, rps / base if base else float("nan"),
                 statistics.median(c[2] for c in runs), statistics.median(c[3] for c in runs), cpu,
                 bad[0] if bad else "ok"))
-    return failed
+    return kms_encrypt_check(paths) or failed
+
+
+def kms_encrypt_check(paths):
+    """KMS v2 must call the plugin's Encrypt once per process start (and key_id rotation, none
+    here), however many writes it served: the proxy logs one "new write state" per Encrypt.
+    Returns True when that failed."""
+    v2 = next((p for p in paths if p.name == "proxy kms-v2" and p.log), None)
+    if v2 is None:
+        return False
+    with open(v2.log, "rb") as f:
+        n = f.read().count(b"new write state")
+    print()
+    print("KMS v2 plugin Encrypt calls during the whole run (one process start): %d (want 1)" % n)
+    return n != 1
 
 
 def main():
