@@ -4,7 +4,7 @@
 set -euo pipefail
 
 EP_DEBIAN_PACKAGES=(
-    build-essential cmake pkg-config git openssl ca-certificates procps
+    build-essential cmake pkg-config git openssl ca-certificates procps clang-format
     libevent-dev libnghttp2-dev libssl-dev libprotobuf-c-dev protobuf-c-compiler libyaml-dev
     libjemalloc-dev libsodium-dev libcmocka-dev libcjson-dev
     etcd-server etcd-client python3 python3-etcd3 python3-grpcio
