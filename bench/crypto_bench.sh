@@ -29,7 +29,7 @@ printf '| provider | op | size | ops/s (median of 3) | openssl aes-256-gcm ops/s
 printf '|---|---|---|---|---|---|\n'
 for size in 1024 8192; do
     o=$(median <"$tmp/openssl-$size")
-    for prov in aesgcm aescbc secretbox; do
+    for prov in aesgcm aescbc secretbox kmsv2; do
         for op in encrypt decrypt; do
             v=$(awk -v p=$prov -v o=$op -v s=$size '$1==p && $2==o && $3==s {print $4}' \
                 "$tmp/ours" | median)
