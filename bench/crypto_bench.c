@@ -8,6 +8,7 @@
  * the seed, reads of a value written under the current state need no plugin (the steady state
  * of a proxy after warm-up).
  *
+ * Usage: crypto_bench [SECONDS [PROVIDER]].
  * Output: one line per (provider, operation, size): "provider op size ops_per_sec".
  */
 #include <stdio.h>
@@ -108,6 +109,7 @@ static double measure(const crypto_transformer *t, int decrypt, str value, doubl
 
 int main(int argc, char **argv) {
     double seconds = argc > 1 ? atof(argv[1]) : 2.0;
+    const char *only = argc > 2 ? argv[2] : NULL; /* one provider, e.g. for perf record */
     static const struct {
         const char *name;
         config_provider_type type;
@@ -122,6 +124,9 @@ int main(int argc, char **argv) {
     uint8_t *value = malloc(8192);
     crypto_random_bytes(value, 8192);
     for (size_t p = 0; p < sizeof(providers) / sizeof(providers[0]); p++) {
+        if (only != NULL && strcmp(only, providers[p].name) != 0) {
+            continue;
+        }
         crypto_transformer *t = make_transformer(providers[p].type, providers[p].key_len);
         for (size_t s = 0; s < sizeof(sizes) / sizeof(sizes[0]); s++) {
             str v = str_make(value, sizes[s]);

@@ -19,7 +19,9 @@
  */
 #include "crypto/kmsv2.h"
 
-#include <sodium.h>
+#define OPENSSL_SUPPRESS_DEPRECATED /* SHA256_Init & co.: see hmac_pads */
+
+#include <openssl/sha.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -238,15 +240,15 @@ static int sorted_annotations(const crypto_kmsv2_annotation *ann, size_t n,
 
 /* ---- cache key ----------------------------------------------------------------------- */
 
-static void hash_u16_prefixed(crypto_hash_sha256_state *h, str s) {
+static void hash_u16_prefixed(SHA256_CTX *h, str s) {
     uint8_t len_be[2] = {(uint8_t)(s.len >> 8), (uint8_t)s.len};
-    crypto_hash_sha256_update(h, len_be, sizeof(len_be));
-    crypto_hash_sha256_update(h, s.ptr, s.len);
+    SHA256_Update(h, len_be, sizeof(len_be));
+    SHA256_Update(h, s.ptr, s.len);
 }
 
-static void hash_u32(crypto_hash_sha256_state *h, uint32_t v) {
+static void hash_u32(SHA256_CTX *h, uint32_t v) {
     uint8_t be[4] = {(uint8_t)(v >> 24), (uint8_t)(v >> 16), (uint8_t)(v >> 8), (uint8_t)v};
-    crypto_hash_sha256_update(h, be, sizeof(be));
+    SHA256_Update(h, be, sizeof(be));
 }
 
 /* Returns 0, or EP_ERR_INVALID when |s| cannot carry a u16 length prefix. */
@@ -289,8 +291,8 @@ int crypto_kmsv2_cache_key(int32_t type, str encrypted_dek_source, str key_id,
     if (rv != EP_OK) {
         return rv;
     }
-    crypto_hash_sha256_state h;
-    crypto_hash_sha256_init(&h);
+    SHA256_CTX h;
+    SHA256_Init(&h);
     hash_u32(&h, (uint32_t)type);
     hash_u16_prefixed(&h, encrypted_dek_source);
     hash_u16_prefixed(&h, key_id);
@@ -301,12 +303,61 @@ int crypto_kmsv2_cache_key(int32_t type, str encrypted_dek_source, str key_id,
             hash_u16_prefixed(&h, sorted[i].value);
         }
     }
-    crypto_hash_sha256_final(&h, out);
+    SHA256_Final(out, &h);
     ep_free(copy);
     return EP_OK;
 }
 
 /* ---- key derivation ------------------------------------------------------------------ */
+
+/* HMAC-SHA256 with the key's inner and outer SHA-256 states computed once: a derivation then
+ * costs two compression calls instead of four. OpenSSL's low-level SHA-256 is used (deprecated,
+ * but the only OpenSSL entry without per-call EVP dispatch and allocation) because it runs on
+ * the CPU's SHA extensions; libsodium's portable SHA-256 took several times longer per
+ * derivation here, and EVP_MAC more still (its context copies allocate). */
+typedef struct {
+    SHA256_CTX inner, outer;
+} hmac_pads;
+
+#define HMAC_BLOCK 64
+
+static void hmac_pads_init(hmac_pads *h, str key) {
+    uint8_t block[HMAC_BLOCK] = {0}, pad[HMAC_BLOCK];
+    if (key.len > HMAC_BLOCK) {
+        SHA256(key.ptr, key.len, block);
+    } else if (key.len > 0) {
+        memcpy(block, key.ptr, key.len);
+    }
+    for (size_t i = 0; i < HMAC_BLOCK; i++) {
+        pad[i] = block[i] ^ 0x36;
+    }
+    SHA256_Init(&h->inner);
+    SHA256_Update(&h->inner, pad, sizeof(pad));
+    for (size_t i = 0; i < HMAC_BLOCK; i++) {
+        pad[i] = block[i] ^ 0x5c;
+    }
+    SHA256_Init(&h->outer);
+    SHA256_Update(&h->outer, pad, sizeof(pad));
+    explicit_bzero(block, sizeof(block));
+    explicit_bzero(pad, sizeof(pad));
+}
+
+/* HKDF-Expand with L = 32 is the single HMAC block T(1) = HMAC(seed, info || 0x01); upstream
+ * skips Extract. */
+static void hmac_pads_expand(const hmac_pads *h, const uint8_t info[CRYPTO_KMSV2_INFO_LEN],
+                             uint8_t dek[32]) {
+    static const uint8_t counter = 0x01;
+    uint8_t inner[SHA256_DIGEST_LENGTH];
+    SHA256_CTX c = h->inner;
+    SHA256_Update(&c, info, CRYPTO_KMSV2_INFO_LEN);
+    SHA256_Update(&c, &counter, 1);
+    SHA256_Final(inner, &c);
+    c = h->outer;
+    SHA256_Update(&c, inner, sizeof(inner));
+    SHA256_Final(dek, &c);
+    explicit_bzero(inner, sizeof(inner));
+    explicit_bzero(&c, sizeof(c));
+}
 
 int crypto_kmsv2_derive_dek(str seed, const uint8_t info[CRYPTO_KMSV2_INFO_LEN], uint8_t dek[32],
                             ep_err *err) {
@@ -314,14 +365,23 @@ int crypto_kmsv2_derive_dek(str seed, const uint8_t info[CRYPTO_KMSV2_INFO_LEN],
         return ep_err_set(err, EP_ERR_INVALID, "invalid seed length %zu used for key generation",
                           seed.len);
     }
-    /* HKDF-Expand with L = 32 is a single HMAC block T(1); upstream skips Extract. */
-    static const uint8_t counter = 0x01;
-    crypto_auth_hmacsha256_state h;
-    crypto_auth_hmacsha256_init(&h, seed.ptr, seed.len);
-    crypto_auth_hmacsha256_update(&h, info, CRYPTO_KMSV2_INFO_LEN);
-    crypto_auth_hmacsha256_update(&h, &counter, 1);
-    crypto_auth_hmacsha256_final(&h, dek);
-    sodium_memzero(&h, sizeof(h));
+    hmac_pads h;
+    hmac_pads_init(&h, seed);
+    hmac_pads_expand(&h, info, dek);
+    explicit_bzero(&h, sizeof(h));
+    return EP_OK;
+}
+
+int crypto_kmsv2_seeded_info(str seed, str data, const uint8_t **info, ep_err *err) {
+    if (seed.len < CRYPTO_KMSV2_SEED_LEN) {
+        return ep_err_set(err, EP_ERR_PROVIDER, "invalid seed length %zu used for key generation",
+                          seed.len);
+    }
+    if (data.len < CRYPTO_KMSV2_INFO_LEN) {
+        return ep_err_set(err, EP_ERR_INVALID,
+                          "the stored data was shorter than the required size");
+    }
+    *info = data.ptr;
     return EP_OK;
 }
 
@@ -577,6 +637,72 @@ int crypto_kmsv2_decode(str body, crypto_kmsv2_object *out, ep_err *err) {
     return crypto_kmsv2_validate(out, err);
 }
 
+/* One map entry holding at most a key (1) then a value (2), both bytes; anything else is left
+ * to the full decoder. */
+static bool view_entry(str in, crypto_kmsv2_annotation *a) {
+    a->key = a->value = str_make(NULL, 0);
+    uint32_t last = 0;
+    while (in.len > 0) {
+        pbwire_field f;
+        if (pbwire_scan(&in, &f) != EP_OK || f.type != PBWIRE_LEN || f.number <= last ||
+            f.number > FIELD_ENTRY_VALUE) {
+            return false;
+        }
+        *(f.number == FIELD_ENTRY_KEY ? &a->key : &a->value) = f.payload;
+        last = f.number;
+    }
+    return true;
+}
+
+/* Reads |body| without allocating when it is plain: fields 1..5 each at most once (4 repeated)
+ * with their own wire types, a non-negative type, annotation keys strictly ascending and at
+ * most |cap| of them. Returns false for anything else: the full decoder then decides, so every
+ * refusal keeps Go's wording and every odd encoding its proto semantics. */
+static bool view_fields(str body, crypto_kmsv2_object *o, crypto_kmsv2_annotation *scratch,
+                        size_t cap) {
+    uint32_t seen = 0;
+    size_t n = 0;
+    while (body.len > 0) {
+        pbwire_field f;
+        if (pbwire_scan(&body, &f) != EP_OK || f.number < FIELD_ENCRYPTED_DATA ||
+            f.number > FIELD_TYPE ||
+            (f.number != FIELD_ANNOTATION && (seen & (1u << f.number)) != 0)) {
+            return false;
+        }
+        seen |= 1u << f.number;
+        if (f.number == FIELD_TYPE) {
+            if (f.type != PBWIRE_VARINT || f.varint > INT32_MAX) {
+                return false;
+            }
+            o->type = (int32_t)f.varint;
+        } else if (f.type != PBWIRE_LEN) {
+            return false;
+        } else if (f.number == FIELD_ANNOTATION) {
+            if (n == cap || !view_entry(f.payload, &scratch[n]) ||
+                (n > 0 && str_cmp(scratch[n - 1].key, scratch[n].key) >= 0)) {
+                return false;
+            }
+            n++;
+        } else {
+            *(f.number == FIELD_ENCRYPTED_DATA ? &o->encrypted_data
+              : f.number == FIELD_KEY_ID       ? &o->key_id
+                                               : &o->encrypted_dek_source) = f.payload;
+        }
+    }
+    o->annotations = n > 0 ? scratch : NULL;
+    o->nannotations = n;
+    return true;
+}
+
+int crypto_kmsv2_decode_view(str body, crypto_kmsv2_object *out, crypto_kmsv2_annotation *scratch,
+                             size_t nscratch, ep_err *err) {
+    memset(out, 0, sizeof(*out));
+    if (!view_fields(body, out, scratch, nscratch)) {
+        return crypto_kmsv2_decode(body, out, err);
+    }
+    return crypto_kmsv2_validate(out, err);
+}
+
 void crypto_kmsv2_object_free(crypto_kmsv2_object *o) {
     free_decoded(o->owned);
     memset(o, 0, sizeof(*o));
@@ -592,6 +718,7 @@ struct crypto_kmsv2_state {
     size_t nannotations;
     int32_t type;
     uint8_t cache_key[CRYPTO_KMSV2_CACHE_KEY_LEN];
+    hmac_pads pads; /* of the seed: every write derives its key from it */
     uint8_t *bytes; /* key_id, source and annotation bytes, in one block */
     buf tail;       /* fields 2..5, encoded once: every write repeats them verbatim */
 };
@@ -672,6 +799,7 @@ int crypto_kmsv2_state_new(str seed, str key_id, str encrypted_dek_source,
         return ep_err_set(err, EP_ERR_NOMEM, "out of memory building a KMS v2 write state");
     }
     st->type = type;
+    hmac_pads_init(&st->pads, seed);
     if (append_tail(&st->tail, st->key_id, st->encrypted_dek_source, st->annotations,
                     st->nannotations, type) != EP_OK) {
         crypto_kmsv2_state_free(st);
@@ -690,6 +818,7 @@ int crypto_kmsv2_state_new(str seed, str key_id, str encrypted_dek_source,
 void crypto_kmsv2_state_free(crypto_kmsv2_state *st) {
     if (st != NULL) {
         secret_free(&st->seed);
+        explicit_bzero(&st->pads, sizeof(st->pads));
         ep_free(st->bytes);
         ep_free(st->annotations);
         buf_free(&st->tail);
@@ -711,6 +840,29 @@ str crypto_kmsv2_state_seed(const crypto_kmsv2_state *st) {
 
 const uint8_t *crypto_kmsv2_state_cache_key(const crypto_kmsv2_state *st) {
     return st->cache_key;
+}
+
+void crypto_kmsv2_state_derive_dek(const crypto_kmsv2_state *st,
+                                   const uint8_t info[CRYPTO_KMSV2_INFO_LEN], uint8_t dek[32]) {
+    hmac_pads_expand(&st->pads, info, dek);
+}
+
+bool crypto_kmsv2_state_wrote(const crypto_kmsv2_state *st, str body, str *encrypted_data) {
+    /* Field 1 first, then exactly the state's own fields 2..5: what seal writes. Such a body
+     * decodes to the state's keyID, source, annotations and type, all validated when the state
+     * was built, so only the data's emptiness is left to check. */
+    uint64_t len;
+    if (body.len < 2 || body.ptr[0] != ((FIELD_ENCRYPTED_DATA << 3) | PBWIRE_LEN)) {
+        return false;
+    }
+    str rest = str_skip(body, 1);
+    if (pbwire_read_varint(&rest, &len) != EP_OK || len == 0 || len > rest.len ||
+        rest.len - len != st->tail.len ||
+        memcmp(rest.ptr + len, st->tail.data, st->tail.len) != 0) {
+        return false;
+    }
+    *encrypted_data = str_make(rest.ptr, (size_t)len);
+    return true;
 }
 
 /* ---- seal / open --------------------------------------------------------------------- */
@@ -741,14 +893,15 @@ static int seal_data(const crypto_kmsv2_state *st, str etcd_key, str plain, buf 
     if (crypto_random_bytes(info, sizeof(info)) != EP_OK) {
         return ep_err_set(err, EP_ERR_PROVIDER, "failed to generate KMS v2 key derivation info");
     }
-    int rv = crypto_kmsv2_derive_dek(secret_str(&st->seed), info, dek, err);
-    if (rv == EP_OK && buf_append(out, info, sizeof(info)) != EP_OK) {
+    int rv = EP_OK;
+    crypto_kmsv2_state_derive_dek(st, info, dek);
+    if (buf_append(out, info, sizeof(info)) != EP_OK) {
         rv = ep_err_set(err, EP_ERR_NOMEM, "out of memory sealing a KMS v2 value");
     }
     if (rv == EP_OK) {
         rv = crypto_aesgcm_seal_raw(str_make(dek, sizeof(dek)), etcd_key, plain, out, err);
     }
-    sodium_memzero(dek, sizeof(dek));
+    explicit_bzero(dek, sizeof(dek));
     return rv;
 }
 
@@ -782,21 +935,18 @@ int crypto_kmsv2_seal(const crypto_kmsv2_state *st, str name, str etcd_key, str 
 /* Type 1: info[32] || nonce || ct || tag. Returns 0, EP_ERR_PROVIDER (seed too short),
  * EP_ERR_INVALID, EP_ERR_AUTH or EP_ERR_NOMEM. */
 static int open_seeded(str seed, str data, str etcd_key, buf *out, ep_err *err) {
-    if (seed.len < CRYPTO_KMSV2_SEED_LEN) {
-        return ep_err_set(err, EP_ERR_PROVIDER, "invalid seed length %zu used for key generation",
-                          seed.len);
-    }
-    if (data.len < CRYPTO_KMSV2_INFO_LEN) {
-        return ep_err_set(err, EP_ERR_INVALID,
-                          "the stored data was shorter than the required size");
+    const uint8_t *info = NULL;
+    int rv = crypto_kmsv2_seeded_info(seed, data, &info, err);
+    if (rv != EP_OK) {
+        return rv;
     }
     uint8_t dek[32];
-    int rv = crypto_kmsv2_derive_dek(seed, data.ptr, dek, err);
+    rv = crypto_kmsv2_derive_dek(seed, info, dek, err);
     if (rv == EP_OK) {
         rv = crypto_aesgcm_open_raw(str_make(dek, sizeof(dek)), etcd_key,
                                     str_skip(data, CRYPTO_KMSV2_INFO_LEN), out, err);
     }
-    sodium_memzero(dek, sizeof(dek));
+    explicit_bzero(dek, sizeof(dek));
     return rv;
 }
 

@@ -73,6 +73,15 @@ int crypto_kmsv2_validate_annotation_key(str key, ep_err *err);
  * validation; message in |err|), or EP_ERR_NOMEM. */
 int crypto_kmsv2_decode(str body, crypto_kmsv2_object *out, ep_err *err);
 
+/* crypto_kmsv2_decode without allocating for the common encodings: the views point into |body|
+ * and the annotations into |scratch| (room for |nscratch|). Bodies it cannot read that way
+ * (unknown or repeated fields, unsorted or too many annotations, anything malformed) go to
+ * crypto_kmsv2_decode, so results and messages are the same. Release |out| with
+ * crypto_kmsv2_object_free; it must not outlive |body| or |scratch|. Returns what
+ * crypto_kmsv2_decode returns. */
+int crypto_kmsv2_decode_view(str body, crypto_kmsv2_object *out, crypto_kmsv2_annotation *scratch,
+                             size_t nscratch, ep_err *err);
+
 /* Releases what crypto_kmsv2_decode allocated; safe on a zeroed or hand-built object. */
 void crypto_kmsv2_object_free(crypto_kmsv2_object *o);
 
@@ -96,6 +105,12 @@ int crypto_kmsv2_cache_key(int32_t type, str encrypted_dek_source, str key_id,
 int crypto_kmsv2_derive_dek(str seed, const uint8_t info[CRYPTO_KMSV2_INFO_LEN], uint8_t dek[32],
                             ep_err *err);
 
+/* Checks that |seed| can derive type-1 keys and that type-1 |data| (encryptedData) starts with
+ * its info, and points |*info| there (the sealed nonce || ct || tag follows). Returns 0,
+ * EP_ERR_PROVIDER ("invalid seed length N used for key generation") or EP_ERR_INVALID ("the
+ * stored data was shorter than the required size"), as crypto_kmsv2_open would. */
+int crypto_kmsv2_seeded_info(str seed, str data, const uint8_t **info, ep_err *err);
+
 /* Builds a write state from the plugin's Encrypt response for |seed| (type 1, the only write
  * mode): copies everything, sorts the annotations, precomputes the cache key. The response
  * limits of spec 1.6.1 apply. Returns 0, EP_ERR_INVALID (type not 1, seed shorter than 32,
@@ -112,6 +127,17 @@ str crypto_kmsv2_state_key_id(const crypto_kmsv2_state *st);
 int32_t crypto_kmsv2_state_type(const crypto_kmsv2_state *st);
 str crypto_kmsv2_state_seed(const crypto_kmsv2_state *st);
 const uint8_t *crypto_kmsv2_state_cache_key(const crypto_kmsv2_state *st);
+
+/* crypto_kmsv2_derive_dek with the state's seed, from HMAC states precomputed when the state was
+ * built. Never fails. */
+void crypto_kmsv2_state_derive_dek(const crypto_kmsv2_state *st,
+                                   const uint8_t info[CRYPTO_KMSV2_INFO_LEN], uint8_t dek[32]);
+
+/* True when |body| is field 1 (non-empty encryptedData) followed by exactly the fields 2..5
+ * this state writes: the body of a value sealed under |st|, which decodes and validates to the
+ * state's own keyID, source, annotations and type. |*encrypted_data| then views field 1.
+ * False: decode it. Never fails. */
+bool crypto_kmsv2_state_wrote(const crypto_kmsv2_state *st, str body, str *encrypted_data);
 
 /* Encrypts |plain| written at |etcd_key| with a fresh random info and nonce and appends the
  * whole stored value "k8s:enc:kms:v2:" |name| ":" protobuf(EncryptedObject) to |out|.
