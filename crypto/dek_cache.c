@@ -8,7 +8,8 @@
  *
  * Invariants: an entry is in its shard's table and age list exactly while the shard holds a
  * reference to it; readers add their own reference under the lock and drop it without the lock,
- * so decryption never runs under a shard lock. The last reference wipes the value.
+ * so decryption never runs under a shard lock. The last reference wipes the value and frees the
+ * expanded AES-GCM key an entry may carry (KMS v2 per-write derived keys).
  */
 #include "crypto/dek_cache.h"
 
@@ -19,6 +20,7 @@
 
 #include "common/alloc.h"
 #include "common/err.h"
+#include "crypto/aesgcm.h"
 #include "crypto/random.h"
 
 #define MAX_SHARDS 16
@@ -30,6 +32,7 @@ struct crypto_dek_entry {
     uint64_t hash;
     uint64_t born_ns;
     atomic_uint refs;
+    crypto_aesgcm_key *aead; /* owned; NULL for plain key material */
     size_t key_len, value_len;
     uint8_t data[]; /* key bytes, then value bytes */
 };
@@ -78,10 +81,15 @@ str crypto_dek_entry_value(const crypto_dek_entry *e) {
     return str_make(e->data + e->key_len, e->value_len);
 }
 
+const crypto_aesgcm_key *crypto_dek_entry_aead(const crypto_dek_entry *e) {
+    return e->aead;
+}
+
 void crypto_dek_entry_release(crypto_dek_entry *e) {
     if (e == NULL || atomic_fetch_sub_explicit(&e->refs, 1, memory_order_acq_rel) != 1) {
         return;
     }
+    crypto_aesgcm_key_free(e->aead); /* zeroizes the expanded key */
     explicit_bzero(e->data, e->key_len + e->value_len);
     ep_free(e);
 }
@@ -150,10 +158,13 @@ static crypto_dek_entry *shard_find(shard *s, uint64_t hash, str key) {
     return NULL;
 }
 
+static bool expired(const crypto_dek_cache *c, const crypto_dek_entry *e, uint64_t now_ns) {
+    return c->ttl_ns > 0 && now_ns >= e->born_ns && now_ns - e->born_ns > c->ttl_ns;
+}
+
 /* Makes room for one entry: expired ones first (they are the oldest), then the oldest. */
 static void shard_make_room(const crypto_dek_cache *c, shard *s, uint64_t now_ns) {
-    while (c->ttl_ns > 0 && s->oldest != NULL && now_ns >= s->oldest->born_ns &&
-           now_ns - s->oldest->born_ns > c->ttl_ns) {
+    while (s->oldest != NULL && expired(c, s->oldest, now_ns)) {
         shard_remove(s, s->oldest);
     }
     while (s->count >= s->capacity && s->oldest != NULL) {
@@ -204,11 +215,17 @@ void crypto_dek_cache_free(crypto_dek_cache *c) {
     ep_free(c);
 }
 
-crypto_dek_entry *crypto_dek_cache_get(crypto_dek_cache *c, str key) {
+/* The entry for |key| held for the caller, or NULL; with |fresh|, an expired entry is removed
+ * and missed. */
+static crypto_dek_entry *get(crypto_dek_cache *c, str key, bool fresh, uint64_t now_ns) {
     uint64_t hash = crypto_dek_cache_hash(key);
     shard *s = shard_for(c, hash);
     pthread_mutex_lock(&s->lock);
     crypto_dek_entry *e = shard_find(s, hash, key);
+    if (e != NULL && fresh && expired(c, e, now_ns)) {
+        shard_remove(s, e);
+        e = NULL;
+    }
     if (e != NULL) {
         atomic_fetch_add_explicit(&e->refs, 1, memory_order_relaxed);
         if (c->lru && s->youngest != e) {
@@ -220,47 +237,86 @@ crypto_dek_entry *crypto_dek_cache_get(crypto_dek_cache *c, str key) {
     return e;
 }
 
-int crypto_dek_cache_put(crypto_dek_cache *c, str key, str value, uint64_t now_ns) {
+crypto_dek_entry *crypto_dek_cache_get(crypto_dek_cache *c, str key) {
+    return get(c, key, false, 0);
+}
+
+crypto_dek_entry *crypto_dek_cache_get_fresh(crypto_dek_cache *c, str key, uint64_t now_ns) {
+    return get(c, key, true, now_ns);
+}
+
+/* A new entry holding copies of |key| and |value| and |aead| (not owned until inserted), with
+ * the shard's reference. NULL when out of memory. */
+static crypto_dek_entry *entry_new(uint64_t hash, str key, str value, crypto_aesgcm_key *aead,
+                                   uint64_t now_ns) {
+    if (key.len > SIZE_MAX / 2 - sizeof(crypto_dek_entry) || value.len > SIZE_MAX / 2) {
+        return NULL;
+    }
+    crypto_dek_entry *e = ep_malloc(sizeof(*e) + key.len + value.len);
+    if (e == NULL) {
+        return NULL;
+    }
+    memset(e, 0, sizeof(*e));
+    e->hash = hash;
+    e->born_ns = now_ns;
+    atomic_init(&e->refs, 1);
+    e->aead = aead;
+    e->key_len = key.len;
+    e->value_len = value.len;
+    memcpy(e->data, key.ptr, key.len);
+    memcpy(e->data + key.len, value.ptr, value.len);
+    return e;
+}
+
+/* Inserts |fresh| into |s| (locked). An entry already there for its key is refreshed and
+ * |fresh| handed back for the caller to release, or, with |replace|, removed in its favour;
+ * returns NULL when |fresh| went in. */
+static crypto_dek_entry *shard_insert(const crypto_dek_cache *c, shard *s, crypto_dek_entry *fresh,
+                                      bool replace) {
+    crypto_dek_entry *have = shard_find(s, fresh->hash, entry_key(fresh));
+    if (have != NULL && !replace) {
+        age_unlink(s, have);
+        age_push_young(s, have);
+        have->born_ns = fresh->born_ns;
+        return fresh;
+    }
+    if (have != NULL) {
+        shard_remove(s, have);
+    }
+    shard_make_room(c, s, fresh->born_ns);
+    crypto_dek_entry **b = bucket_for(s, fresh->hash);
+    fresh->chain = *b;
+    *b = fresh;
+    age_push_young(s, fresh);
+    s->count++;
+    return NULL;
+}
+
+static int put(crypto_dek_cache *c, str key, str value, crypto_aesgcm_key *aead, uint64_t now_ns) {
     uint64_t hash = crypto_dek_cache_hash(key);
     shard *s = shard_for(c, hash);
     if (s->capacity == 0) {
+        crypto_aesgcm_key_free(aead); /* kept for no time at all */
         return EP_OK;
     }
-    if (key.len > SIZE_MAX / 2 - sizeof(crypto_dek_entry) || value.len > SIZE_MAX / 2) {
-        return EP_ERR_NOMEM;
-    }
-    crypto_dek_entry *fresh = ep_malloc(sizeof(*fresh) + key.len + value.len);
+    crypto_dek_entry *fresh = entry_new(hash, key, value, aead, now_ns);
     if (fresh == NULL) {
         return EP_ERR_NOMEM;
     }
-    memset(fresh, 0, sizeof(*fresh));
-    fresh->hash = hash;
-    fresh->born_ns = now_ns;
-    atomic_init(&fresh->refs, 1); /* the shard's */
-    fresh->key_len = key.len;
-    fresh->value_len = value.len;
-    memcpy(fresh->data, key.ptr, key.len);
-    memcpy(fresh->data + key.len, value.ptr, value.len);
-
     pthread_mutex_lock(&s->lock);
-    crypto_dek_entry *have = shard_find(s, hash, key);
-    if (have != NULL) {
-        age_unlink(s, have);
-        age_push_young(s, have);
-        have->born_ns = now_ns;
-    } else {
-        shard_make_room(c, s, now_ns);
-        crypto_dek_entry **b = bucket_for(s, hash);
-        fresh->chain = *b;
-        *b = fresh;
-        age_push_young(s, fresh);
-        s->count++;
-    }
+    crypto_dek_entry *unused = shard_insert(c, s, fresh, aead != NULL);
     pthread_mutex_unlock(&s->lock);
-    if (have != NULL) {
-        crypto_dek_entry_release(fresh);
-    }
+    crypto_dek_entry_release(unused);
     return EP_OK;
+}
+
+int crypto_dek_cache_put(crypto_dek_cache *c, str key, str value, uint64_t now_ns) {
+    return put(c, key, value, NULL, now_ns);
+}
+
+int crypto_dek_cache_put_aead(crypto_dek_cache *c, str key, str value, crypto_aesgcm_key *aead,
+                              uint64_t now_ns) {
+    return put(c, key, value, aead, now_ns);
 }
 
 size_t crypto_dek_cache_size(crypto_dek_cache *c) {

@@ -17,6 +17,7 @@
 #include <stdint.h>
 
 #include "common/str.h"
+#include "crypto/aesgcm.h"
 
 typedef struct crypto_dek_cache crypto_dek_cache;
 typedef struct crypto_dek_entry crypto_dek_entry;
@@ -38,11 +39,27 @@ crypto_dek_entry *crypto_dek_cache_get(crypto_dek_cache *c, str key);
  * plugin answer) and only refreshed. Returns 0 or EP_ERR_NOMEM (cache unchanged). */
 int crypto_dek_cache_put(crypto_dek_cache *c, str key, str value, uint64_t now_ns);
 
+/* Like crypto_dek_cache_put, but the entry also carries |aead|, an expanded key the cache takes
+ * over, and an existing entry for |key| is replaced (its value differs: KMS v2 derived keys are
+ * cached per etcd key and checked against the value). |aead| may be NULL. Returns 0 (|aead| is
+ * the cache's now: do not use it any more; a zero-capacity cache frees it at once) or
+ * EP_ERR_NOMEM (cache unchanged, |aead| still the caller's). */
+int crypto_dek_cache_put_aead(crypto_dek_cache *c, str key, str value, crypto_aesgcm_key *aead,
+                              uint64_t now_ns);
+
+/* crypto_dek_cache_get, except that an entry older than the TTL at |now_ns| is a miss (and is
+ * removed). Never fails. */
+crypto_dek_entry *crypto_dek_cache_get_fresh(crypto_dek_cache *c, str key, uint64_t now_ns);
+
 /* Number of entries now (for metrics and tests). Never fails. */
 size_t crypto_dek_cache_size(crypto_dek_cache *c);
 
 /* The value of a held entry; valid until crypto_dek_entry_release. */
 str crypto_dek_entry_value(const crypto_dek_entry *e);
+
+/* The expanded key a held entry carries (crypto_dek_cache_put_aead), or NULL; valid until
+ * crypto_dek_entry_release. */
+const crypto_aesgcm_key *crypto_dek_entry_aead(const crypto_dek_entry *e);
 
 /* Drops the caller's hold; the last hold of an evicted entry zeroizes and frees it. Safe on
  * NULL. */

@@ -27,12 +27,17 @@
 
 #include "common/alloc.h"
 #include "common/base64.h"
+#include "crypto/aesgcm.h"
 #include "crypto/dek_cache.h"
 #include "crypto/kmsv1.h"
 
 #define V2_CACHE_MAX 10000
 #define V2_CACHE_TTL_NS (24ull * 3600 * 1000000000)
 #define NS_PER_SEC 1000000000ull
+#define DERIVED_CACHE_MAX 8192
+#define DERIVED_CACHE_TTL_NS (10ull * 60 * NS_PER_SEC)
+#define SEED_ID_LEN CRYPTO_KMSV2_CACHE_KEY_LEN
+#define VIEW_ANNOTATIONS 8 /* decoded without allocating; more go to the full decoder */
 
 /* One installed v2 write state. Never freed before the provider: readers hold no reference. */
 typedef struct generation {
@@ -50,6 +55,7 @@ struct crypto_kms_provider {
     uint64_t timeout_ns;
     char *socket_path;
     crypto_dek_cache *cache;
+    crypto_dek_cache *derived; /* v2: etcd key -> seed id || info, expanded per-write key */
     uint64_t (*now_ns)(void);
     pthread_mutex_t state_lock; /* writers of |current| only */
     _Atomic(generation *) current;
@@ -116,6 +122,9 @@ int crypto_kms_provider_new(const config_provider *cfg, crypto_kms_provider **ou
                  ? crypto_dek_cache_new(cap, k->api_version == 1,
                                         k->api_version == 2 ? V2_CACHE_TTL_NS : 0, &p->cache)
                  : EP_ERR_NOMEM;
+    if (rv == EP_OK && k->api_version == 2) {
+        rv = crypto_dek_cache_new(DERIVED_CACHE_MAX, false, DERIVED_CACHE_TTL_NS, &p->derived);
+    }
     if (rv != EP_OK) {
         crypto_kms_provider_free(p);
         return ep_err_set(err, EP_ERR_NOMEM, "out of memory for kms provider \"%s\"", k->name);
@@ -146,6 +155,7 @@ void crypto_kms_provider_free(crypto_kms_provider *p) {
         pthread_mutex_destroy(&p->state_lock);
     }
     crypto_dek_cache_free(p->cache);
+    crypto_dek_cache_free(p->derived);
     ep_free(p->name);
     ep_free(p->prefix);
     ep_free(p->socket_path);
@@ -174,6 +184,10 @@ str crypto_kms_provider_prefix(const crypto_kms_provider *p) {
 
 size_t crypto_kms_provider_cache_size(const crypto_kms_provider *p) {
     return crypto_dek_cache_size(p->cache);
+}
+
+size_t crypto_kms_provider_derived_cache_size(const crypto_kms_provider *p) {
+    return p->derived != NULL ? crypto_dek_cache_size(p->derived) : 0;
 }
 
 size_t crypto_kms_provider_overhead(const crypto_kms_provider *p) {
@@ -589,14 +603,67 @@ static int v2_encrypt(crypto_kms_provider *p, str etcd_key, str plain, buf *out,
     return crypto_kmsv2_seal(g->st, str_make(p->name, strlen(p->name)), etcd_key, plain, out, err);
 }
 
-/* Opens |o| once its source's plaintext is known; the state check comes last, as upstream. */
-static int v2_open(crypto_kms_provider *p, const crypto_kmsv2_object *o, str source, str etcd_key,
-                   buf *out, bool *stale, ep_err *err) {
-    generation *g = current_state(p);
+/* Opens type-1 |data| read at |etcd_key| with |seed| (|st|'s when |st| is not NULL: its
+ * precomputed HMAC states derive faster). The expanded per-write key is cached under the etcd
+ * key (the AAD) and only used when the entry was made for the same seed (|seed_id|, its cache
+ * key) and info, as upstream's derived-key cache. Returns what crypto_kmsv2_open returns. */
+static int seeded_open(crypto_kms_provider *p, const uint8_t *seed_id, str seed,
+                       const crypto_kmsv2_state *st, str data, str etcd_key, buf *out,
+                       ep_err *err) {
+    const uint8_t *info = NULL;
+    int rv = crypto_kmsv2_seeded_info(seed, data, &info, err);
+    if (rv != EP_OK) {
+        return rv;
+    }
+    str sealed = str_skip(data, CRYPTO_KMSV2_INFO_LEN);
+    uint8_t id[SEED_ID_LEN + CRYPTO_KMSV2_INFO_LEN];
+    memcpy(id, seed_id, SEED_ID_LEN);
+    memcpy(id + SEED_ID_LEN, info, CRYPTO_KMSV2_INFO_LEN);
+    uint64_t now = p->now_ns();
+    crypto_dek_entry *e = crypto_dek_cache_get_fresh(p->derived, etcd_key, now);
+    if (e != NULL && str_eq(crypto_dek_entry_value(e), str_make(id, sizeof(id)))) {
+        rv = crypto_aesgcm_open(crypto_dek_entry_aead(e), etcd_key, sealed, out, err);
+        crypto_dek_entry_release(e);
+        return rv;
+    }
+    crypto_dek_entry_release(e);
+    uint8_t dek[32];
+    if (st != NULL) {
+        crypto_kmsv2_state_derive_dek(st, info, dek);
+    } else {
+        (void)crypto_kmsv2_derive_dek(seed, info, dek, err); /* the seed's length was checked */
+    }
+    crypto_aesgcm_key *k = NULL;
+    ep_err ignored;
+    if (crypto_aesgcm_key_new(str_make(dek, sizeof(dek)), &k, &ignored) != EP_OK) {
+        rv = crypto_aesgcm_open_raw(str_make(dek, sizeof(dek)), etcd_key, sealed, out, err);
+    } else {
+        rv = crypto_aesgcm_open(k, etcd_key, sealed, out, err);
+        /* Only keys that opened a value are kept: a forged value cannot fill the cache. */
+        if (rv != EP_OK || crypto_dek_cache_put_aead(p->derived, etcd_key, str_make(id, sizeof(id)),
+                                                     k, now) != EP_OK) {
+            crypto_aesgcm_key_free(k);
+        }
+    }
+    explicit_bzero(dek, sizeof(dek));
+    return rv;
+}
+
+/* Opens |o| once its source's plaintext is known (|seed_id| its cache key, |st| the state it
+ * belongs to or NULL); the state check comes last, as upstream. */
+static int v2_open(crypto_kms_provider *p, generation *g, const crypto_kmsv2_object *o, str source,
+                   const uint8_t *seed_id, const crypto_kmsv2_state *st, str etcd_key, buf *out,
+                   bool *stale, ep_err *err) {
     str key_id = g ? crypto_kmsv2_state_key_id(g->st) : str_make(NULL, 0);
     int32_t type = g ? crypto_kmsv2_state_type(g->st) : CRYPTO_KMSV2_TYPE_HKDF_SEED;
     size_t start = out->len;
-    int rv = crypto_kmsv2_open(o, source, etcd_key, key_id, type, out, stale, err);
+    int rv;
+    if (o->type == CRYPTO_KMSV2_TYPE_HKDF_SEED) {
+        rv = seeded_open(p, seed_id, source, st, o->encrypted_data, etcd_key, out, err);
+        *stale = rv == EP_OK && (!str_eq(o->key_id, key_id) || o->type != type);
+    } else {
+        rv = crypto_kmsv2_open(o, source, etcd_key, key_id, type, out, stale, err);
+    }
     if (rv == EP_OK && g == NULL) {
         explicit_bzero(out->data + start, out->len - start);
         out->len = start;
@@ -607,9 +674,17 @@ static int v2_open(crypto_kms_provider *p, const crypto_kmsv2_object *o, str sou
 
 static int v2_decrypt(crypto_kms_provider *p, str etcd_key, str body, buf *out, bool *stale,
                       crypto_kms_pending *pending, ep_err *err) {
+    generation *g = current_state(p);
+    str data;
+    if (g != NULL && crypto_kmsv2_state_wrote(g->st, body, &data)) {
+        /* Written under the current state: no decode, no cache key, never stale. */
+        *stale = false;
+        return seeded_open(p, crypto_kmsv2_state_cache_key(g->st), crypto_kmsv2_state_seed(g->st),
+                           g->st, data, etcd_key, out, err);
+    }
+    crypto_kmsv2_annotation scratch[VIEW_ANNOTATIONS];
     crypto_kmsv2_object o;
-    memset(&o, 0, sizeof(o));
-    int rv = crypto_kmsv2_decode(body, &o, err);
+    int rv = crypto_kmsv2_decode_view(body, &o, scratch, VIEW_ANNOTATIONS, err);
     uint8_t ck[CRYPTO_KMSV2_CACHE_KEY_LEN];
     if (rv == EP_OK) {
         rv = crypto_kmsv2_cache_key(o.type, o.encrypted_dek_source, o.key_id, o.annotations,
@@ -619,15 +694,15 @@ static int v2_decrypt(crypto_kms_provider *p, str etcd_key, str body, buf *out, 
         crypto_kmsv2_object_free(&o);
         return rv;
     }
-    generation *g = current_state(p);
     if (g != NULL && memcmp(ck, crypto_kmsv2_state_cache_key(g->st), sizeof(ck)) == 0) {
-        rv = v2_open(p, &o, crypto_kmsv2_state_seed(g->st), etcd_key, out, stale, err);
+        rv =
+            v2_open(p, g, &o, crypto_kmsv2_state_seed(g->st), ck, g->st, etcd_key, out, stale, err);
     } else {
         dek_view v;
         rv = find_dek(p, CRYPTO_KMS_CALL_V2_DECRYPT, str_make(ck, sizeof(ck)), &o,
                       str_make(NULL, 0), pending, &v, err);
         if (rv == EP_OK) {
-            rv = v2_open(p, &o, v.dek, etcd_key, out, stale, err);
+            rv = v2_open(p, g, &o, v.dek, ck, NULL, etcd_key, out, stale, err);
             crypto_dek_entry_release(v.hold);
         }
     }

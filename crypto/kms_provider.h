@@ -144,6 +144,10 @@ size_t crypto_kms_provider_overhead(const crypto_kms_provider *p);
 /* Entries in the DEK/seed read cache now (metrics, tests). Never fails. */
 size_t crypto_kms_provider_cache_size(const crypto_kms_provider *p);
 
+/* Entries in the v2 derived-key cache now (expanded per-write keys by etcd key; 0 for v1).
+ * Never fails. */
+size_t crypto_kms_provider_derived_cache_size(const crypto_kms_provider *p);
+
 /* Empties |pending| (freeing its calls, zeroizing DEKs) and keeps it usable. */
 void crypto_kms_pending_reset(crypto_kms_pending *pending);
 void crypto_kms_pending_free(crypto_kms_pending *pending);
