@@ -11,13 +11,15 @@ encoder), not generated classes. The algorithm is the one the reference vectors 
               nonce = SHA-256("fake-kms-v2" || plain)[:12]; returns the fixed key_id and
               annotations; Decrypt picks the KEK by the request's key_id.
 
-Knobs for failure tests: |delay| (seconds every call sleeps: a slow plugin), |failing| (every
-call answers UNAVAILABLE), counters of calls per method and the highest number of calls in
+Knobs for failure tests: |delay| (seconds every call sleeps: a slow plugin), |jitter| (up to
+that many more seconds, random per call, so concurrent calls finish out of order), |failing|
+(every call answers UNAVAILABLE), counters of calls per method and the highest number of calls in
 flight at once (to prove the proxy issues its plugin calls concurrently).
 """
 
 import hashlib
 import os
+import random
 import sys
 import threading
 import time
@@ -52,6 +54,7 @@ class FakePlugin:
         self.keks.update({k.encode() if isinstance(k, str) else k: v
                           for k, v in (extra_keks or {}).items()})
         self.delay = 0.0
+        self.jitter = 0.0
         self.failing = False
         self.lock = threading.Lock()
         self.calls = {}
@@ -106,6 +109,8 @@ class FakePlugin:
             try:
                 if self.delay:
                     time.sleep(self.delay)
+                if self.jitter:
+                    time.sleep(random.uniform(0.0, self.jitter))
                 if self.failing:
                     context.abort(grpc.StatusCode.UNAVAILABLE, "fake plugin is failing")
                 return fn(fields(request), context)
