@@ -139,7 +139,10 @@ static int key_ctx(EVP_CIPHER_CTX **ctx, const EVP_CIPHER *cipher, const uint8_t
     if (*ctx == NULL && (*ctx = EVP_CIPHER_CTX_new()) == NULL) {
         return EP_ERR_PROVIDER;
     }
-    if (EVP_CipherInit_ex(*ctx, cipher, NULL, key, NULL, enc) != 1) {
+    /* Naming the cipher again makes OpenSSL 3 free and re-create the provider context; a
+     * context already set up for |cipher| only needs the new key. */
+    const EVP_CIPHER *have = EVP_CIPHER_CTX_get0_cipher(*ctx);
+    if (EVP_CipherInit_ex(*ctx, have == cipher ? NULL : cipher, NULL, key, NULL, enc) != 1) {
         return EP_ERR_PROVIDER;
     }
     /* Block modes pad in the caller, which must tell kube-apiserver's error cases apart. */
