@@ -8,7 +8,7 @@
  * the seed, reads of a value written under the current state need no plugin (the steady state
  * of a proxy after warm-up).
  *
- * Usage: crypto_bench [SECONDS [PROVIDER]].
+ * Usage: crypto_bench [SECONDS [PROVIDER [OP]]].
  * Output: one line per (provider, operation, size): "provider op size ops_per_sec".
  */
 #include <stdio.h>
@@ -110,6 +110,7 @@ static double measure(const crypto_transformer *t, int decrypt, str value, doubl
 int main(int argc, char **argv) {
     double seconds = argc > 1 ? atof(argv[1]) : 2.0;
     const char *only = argc > 2 ? argv[2] : NULL; /* one provider, e.g. for perf record */
+    const char *op = argc > 3 ? argv[3] : NULL;   /* "encrypt" or "decrypt" only */
     static const struct {
         const char *name;
         config_provider_type type;
@@ -130,8 +131,13 @@ int main(int argc, char **argv) {
         crypto_transformer *t = make_transformer(providers[p].type, providers[p].key_len);
         for (size_t s = 0; s < sizeof(sizes) / sizeof(sizes[0]); s++) {
             str v = str_make(value, sizes[s]);
-            printf("%s encrypt %zu %.0f\n", providers[p].name, sizes[s], measure(t, 0, v, seconds));
-            printf("%s decrypt %zu %.0f\n", providers[p].name, sizes[s], measure(t, 1, v, seconds));
+            for (int decrypt = 0; decrypt < 2; decrypt++) {
+                const char *name = decrypt ? "decrypt" : "encrypt";
+                if (op == NULL || strcmp(op, name) == 0) {
+                    printf("%s %s %zu %.0f\n", providers[p].name, name, sizes[s],
+                           measure(t, decrypt, v, seconds));
+                }
+            }
             fflush(stdout);
         }
         crypto_transformer_free(t);
