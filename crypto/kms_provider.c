@@ -30,6 +30,7 @@
 #include "crypto/aesgcm.h"
 #include "crypto/dek_cache.h"
 #include "crypto/kmsv1.h"
+#include "crypto/random.h"
 
 #define V2_CACHE_MAX 10000
 #define V2_CACHE_TTL_NS (24ull * 3600 * 1000000000)
@@ -587,6 +588,32 @@ static int no_state(const crypto_kms_provider *p, ep_err *err) {
                       p->name);
 }
 
+/* Seals under |st| and keeps the expanded per-write key in the derived-key cache, as upstream
+ * does: the value is read back soon (watch events, the write's own response paths) and that
+ * read then needs neither HMAC nor key schedule. Returns what crypto_kmsv2_seal returns. */
+static int v2_seal(crypto_kms_provider *p, const crypto_kmsv2_state *st, str etcd_key, str plain,
+                   buf *out, ep_err *err) {
+    str name = str_make(p->name, strlen(p->name));
+    uint8_t id[SEED_ID_LEN + CRYPTO_KMSV2_INFO_LEN], dek[32];
+    uint8_t *info = id + SEED_ID_LEN;
+    if (crypto_random_bytes(info, CRYPTO_KMSV2_INFO_LEN) != EP_OK) {
+        return ep_err_set(err, EP_ERR_PROVIDER, "failed to generate KMS v2 key derivation info");
+    }
+    memcpy(id, crypto_kmsv2_state_cache_key(st), SEED_ID_LEN);
+    crypto_kmsv2_state_derive_dek(st, info, dek);
+    crypto_aesgcm_key *k = NULL;
+    ep_err ignored;
+    (void)crypto_aesgcm_key_new(str_make(dek, sizeof(dek)), &k, &ignored); /* NULL: sealed raw */
+    explicit_bzero(dek, sizeof(dek));
+    int rv = crypto_kmsv2_seal_keyed(st, name, etcd_key, plain, info, k, out, err);
+    if (k != NULL &&
+        (rv != EP_OK || crypto_dek_cache_put_aead(p->derived, etcd_key, str_make(id, sizeof(id)), k,
+                                                  p->now_ns()) != EP_OK)) {
+        crypto_aesgcm_key_free(k);
+    }
+    return rv;
+}
+
 static int v2_encrypt(crypto_kms_provider *p, str etcd_key, str plain, buf *out, ep_err *err) {
     generation *g = current_state(p);
     if (g == NULL) {
@@ -600,7 +627,7 @@ static int v2_encrypt(crypto_kms_provider *p, str etcd_key, str plain, buf *out,
                           "than %s",
                           p->name, d);
     }
-    return crypto_kmsv2_seal(g->st, str_make(p->name, strlen(p->name)), etcd_key, plain, out, err);
+    return v2_seal(p, g->st, etcd_key, plain, out, err);
 }
 
 /* Opens type-1 |data| read at |etcd_key| with |seed| (|st|'s when |st| is not NULL: its

@@ -885,28 +885,26 @@ static int append_seal_head(str name, size_t data_len, buf *out) {
     return rv == EP_OK ? pbwire_put_varint(out, data_len) : rv;
 }
 
-/* Appends info || nonce || ct || tag for |plain| under a key derived from the state's seed.
- * Returns 0, EP_ERR_PROVIDER or EP_ERR_NOMEM. */
-static int seal_data(const crypto_kmsv2_state *st, str etcd_key, str plain, buf *out, ep_err *err) {
-    uint8_t info[CRYPTO_KMSV2_INFO_LEN];
+/* Appends info || nonce || ct || tag for |plain| under |key|, or when NULL a key derived from
+ * the state's seed for |info|. Returns 0, EP_ERR_PROVIDER or EP_ERR_NOMEM. */
+static int seal_data(const crypto_kmsv2_state *st, const uint8_t *info,
+                     const crypto_aesgcm_key *key, str etcd_key, str plain, buf *out, ep_err *err) {
+    if (buf_append(out, info, CRYPTO_KMSV2_INFO_LEN) != EP_OK) {
+        return ep_err_set(err, EP_ERR_NOMEM, "out of memory sealing a KMS v2 value");
+    }
+    if (key != NULL) {
+        return crypto_aesgcm_seal(key, etcd_key, plain, out, err);
+    }
     uint8_t dek[32];
-    if (crypto_random_bytes(info, sizeof(info)) != EP_OK) {
-        return ep_err_set(err, EP_ERR_PROVIDER, "failed to generate KMS v2 key derivation info");
-    }
-    int rv = EP_OK;
     crypto_kmsv2_state_derive_dek(st, info, dek);
-    if (buf_append(out, info, sizeof(info)) != EP_OK) {
-        rv = ep_err_set(err, EP_ERR_NOMEM, "out of memory sealing a KMS v2 value");
-    }
-    if (rv == EP_OK) {
-        rv = crypto_aesgcm_seal_raw(str_make(dek, sizeof(dek)), etcd_key, plain, out, err);
-    }
+    int rv = crypto_aesgcm_seal_raw(str_make(dek, sizeof(dek)), etcd_key, plain, out, err);
     explicit_bzero(dek, sizeof(dek));
     return rv;
 }
 
-int crypto_kmsv2_seal(const crypto_kmsv2_state *st, str name, str etcd_key, str plain, buf *out,
-                      ep_err *err) {
+int crypto_kmsv2_seal_keyed(const crypto_kmsv2_state *st, str name, str etcd_key, str plain,
+                            const uint8_t info[CRYPTO_KMSV2_INFO_LEN], const crypto_aesgcm_key *key,
+                            buf *out, ep_err *err) {
     if (plain.len > SIZE_MAX / 2 - SEAL_OVERHEAD) {
         return ep_err_set(err, EP_ERR_RANGE, "value of %zu bytes is too large to seal", plain.len);
     }
@@ -921,7 +919,7 @@ int crypto_kmsv2_seal(const crypto_kmsv2_state *st, str name, str etcd_key, str 
     if (rv != EP_OK) {
         rv = ep_err_set(err, EP_ERR_NOMEM, "out of memory sealing a KMS v2 value");
     } else {
-        rv = seal_data(st, etcd_key, plain, out, err);
+        rv = seal_data(st, info, key, etcd_key, plain, out, err);
     }
     if (rv == EP_OK && buf_append(out, st->tail.data, st->tail.len) != EP_OK) {
         rv = ep_err_set(err, EP_ERR_NOMEM, "out of memory sealing a KMS v2 value");
@@ -930,6 +928,15 @@ int crypto_kmsv2_seal(const crypto_kmsv2_state *st, str name, str etcd_key, str 
         out->len = start;
     }
     return rv;
+}
+
+int crypto_kmsv2_seal(const crypto_kmsv2_state *st, str name, str etcd_key, str plain, buf *out,
+                      ep_err *err) {
+    uint8_t info[CRYPTO_KMSV2_INFO_LEN];
+    if (crypto_random_bytes(info, sizeof(info)) != EP_OK) {
+        return ep_err_set(err, EP_ERR_PROVIDER, "failed to generate KMS v2 key derivation info");
+    }
+    return crypto_kmsv2_seal_keyed(st, name, etcd_key, plain, info, NULL, out, err);
 }
 
 /* Type 1: info[32] || nonce || ct || tag. Returns 0, EP_ERR_PROVIDER (seed too short),

@@ -23,6 +23,7 @@
 #include "common/err.h"
 #include "common/secret.h"
 #include "common/str.h"
+#include "crypto/aesgcm.h"
 
 #define CRYPTO_KMSV2_PREFIX "k8s:enc:kms:v2:"
 
@@ -145,6 +146,13 @@ bool crypto_kmsv2_state_wrote(const crypto_kmsv2_state *st, str body, str *encry
  * EP_ERR_NOMEM; nothing is left appended on failure. */
 int crypto_kmsv2_seal(const crypto_kmsv2_state *st, str name, str etcd_key, str plain, buf *out,
                       ep_err *err);
+
+/* crypto_kmsv2_seal with a caller-chosen |info| and, unless NULL, |key|: the AES-GCM key
+ * crypto_kmsv2_state_derive_dek gave for |info| (so the caller can keep it for later reads).
+ * Same returns. */
+int crypto_kmsv2_seal_keyed(const crypto_kmsv2_state *st, str name, str etcd_key, str plain,
+                            const uint8_t info[CRYPTO_KMSV2_INFO_LEN], const crypto_aesgcm_key *key,
+                            buf *out, ep_err *err);
 
 /* Opens |o| (decoded and validated) read at |etcd_key| with |dek_source|, the plugin's
  * plaintext of o->encrypted_dek_source, and appends the plaintext to |out|. |*stale| is true
