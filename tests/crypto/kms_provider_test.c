@@ -669,6 +669,97 @@ static void test_v2_state(void **state) {
     buf_free(&out);
 }
 
+/* ---- v2 derived-key cache ---- */
+
+static void test_v2_derived_key_cache(void **state) {
+    config_provider cfg = kms_config("dk", 2, 0);
+    crypto_transformer *t = chain_of(&cfg);
+    crypto_kms_provider *k = provider_of(t);
+    crypto_kms_provider_set_clock(k, now_hook);
+    install_state(k, seed1, kek1, "key-1", NULL);
+    plugin pl = {.kek_b64 = kek1, .key_id = "key-1"};
+    str key = STR_LIT("/registry/secrets/ns/dk");
+    buf a = BUF_INIT, b = BUF_INIT, c = BUF_INIT, out = BUF_INIT;
+    ep_err err;
+    crypto_read_info info;
+    int rounds;
+    assert_int_equal(crypto_kms_provider_derived_cache_size(k), 0);
+    /* A write keeps its expanded key; the read-back uses it. */
+    assert_int_equal(encrypt_loop(t, &pl, key, STR_LIT("first"), &a, &err), EP_OK);
+    assert_int_equal(crypto_kms_provider_derived_cache_size(k), 1);
+    assert_int_equal(decrypt_loop(t, &pl, key, buf_str(&a), &out, &info, &rounds, &err), EP_OK);
+    assert_true(str_eq(buf_str(&out), STR_LIT("first")));
+    assert_false(info.stale);
+    assert_int_equal(rounds, 0);
+    /* One entry per etcd key: another write replaces it, and a value with the other info (an
+     * older revision) is derived again, correctly. */
+    assert_int_equal(encrypt_loop(t, &pl, key, STR_LIT("second"), &b, &err), EP_OK);
+    assert_int_equal(crypto_kms_provider_derived_cache_size(k), 1);
+    assert_int_equal(decrypt_loop(t, &pl, key, buf_str(&a), &out, &info, NULL, &err), EP_OK);
+    assert_true(str_eq(buf_str(&out), STR_LIT("first")));
+    assert_int_equal(decrypt_loop(t, &pl, key, buf_str(&b), &out, &info, NULL, &err), EP_OK);
+    assert_true(str_eq(buf_str(&out), STR_LIT("second")));
+    assert_int_equal(crypto_kms_provider_derived_cache_size(k), 1);
+    /* Keys are bound to their etcd key: a value moved elsewhere still fails as upstream, and
+     * failed opens cache nothing. */
+    assert_int_equal(decrypt_loop(t, &pl, STR_LIT("/registry/secrets/ns/other"), buf_str(&b), &out,
+                                  &info, NULL, &err),
+                     EP_ERR_AUTH);
+    assert_string_equal(err.msg, "cipher: message authentication failed");
+    assert_int_equal(crypto_kms_provider_derived_cache_size(k), 1);
+    /* A changed info byte is a miss, a fresh derivation and an authentication failure. */
+    size_t info_at = strlen("k8s:enc:kms:v2:dk:") + 2; /* tag, one-byte length */
+    buf_append_str(&c, buf_str(&b));
+    c.data[info_at] ^= 1;
+    assert_int_equal(decrypt_loop(t, &pl, key, buf_str(&c), &out, &info, NULL, &err), EP_ERR_AUTH);
+    c.data[info_at] ^= 1;
+    assert_int_equal(decrypt_loop(t, &pl, key, buf_str(&c), &out, &info, NULL, &err), EP_OK);
+    /* Rotation: the old state's values come through the seed cache, stale, keys re-derived. */
+    install_state(k, seed2, kek2, "key-2", NULL);
+    assert_int_equal(decrypt_loop(t, &pl, key, buf_str(&b), &out, &info, &rounds, &err), EP_OK);
+    assert_true(str_eq(buf_str(&out), STR_LIT("second")));
+    assert_true(info.stale);
+    assert_int_equal(rounds, 0);
+    buf_reset(&c);
+    assert_int_equal(encrypt_loop(t, &pl, key, STR_LIT("third"), &c, &err), EP_OK);
+    assert_int_equal(decrypt_loop(t, &pl, key, buf_str(&b), &out, &info, NULL, &err), EP_OK);
+    assert_true(info.stale);
+    assert_int_equal(decrypt_loop(t, &pl, key, buf_str(&c), &out, &info, NULL, &err), EP_OK);
+    assert_false(info.stale);
+    assert_true(str_eq(buf_str(&out), STR_LIT("third")));
+    /* TTL (10 min): an old entry is dropped on lookup and made again. */
+    fake_now += 11 * MIN_NS;
+    assert_int_equal(decrypt_loop(t, &pl, key, buf_str(&c), &out, &info, NULL, &err), EP_OK);
+    assert_int_equal(crypto_kms_provider_derived_cache_size(k), 1);
+    crypto_transformer_free(t);
+
+    /* Bounded: 8192 entries per provider, split over shards. */
+    t = chain_of(&cfg);
+    k = provider_of(t);
+    install_state(k, seed1, kek1, "key-1", NULL);
+    for (int i = 0; i < 8300; i++) {
+        char etcd_key[64];
+        snprintf(etcd_key, sizeof(etcd_key), "/registry/secrets/ns/%d", i);
+        buf_reset(&out);
+        assert_int_equal(
+            crypto_transformer_encrypt(t, str_cstr(etcd_key), STR_LIT("v"), &out, NULL, &err),
+            EP_OK);
+    }
+    /* Per-shard bounds: shards the hash gave fewer keys are not full. */
+    size_t kept = crypto_kms_provider_derived_cache_size(k);
+    assert_true(kept <= 8192 && kept > 7500);
+    crypto_transformer_free(t);
+    /* v1 has none. */
+    config_provider v1 = kms_config("dk1", 1, 10);
+    t = chain_of(&v1);
+    assert_int_equal(crypto_kms_provider_derived_cache_size(provider_of(t)), 0);
+    crypto_transformer_free(t);
+    buf_free(&a);
+    buf_free(&b);
+    buf_free(&c);
+    buf_free(&out);
+}
+
 /* ---- chains and sets ---- */
 
 static void test_chains_and_shared_providers(void **state) {
@@ -839,6 +930,49 @@ static void test_threads_share_a_provider(void **state) {
     }
 }
 
+/* v2: threads write and read back values of a few shared keys under one state, so the
+ * derived-key cache is replaced, hit and missed concurrently. */
+static void *v2_worker(void *p) {
+    worker_arg *a = p;
+    buf stored = BUF_INIT, out = BUF_INIT;
+    ep_err err;
+    for (int i = 0; i < 300; i++) {
+        char key[64], plain[64];
+        snprintf(key, sizeof(key), "/registry/secrets/ns/v2-%d", (i * 7 + a->seed) % 8);
+        snprintf(plain, sizeof(plain), "value %d/%d", a->seed, i);
+        buf_reset(&stored);
+        buf_reset(&out);
+        int rv =
+            crypto_transformer_encrypt(a->t, str_cstr(key), str_cstr(plain), &stored, NULL, &err);
+        if (rv == EP_OK) {
+            rv = crypto_transformer_decrypt(a->t, str_cstr(key), buf_str(&stored), &out, NULL, NULL,
+                                            &err);
+        }
+        a->failures += rv != EP_OK || !str_eq(buf_str(&out), str_cstr(plain));
+    }
+    buf_free(&stored);
+    buf_free(&out);
+    return NULL;
+}
+
+static void test_v2_threads(void **state) {
+    config_provider cfg = kms_config("mt2", 2, 0);
+    crypto_transformer *t = chain_of(&cfg);
+    install_state(provider_of(t), seed1, kek1, "key-1", NULL);
+    pthread_t th[THREADS];
+    worker_arg args[THREADS];
+    for (int i = 0; i < THREADS; i++) {
+        args[i] = (worker_arg){t, 0, i * 13};
+        assert_int_equal(pthread_create(&th[i], NULL, v2_worker, &args[i]), 0);
+    }
+    for (int i = 0; i < THREADS; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(args[i].failures, 0);
+    }
+    assert_true(crypto_kms_provider_derived_cache_size(provider_of(t)) <= 8);
+    crypto_transformer_free(t);
+}
+
 /* ---- allocation failure ---- */
 
 static void test_allocation_failure(void **state) {
@@ -924,9 +1058,11 @@ int main(void) {
         cmocka_unit_test(test_v1_writes_one_dek_each),
         cmocka_unit_test(test_failed_calls),
         cmocka_unit_test(test_v2_state),
+        cmocka_unit_test(test_v2_derived_key_cache),
         cmocka_unit_test(test_chains_and_shared_providers),
         cmocka_unit_test(test_dek_cache_ttl_and_bounds),
         cmocka_unit_test(test_threads_share_a_provider),
+        cmocka_unit_test(test_v2_threads),
         cmocka_unit_test(test_allocation_failure),
     };
     return cmocka_run_group_tests(tests, load_vectors, free_vectors);
