@@ -445,6 +445,103 @@ static void test_state(void **state) {
     assert_null(bad);
 }
 
+/* The read fast paths: state_wrote, state_derive_dek, seal_keyed, decode_view, seeded_info. */
+static void test_fast_paths(void **state) {
+    crypto_kmsv2_state *st = new_state("key-1");
+    crypto_kmsv2_state *other = new_state("key-2");
+    uint8_t info[32] = {7}, d1[32], d2[32];
+    ep_err err;
+    crypto_kmsv2_state_derive_dek(st, info, d1);
+    assert_int_equal(crypto_kmsv2_derive_dek(str_make(seed, 32), info, d2, &err), EP_OK);
+    assert_memory_equal(d1, d2, 32);
+    /* A seed longer than an HMAC block is hashed first, as HMAC requires. */
+    uint8_t long_seed[100];
+    memset(long_seed, 5, sizeof(long_seed));
+    assert_int_equal(crypto_kmsv2_derive_dek(str_make(long_seed, 100), info, d2, &err), EP_OK);
+    assert_memory_not_equal(d1, d2, 32);
+
+    crypto_aesgcm_key *k = NULL;
+    assert_int_equal(crypto_aesgcm_key_new(str_make(d1, 32), &k, &err), EP_OK);
+    buf v = BUF_INIT, out = BUF_INIT;
+    assert_int_equal(
+        crypto_kmsv2_seal_keyed(st, STR_LIT("n"), KEY, STR_LIT("hello"), info, k, &v, &err), EP_OK);
+    str body = str_skip(buf_str(&v), strlen("k8s:enc:kms:v2:n:"));
+    str data;
+    assert_true(crypto_kmsv2_state_wrote(st, body, &data));
+    assert_false(crypto_kmsv2_state_wrote(other, body, &data));
+    assert_memory_equal(data.ptr, info, 32);
+    crypto_kmsv2_object o;
+    crypto_kmsv2_annotation scratch[2];
+    assert_int_equal(crypto_kmsv2_decode_view(body, &o, scratch, 2, &err), EP_OK);
+    assert_null(o.owned); /* read in place */
+    assert_true(str_eq(o.encrypted_data, data));
+    bool stale;
+    assert_int_equal(
+        crypto_kmsv2_open(&o, str_make(seed, 32), KEY, STR_LIT("key-1"), 1, &out, &stale, &err),
+        EP_OK);
+    assert_true(str_eq(buf_str(&out), STR_LIT("hello")));
+    crypto_kmsv2_object_free(&o);
+    /* The same value sealed with the derived key or by deriving agrees. */
+    buf w = BUF_INIT;
+    assert_int_equal(
+        crypto_kmsv2_seal_keyed(st, STR_LIT("n"), KEY, STR_LIT("hello"), info, NULL, &w, &err),
+        EP_OK);
+    assert_int_equal(w.len, v.len);
+    assert_memory_equal(w.data, v.data, strlen("k8s:enc:kms:v2:n:") + 2 + 32); /* head, info */
+    /* Not ours: a byte of the tail changed, a truncated tail, an empty data field. */
+    buf_reset(&w);
+    buf_append_str(&w, body);
+    w.data[w.len - 1] ^= 1;
+    assert_false(crypto_kmsv2_state_wrote(st, buf_str(&w), &data));
+    assert_false(crypto_kmsv2_state_wrote(st, str_make(body.ptr, body.len - 1), &data));
+    static const uint8_t empty_data[] = {0x0a, 0x00};
+    assert_false(crypto_kmsv2_state_wrote(st, str_make(empty_data, 2), &data));
+    assert_false(crypto_kmsv2_state_wrote(st, STR_LIT(""), &data));
+    /* Too many annotations for the scratch: the full decoder takes over (owned). */
+    const crypto_kmsv2_annotation ann[] = {
+        {STR_LIT("a.example.com"), STR_LIT("1")},
+        {STR_LIT("b.example.com"), STR_LIT("2")},
+        {STR_LIT("c.example.com"), STR_LIT("3")},
+    };
+    crypto_kmsv2_object hand = {.encrypted_data = STR_LIT("data"),
+                                .key_id = STR_LIT("k"),
+                                .encrypted_dek_source = STR_LIT("s"),
+                                .annotations = ann,
+                                .nannotations = 3,
+                                .type = 1};
+    buf enc = BUF_INIT;
+    assert_int_equal(crypto_kmsv2_encode(&hand, &enc, &err), EP_OK);
+    assert_int_equal(crypto_kmsv2_decode_view(buf_str(&enc), &o, scratch, 2, &err), EP_OK);
+    assert_non_null(o.owned);
+    assert_int_equal(o.nannotations, 3);
+    crypto_kmsv2_object_free(&o);
+    crypto_kmsv2_annotation more[3];
+    assert_int_equal(crypto_kmsv2_decode_view(buf_str(&enc), &o, more, 3, &err), EP_OK);
+    assert_null(o.owned);
+    assert_true(str_eq(o.annotations[2].value, STR_LIT("3")));
+    crypto_kmsv2_object_free(&o);
+    /* Refusals keep the full decoder's words. */
+    static const uint8_t truncated[] = {0x0a, 0x05, 'a'};
+    assert_int_equal(crypto_kmsv2_decode_view(str_make(truncated, 3), &o, scratch, 2, &err),
+                     EP_ERR_INVALID);
+    assert_string_equal(err.msg, "unexpected EOF");
+    crypto_kmsv2_object_free(&o);
+    const uint8_t *at;
+    assert_int_equal(crypto_kmsv2_seeded_info(str_make(seed, 31), STR_LIT("x"), &at, &err),
+                     EP_ERR_PROVIDER);
+    assert_string_equal(err.msg, "invalid seed length 31 used for key generation");
+    assert_int_equal(crypto_kmsv2_seeded_info(str_make(seed, 32), STR_LIT("short"), &at, &err),
+                     EP_ERR_INVALID);
+    assert_string_equal(err.msg, "the stored data was shorter than the required size");
+    buf_free(&enc);
+    buf_free(&w);
+    buf_free(&v);
+    buf_free(&out);
+    crypto_aesgcm_key_free(k);
+    crypto_kmsv2_state_free(st);
+    crypto_kmsv2_state_free(other);
+}
+
 /* Seals |plain| and decodes the result, checking the prefix. */
 static void seal_and_decode(const crypto_kmsv2_state *st, str plain, buf *value,
                             crypto_kmsv2_object *o) {
@@ -665,6 +762,7 @@ int main(void) {
         cmocka_unit_test(test_annotation_aggregate_and_size),
         cmocka_unit_test(test_cache_key),
         cmocka_unit_test(test_state),
+        cmocka_unit_test(test_fast_paths),
         cmocka_unit_test(test_seal_open),
         cmocka_unit_test(test_open_type0),
         cmocka_unit_test(test_alloc_failure),
