@@ -2,9 +2,8 @@
  * kms_provider and the kms entries of the transformer, driven the way the proxy drives them:
  * transform -> EP_ERR_AGAIN -> perform every recorded call against a plugin -> transform again.
  *
- * The plugin is the reference vectors' recorded fake (configs[].providers[].kms.fake_plugin),
- * written here with OpenSSL: EncryptResponse = nonce(12) || AES-256-GCM(KEK, nonce, plaintext,
- * aad = "" for v1 / key_id for v2), nonce = SHA256("fake-kms-v1"/"fake-kms-v2" || plaintext)[:12].
+ * The plugin is the reference vectors' recorded fake (configs[].providers[].kms.fake_plugin,
+ * fake_kms.h), answering the recorded calls as the plugin server would.
  * Every KMS case of $EP_SHARED_DIR/vectors/k8s-transformers.json must read through a transformer
  * with Go's outcome and message; then caches, dedup, v2 expiry and rotation, failed calls,
  * threads and allocation failure.
@@ -14,7 +13,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include <cJSON.h>
 #include <cmocka.h>
 #include <openssl/evp.h>
 #include <pthread.h>
@@ -29,6 +27,7 @@
 #include "crypto/kms_provider.h"
 #include "crypto/transformer.h"
 #include "crypto/transformer_set.h"
+#include "fake_kms.h"
 
 #define EXPECTED_KMS_CASES 62
 #define MIN_NS (60ull * 1000000000)
@@ -56,71 +55,6 @@ static buf b64(const char *text) {
     return out;
 }
 
-/* The fake plugin allocates nothing through ep_malloc, so injected failures hit only the code
- * under test. */
-static size_t unb64(const char *text, uint8_t *out) {
-    size_t n = strlen(text);
-    int len = EVP_DecodeBlock(out, (const unsigned char *)text, (int)n);
-    if (len < 0) {
-        abort();
-    }
-    return (size_t)len - (n > 0 && text[n - 1] == '=') - (n > 1 && text[n - 2] == '=');
-}
-
-static bool gcm(int enc, const char *kek_b64, const uint8_t *nonce, str aad, str in, uint8_t *tag,
-                uint8_t *out) {
-    uint8_t kek[48];
-    if (unb64(kek_b64, kek) != 32) {
-        abort();
-    }
-    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
-    int l = 0;
-    bool ok = EVP_CipherInit_ex(ctx, EVP_aes_256_gcm(), NULL, kek, nonce, enc) == 1 &&
-              EVP_CipherUpdate(ctx, NULL, &l, aad.ptr, (int)aad.len) == 1 &&
-              EVP_CipherUpdate(ctx, out, &l, in.ptr, (int)in.len) == 1;
-    if (!enc) {
-        EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, 16, tag);
-    }
-    ok = ok && EVP_CipherFinal_ex(ctx, out + in.len, &l) == 1;
-    if (enc) {
-        EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, 16, tag);
-    }
-    EVP_CIPHER_CTX_free(ctx);
-    OPENSSL_cleanse(kek, sizeof(kek));
-    return ok;
-}
-
-/* Writes nonce || GCM-Seal(kek, nonce, plain, aad) || tag to |out|; returns its length. */
-static size_t fake_seal(const char *label, const char *kek_b64, str plain, str aad, uint8_t *out) {
-    uint8_t md[32];
-    unsigned int mdlen;
-    EVP_MD_CTX *h = EVP_MD_CTX_new();
-    EVP_DigestInit_ex(h, EVP_sha256(), NULL);
-    EVP_DigestUpdate(h, label, strlen(label));
-    EVP_DigestUpdate(h, plain.ptr, plain.len);
-    EVP_DigestFinal_ex(h, md, &mdlen);
-    EVP_MD_CTX_free(h);
-    memcpy(out, md, 12);
-    if (!gcm(1, kek_b64, md, aad, plain, out + 12 + plain.len, out + 12)) {
-        abort();
-    }
-    return 12 + plain.len + 16;
-}
-
-/* Returns NULL with the plaintext in |out| (|*n| bytes), or the fake's error message. */
-static const char *fake_open(const char *label, const char *kek_b64, str cipher, str aad,
-                             uint8_t *out, size_t *n) {
-    if (cipher.len < 28) {
-        return strcmp(label, "fake-kms-v1") == 0 ? "fake kms: ciphertext too short"
-                                                 : "fake kms v2: ciphertext too short";
-    }
-    uint8_t tag[16];
-    memcpy(tag, cipher.ptr + cipher.len - 16, 16);
-    *n = cipher.len - 28;
-    bool ok = gcm(0, kek_b64, cipher.ptr, aad, str_make(cipher.ptr + 12, *n), tag, out);
-    return ok ? NULL : "cipher: message authentication failed";
-}
-
 /* Answers every unsettled call of |pending| as the fake plugin would. */
 static void perform(plugin *pl, crypto_kms_pending *pending) {
     static __thread char unknown[300];
@@ -135,10 +69,10 @@ static void perform(plugin *pl, crypto_kms_pending *pending) {
         ep_err err;
         if (why == NULL && c->kind == CRYPTO_KMS_CALL_V1_WRAP) {
             pl->encrypts++;
-            n = fake_seal("fake-kms-v1", pl->kek_b64, secret_str(&c->dek), STR_LIT(""), out);
+            n = fk_seal("fake-kms-v1", pl->kek_b64, secret_str(&c->dek), STR_LIT(""), out);
         } else if (why == NULL && c->kind == CRYPTO_KMS_CALL_V1_DECRYPT) {
             pl->decrypts++;
-            why = fake_open("fake-kms-v1", pl->kek_b64, c->ciphertext, STR_LIT(""), out, &n);
+            why = fk_open("fake-kms-v1", pl->kek_b64, c->ciphertext, STR_LIT(""), out, &n);
             if (why == NULL && pl->bad_dek_len > 0) {
                 n = pl->bad_dek_len;
             }
@@ -153,7 +87,7 @@ static void perform(plugin *pl, crypto_kms_pending *pending) {
                          (int)c->key_id.len, (const char *)c->key_id.ptr);
                 why = unknown;
             } else {
-                why = fake_open("fake-kms-v2", kek, c->ciphertext, c->key_id, out, &n);
+                why = fk_open("fake-kms-v2", kek, c->ciphertext, c->key_id, out, &n);
             }
         }
         if (why != NULL) {
@@ -206,22 +140,6 @@ static int encrypt_loop(const crypto_transformer *t, plugin *pl, str key, str pl
 
 /* ---- providers from configs ---- */
 
-static const char *jstr(const cJSON *o, const char *name) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
-    return cJSON_IsString(v) ? v->valuestring : NULL;
-}
-
-static const cJSON *config_by_id(const char *id) {
-    const cJSON *c;
-    cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(vectors, "configs")) {
-        if (strcmp(jstr(c, "id"), id) == 0) {
-            return c;
-        }
-    }
-    fail_msg("config %s not found", id);
-    return NULL;
-}
-
 static const cJSON *kms_of(const cJSON *config) {
     const cJSON *p = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(config, "providers"), 0);
     return cJSON_GetObjectItemCaseSensitive(p, "kms");
@@ -258,7 +176,7 @@ static void install_state(crypto_kms_provider *k, const char *seed_b64, const ch
                           const char *key_id, const cJSON *annotations) {
     buf seed = b64(seed_b64), values[8];
     uint8_t source[256];
-    size_t source_len = fake_seal("fake-kms-v2", kek_b64, buf_str(&seed), str_cstr(key_id), source);
+    size_t source_len = fk_seal("fake-kms-v2", kek_b64, buf_str(&seed), str_cstr(key_id), source);
     crypto_kmsv2_annotation ann[8];
     size_t n = 0;
     const cJSON *a;
@@ -282,17 +200,13 @@ static void install_state(crypto_kms_provider *k, const char *seed_b64, const ch
 /* The fake plugin of a vectors config; for a rotated one, the config owning the old key id. */
 static plugin plugin_for(const cJSON *kms) {
     const cJSON *fp = cJSON_GetObjectItemCaseSensitive(kms, "fake_plugin");
-    plugin pl = {.kek_b64 = jstr(fp, "kek_b64"), .key_id = jstr(fp, "key_id")};
+    plugin pl = {.kek_b64 = fk_jstr(fp, "kek_b64"), .key_id = fk_jstr(fp, "key_id")};
     const cJSON *old =
         cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(fp, "also_decrypts_key_ids"), 0);
-    const cJSON *c;
-    cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(vectors, "configs")) {
-        const cJSON *ofp = cJSON_GetObjectItemCaseSensitive(kms_of(c), "fake_plugin");
-        if (old != NULL && ofp != NULL && jstr(ofp, "key_id") &&
-            strcmp(jstr(ofp, "key_id"), old->valuestring) == 0) {
-            pl.old_key_id = old->valuestring;
-            pl.old_kek_b64 = jstr(ofp, "kek_b64");
-        }
+    const char *old_kek = old ? fk_kek_of_key_id(vectors, str_cstr(old->valuestring)) : NULL;
+    if (old_kek != NULL) {
+        pl.old_key_id = old->valuestring;
+        pl.old_kek_b64 = old_kek;
     }
     return pl;
 }
@@ -314,29 +228,29 @@ typedef struct {
 } tally;
 
 static void run_case(const cJSON *c, tally *t) {
-    const cJSON *kms = kms_of(config_by_id(jstr(c, "config")));
+    const cJSON *kms = kms_of(fk_config_by_id(vectors, fk_jstr(c, "config")));
     const cJSON *fp = cJSON_GetObjectItemCaseSensitive(kms, "fake_plugin");
-    bool v2 = strcmp(jstr(kms, "apiVersion"), "v2") == 0;
-    config_provider cfg = kms_config(jstr(kms, "name"), v2 ? 2 : 1, v2 ? 0 : 1000);
+    bool v2 = strcmp(fk_jstr(kms, "apiVersion"), "v2") == 0;
+    config_provider cfg = kms_config(fk_jstr(kms, "name"), v2 ? 2 : 1, v2 ? 0 : 1000);
     crypto_transformer *tr = chain_of(&cfg);
     plugin pl = plugin_for(kms);
     bool legacy_writer = false;
     if (v2) {
-        install_state(provider_of(tr), jstr(fp, "state_dek_source_plaintext_b64"), pl.kek_b64,
+        install_state(provider_of(tr), fk_jstr(fp, "state_dek_source_plaintext_b64"), pl.kek_b64,
                       pl.key_id, cJSON_GetObjectItemCaseSensitive(fp, "annotations_b64"));
-        legacy_writer = strcmp(jstr(fp, "state_encrypted_dek_source_type"), "AES_GCM_KEY") == 0;
+        legacy_writer = strcmp(fk_jstr(fp, "state_encrypted_dek_source_type"), "AES_GCM_KEY") == 0;
     }
-    str key = str_cstr(jstr(c, "etcd_key"));
-    buf stored = b64(jstr(c, "stored_b64")), out = BUF_INIT;
+    str key = str_cstr(fk_jstr(c, "etcd_key"));
+    buf stored = b64(fk_jstr(c, "stored_b64")), out = BUF_INIT;
     crypto_read_info info;
     ep_err err;
     int rv = decrypt_loop(tr, &pl, key, buf_str(&stored), &out, &info, NULL, &err);
     t->ran++;
-    if (strcmp(jstr(c, "expect"), "ok") == 0) {
+    if (strcmp(fk_jstr(c, "expect"), "ok") == 0) {
         if (rv != EP_OK) {
-            fail_msg("%s: %s", jstr(c, "id"), err.msg);
+            fail_msg("%s: %s", fk_jstr(c, "id"), err.msg);
         }
-        buf plain = b64(jstr(c, "plaintext_b64"));
+        buf plain = b64(fk_jstr(c, "plaintext_b64"));
         assert_true(str_eq(buf_str(&out), buf_str(&plain)));
         /* This writer is seed-only (upstream since 1.29): type-0 values are stale for it, where
          * the vectors' 1.28-style legacy writer called them fresh. */
@@ -344,8 +258,8 @@ static void run_case(const cJSON *c, tally *t) {
         assert_int_equal(info.stale, want_stale || legacy_writer);
         assert_true(str_has_prefix(buf_str(&stored), str_cstr(info.prefix)));
         assert_int_equal(strlen(info.prefix),
-                         strlen("k8s:enc:kms:vN::") + strlen(jstr(kms, "name")));
-        assert_string_equal(info.key_name, jstr(kms, "name"));
+                         strlen("k8s:enc:kms:vN::") + strlen(fk_jstr(kms, "name")));
+        assert_string_equal(info.key_name, fk_jstr(kms, "name"));
         assert_string_equal(info.provider, "kms");
         /* A fresh write reads back, without a plugin Decrypt (the write cached its DEK). */
         buf fresh = BUF_INIT;
@@ -362,13 +276,13 @@ static void run_case(const cJSON *c, tally *t) {
         t->ok++;
         t->fresh++;
     } else {
-        const char *go = jstr(c, "go_error");
+        const char *go = fk_jstr(c, "go_error");
         /* v1 passes the plugin's own error up: a tampered EDEK fails in the plugin with an
          * authentication message, which is a failed call here. */
         bool code_ok = rv == code_of_go_error(go) || (rv == EP_ERR_UNAVAILABLE && pl.failed > 0);
         if (!code_ok || strcmp(err.msg, go) != 0) {
-            fail_msg("%s: got %d \"%s\", Go: \"%s\"", jstr(c, "id"), rv, rv == EP_OK ? "" : err.msg,
-                     go);
+            fail_msg("%s: got %d \"%s\", Go: \"%s\"", fk_jstr(c, "id"), rv,
+                     rv == EP_OK ? "" : err.msg, go);
         }
         t->errors++;
     }
@@ -381,7 +295,7 @@ static void test_vectors_through_transformer(void **state) {
     tally t = {0};
     const cJSON *c;
     cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(vectors, "cases")) {
-        if (strncmp(jstr(c, "provider"), "kms-", 4) == 0) {
+        if (strncmp(fk_jstr(c, "provider"), "kms-", 4) == 0) {
             run_case(c, &t);
         }
     }
@@ -1021,28 +935,7 @@ static void test_allocation_failure(void **state) {
 /* ---- setup ---- */
 
 static int load_vectors(void **state) {
-    const char *dir = getenv("EP_SHARED_DIR");
-    char path[1024];
-    snprintf(path, sizeof(path), "%s/vectors/k8s-transformers.json", dir ? dir : "../shared");
-    FILE *f = fopen(path, "rb");
-    if (f == NULL) {
-        fprintf(stderr, "cannot open %s\n", path);
-        return -1;
-    }
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *text = malloc((size_t)n + 1);
-    size_t got = text ? fread(text, 1, (size_t)n, f) : 0;
-    fclose(f);
-    if (got != (size_t)n) {
-        free(text);
-        return -1;
-    }
-    text[n] = '\0';
-    vectors = cJSON_Parse(text);
-    free(text);
-    return vectors ? 0 : -1;
+    return fk_load_vectors(&vectors);
 }
 
 static int free_vectors(void **state) {
