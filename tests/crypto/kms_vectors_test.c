@@ -5,7 +5,7 @@
  * The vectors were made with a deterministic fake KMS plugin (configs[].providers[].kms
  * .fake_plugin): EncryptResponse = nonce(12) || AES-256-GCM(KEK, nonce, plaintext, aad),
  * nonce = SHA256("fake-kms-v1"/"fake-kms-v2" || plaintext)[0:12], aad = "" (v1) or the key id
- * (v2). It is re-implemented here with OpenSSL directly (independent of crypto/aesgcm.c) to
+ * (v2). fake_kms.h re-implements it with OpenSSL directly (independent of crypto/aesgcm.c) to
  * unwrap the EDEK / encryptedDEKSource, and re-run on the recorded DEK/seed to prove the
  * algorithm reproduces the recorded ciphertext byte for byte. Every case is then read with
  * crypto_kmsv1_* / crypto_kmsv2_* and the outcome compared; errors are compared by kind (prefix,
@@ -22,24 +22,19 @@
 
 #include <cjson/cJSON.h>
 #include <cmocka.h>
-#include <openssl/evp.h>
 
 #include "common/base64.h"
 #include "common/buf.h"
 #include "common/err.h"
 #include "crypto/kmsv1.h"
 #include "crypto/kmsv2.h"
+#include "fake_kms.h"
 
 #define EXPECTED_CASES 62
 
 static cJSON *vectors;
 
 /* ---- small helpers ------------------------------------------------------------------- */
-
-static const char *jstr(const cJSON *o, const char *name) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
-    return cJSON_IsString(v) ? v->valuestring : NULL;
-}
 
 static void b64(const char *text, buf *out) {
     assert_non_null(text);
@@ -55,17 +50,6 @@ static bool b64_eq(const char *text, str bytes) {
     return eq;
 }
 
-static const cJSON *config_by_id(const char *id) {
-    const cJSON *c;
-    cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(vectors, "configs")) {
-        if (strcmp(jstr(c, "id"), id) == 0) {
-            return c;
-        }
-    }
-    fail_msg("config %s not found", id);
-    return NULL;
-}
-
 /* The first kms provider of a config. */
 static const cJSON *kms_of(const cJSON *config) {
     const cJSON *p;
@@ -75,7 +59,7 @@ static const cJSON *kms_of(const cJSON *config) {
             return kms;
         }
     }
-    fail_msg("config %s has no kms provider", jstr(config, "id"));
+    fail_msg("config %s has no kms provider", fk_jstr(config, "id"));
     return NULL;
 }
 
@@ -84,93 +68,49 @@ static const cJSON *plugin_of(const cJSON *kms) {
 }
 
 static int32_t state_type(const cJSON *plugin) {
-    const char *t = jstr(plugin, "state_encrypted_dek_source_type");
+    const char *t = fk_jstr(plugin, "state_encrypted_dek_source_type");
     return strcmp(t, "HKDF_SHA256_XNONCE_AES_GCM_SEED") == 0 ? CRYPTO_KMSV2_TYPE_HKDF_SEED
                                                              : CRYPTO_KMSV2_TYPE_AES_GCM_KEY;
 }
 
 /* ---- the fake plugin ----------------------------------------------------------------- */
 
-static void gcm(int enc, str kek, const uint8_t *nonce, str aad, str in, uint8_t *tag, buf *out,
-                int *ok) {
-    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
-    int l = 0;
-    assert_int_equal(buf_reserve(out, in.len), EP_OK);
-    *ok = EVP_CipherInit_ex(ctx, EVP_aes_256_gcm(), NULL, kek.ptr, nonce, enc) == 1 &&
-          EVP_CipherUpdate(ctx, NULL, &l, aad.ptr, (int)aad.len) == 1 &&
-          EVP_CipherUpdate(ctx, out->data + out->len, &l, in.ptr, (int)in.len) == 1;
-    out->len += in.len;
-    if (!enc) {
-        EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, 16, tag);
-    }
-    *ok = *ok && EVP_CipherFinal_ex(ctx, out->data + out->len, &l) == 1;
-    if (enc) {
-        EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, 16, tag);
-    }
-    EVP_CIPHER_CTX_free(ctx);
+/* Appends the fake's EncryptResponse for |plain| to |out|. */
+static void fake_encrypt(const char *label, const char *kek_b64, str plain, str aad, buf *out) {
+    assert_int_equal(buf_reserve(out, plain.len + FK_OVERHEAD), EP_OK);
+    out->len += fk_seal(label, kek_b64, plain, aad, out->data + out->len);
 }
 
-/* Appends nonce || GCM-Seal(kek, nonce, plain, aad) with the fake's deterministic nonce. */
-static void fake_encrypt(const char *label, str kek, str plain, str aad, buf *out) {
-    uint8_t md[32], tag[16];
-    unsigned int mdlen;
-    EVP_MD_CTX *h = EVP_MD_CTX_new();
-    EVP_DigestInit_ex(h, EVP_sha256(), NULL);
-    EVP_DigestUpdate(h, label, strlen(label));
-    EVP_DigestUpdate(h, plain.ptr, plain.len);
-    EVP_DigestFinal_ex(h, md, &mdlen);
-    EVP_MD_CTX_free(h);
-    int ok;
-    assert_int_equal(buf_append(out, md, 12), EP_OK);
-    gcm(1, kek, md, aad, plain, tag, out, &ok);
-    assert_true(ok);
-    assert_int_equal(buf_append(out, tag, 16), EP_OK);
-}
-
-/* Opens nonce || ct || tag. Returns 0, EP_ERR_AUTH or EP_ERR_PROVIDER with the fake's message. */
-static int fake_open(const char *who, str kek, str cipher, str aad, buf *out, ep_err *err) {
-    if (cipher.len < 12 + 16) {
-        return ep_err_set(err, EP_ERR_PROVIDER, "%s: ciphertext too short", who);
-    }
-    uint8_t tag[16];
-    memcpy(tag, cipher.ptr + cipher.len - 16, 16);
-    int ok;
+/* Opens |cipher| into |out|. Returns 0, EP_ERR_AUTH or EP_ERR_PROVIDER with the fake's message. */
+static int fake_open(const char *label, const char *kek_b64, str cipher, str aad, buf *out,
+                     ep_err *err) {
+    size_t n = 0;
     buf_reset(out);
-    gcm(0, kek, cipher.ptr, aad, str_make(cipher.ptr + 12, cipher.len - 28), tag, out, &ok);
-    if (!ok) {
+    assert_int_equal(buf_reserve(out, cipher.len), EP_OK);
+    const char *why = fk_open(label, kek_b64, cipher, aad, out->data, &n);
+    if (why != NULL) {
         buf_wipe(out);
-        return ep_err_set(err, EP_ERR_AUTH, "cipher: message authentication failed");
+        return ep_err_set(err, strncmp(why, "fake kms", 8) == 0 ? EP_ERR_PROVIDER : EP_ERR_AUTH,
+                          "%s", why);
     }
+    out->len = n;
     return EP_OK;
 }
 
 static int fake_v1_decrypt(const cJSON *plugin, str edek, buf *dek, ep_err *err) {
-    buf kek = BUF_INIT;
-    b64(jstr(plugin, "kek_b64"), &kek);
-    int rv = fake_open("fake kms", buf_str(&kek), edek, STR_LIT(""), dek, err);
-    buf_free_secure(&kek);
-    return rv;
+    return fake_open("fake-kms-v1", fk_jstr(plugin, "kek_b64"), edek, STR_LIT(""), dek, err);
 }
 
 /* The KEK this plugin uses for |key_id|: its own, or, for ids it still decrypts after a
  * rotation, the KEK of the config whose plugin owned that id. */
 static const char *kek_for(const cJSON *plugin, str key_id) {
-    if (str_eq(key_id, str_cstr(jstr(plugin, "key_id")))) {
-        return jstr(plugin, "kek_b64");
+    if (str_eq(key_id, str_cstr(fk_jstr(plugin, "key_id")))) {
+        return fk_jstr(plugin, "kek_b64");
     }
     const cJSON *id;
     cJSON_ArrayForEach(id, cJSON_GetObjectItemCaseSensitive(plugin, "also_decrypts_key_ids")) {
-        if (!str_eq(key_id, str_cstr(id->valuestring))) {
-            continue;
-        }
-        const cJSON *c;
-        cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(vectors, "configs")) {
-            const cJSON *kms = cJSON_GetObjectItemCaseSensitive(
-                cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(c, "providers"), 0), "kms");
-            const cJSON *p = kms ? plugin_of(kms) : NULL;
-            if (p && jstr(p, "key_id") && str_eq(key_id, str_cstr(jstr(p, "key_id")))) {
-                return jstr(p, "kek_b64");
-            }
+        if (str_eq(key_id, str_cstr(id->valuestring))) {
+            return fk_kek_of_key_id(vectors, key_id);
         }
     }
     return NULL;
@@ -184,10 +124,7 @@ static int fake_v2_decrypt(const cJSON *plugin, str source, str key_id, buf *pla
         rv = ep_err_set(&inner, EP_ERR_PROVIDER, "fake kms v2: unknown keyID \"%.*s\"",
                         (int)key_id.len, (const char *)key_id.ptr);
     } else {
-        buf kek = BUF_INIT;
-        b64(kek_text, &kek);
-        rv = fake_open("fake kms v2", buf_str(&kek), source, key_id, plain, &inner);
-        buf_free_secure(&kek);
+        rv = fake_open("fake-kms-v2", kek_text, source, key_id, plain, &inner);
     }
     if (rv != EP_OK) {
         return ep_err_set(err, rv, "failed to decrypt DEK, error: %s", inner.msg);
@@ -326,7 +263,7 @@ static void read_v2(const cJSON *kms, str etcd_key, str body, read_result *r) {
         r->kind = rv == EP_ERR_AUTH ? K_AUTH : K_PLUGIN;
         return;
     }
-    rv = crypto_kmsv2_open(o, buf_str(&r->dek), etcd_key, str_cstr(jstr(plugin, "key_id")),
+    rv = crypto_kmsv2_open(o, buf_str(&r->dek), etcd_key, str_cstr(fk_jstr(plugin, "key_id")),
                            state_type(plugin), &r->plain, &r->stale, &r->err);
     r->kind = rv == EP_OK ? K_OK : kind_of_code(rv);
 }
@@ -334,10 +271,10 @@ static void read_v2(const cJSON *kms, str etcd_key, str body, read_result *r) {
 /* Matches "k8s:enc:kms:vN:<name>:" and reads the rest. */
 static void read_stored(const cJSON *kms, str etcd_key, str stored, read_result *r) {
     memset(r, 0, sizeof(*r));
-    bool v2 = strcmp(jstr(kms, "apiVersion"), "v2") == 0;
+    bool v2 = strcmp(fk_jstr(kms, "apiVersion"), "v2") == 0;
     char prefix[256];
     snprintf(prefix, sizeof(prefix), "%s%s:", v2 ? CRYPTO_KMSV2_PREFIX : CRYPTO_KMSV1_PREFIX,
-             jstr(kms, "name"));
+             fk_jstr(kms, "name"));
     if (!str_has_prefix(stored, str_cstr(prefix))) {
         r->kind = K_PREFIX;
         ep_err_set(&r->err, EP_ERR_NOMATCH, "no matching prefix found");
@@ -371,21 +308,19 @@ static enum kind kind_of_go_error(const char *msg) {
 static void check_v1_recorded(const cJSON *kms, const cJSON *rec, const read_result *r,
                               str stored) {
     const cJSON *plugin = plugin_of(kms);
-    assert_true(b64_eq(jstr(rec, "encrypted_dek_b64"), r->edek));
-    assert_true(b64_eq(jstr(rec, "dek_plaintext_b64"), buf_str(&r->dek)));
+    assert_true(b64_eq(fk_jstr(rec, "encrypted_dek_b64"), r->edek));
+    assert_true(b64_eq(fk_jstr(rec, "dek_plaintext_b64"), buf_str(&r->dek)));
     assert_int_equal(cJSON_GetObjectItemCaseSensitive(rec, "encrypted_dek_len")->valueint,
                      r->edek.len);
     buf payload = BUF_INIT;
-    b64(jstr(rec, "data_ciphertext_b64"), &payload);
+    b64(fk_jstr(rec, "data_ciphertext_b64"), &payload);
     assert_true(stored.len >= payload.len);
     assert_memory_equal(stored.ptr + stored.len - payload.len, payload.data, payload.len);
     /* The fake plugin re-creates the recorded EDEK from the recorded DEK. */
-    buf kek = BUF_INIT, edek = BUF_INIT;
-    b64(jstr(plugin, "kek_b64"), &kek);
-    fake_encrypt("fake-kms-v1", buf_str(&kek), buf_str(&r->dek), STR_LIT(""), &edek);
+    buf edek = BUF_INIT;
+    fake_encrypt("fake-kms-v1", fk_jstr(plugin, "kek_b64"), buf_str(&r->dek), STR_LIT(""), &edek);
     assert_true(str_eq(buf_str(&edek), r->edek));
     buf_free(&payload);
-    buf_free_secure(&kek);
     buf_free(&edek);
 }
 
@@ -401,10 +336,10 @@ static void check_v2_recorded(const cJSON *kms, const cJSON *rec, const read_res
     const cJSON *plugin = plugin_of(kms);
     const cJSON *eo = cJSON_GetObjectItemCaseSensitive(rec, "encrypted_object");
     const crypto_kmsv2_object *o = &r->object;
-    assert_true(b64_eq(jstr(eo, "encryptedData_b64"), o->encrypted_data));
-    assert_true(b64_eq(jstr(eo, "encryptedDEKSource_b64"), o->encrypted_dek_source));
-    assert_true(str_eq(str_cstr(jstr(eo, "keyID")), o->key_id));
-    assert_true(str_eq(str_cstr(jstr(rec, "key_id")), o->key_id));
+    assert_true(b64_eq(fk_jstr(eo, "encryptedData_b64"), o->encrypted_data));
+    assert_true(b64_eq(fk_jstr(eo, "encryptedDEKSource_b64"), o->encrypted_dek_source));
+    assert_true(str_eq(str_cstr(fk_jstr(eo, "keyID")), o->key_id));
+    assert_true(str_eq(str_cstr(fk_jstr(rec, "key_id")), o->key_id));
     assert_int_equal(cJSON_GetObjectItemCaseSensitive(eo, "encryptedDEKSourceType_num")->valueint,
                      o->type);
     const cJSON *ann = cJSON_GetObjectItemCaseSensitive(eo, "annotations_b64");
@@ -413,15 +348,14 @@ static void check_v2_recorded(const cJSON *kms, const cJSON *rec, const read_res
         char key[256];
         snprintf(key, sizeof(key), "%.*s", (int)o->annotations[i].key.len,
                  (const char *)o->annotations[i].key.ptr);
-        assert_true(b64_eq(jstr(ann, key), o->annotations[i].value));
+        assert_true(b64_eq(fk_jstr(ann, key), o->annotations[i].value));
     }
     /* The writer state of the config is what produced it, and the fake re-creates the source. */
-    assert_true(b64_eq(jstr(rec, "dek_source_plaintext_b64"), buf_str(&r->dek)));
-    assert_true(b64_eq(jstr(plugin, "state_dek_source_plaintext_b64"), buf_str(&r->dek)));
-    assert_true(b64_eq(jstr(plugin, "state_encrypted_dek_source_b64"), o->encrypted_dek_source));
-    buf kek = BUF_INIT, source = BUF_INIT, re = BUF_INIT;
-    b64(jstr(plugin, "kek_b64"), &kek);
-    fake_encrypt("fake-kms-v2", buf_str(&kek), buf_str(&r->dek), o->key_id, &source);
+    assert_true(b64_eq(fk_jstr(rec, "dek_source_plaintext_b64"), buf_str(&r->dek)));
+    assert_true(b64_eq(fk_jstr(plugin, "state_dek_source_plaintext_b64"), buf_str(&r->dek)));
+    assert_true(b64_eq(fk_jstr(plugin, "state_encrypted_dek_source_b64"), o->encrypted_dek_source));
+    buf source = BUF_INIT, re = BUF_INIT;
+    fake_encrypt("fake-kms-v2", fk_jstr(plugin, "kek_b64"), buf_str(&r->dek), o->key_id, &source);
     assert_true(str_eq(buf_str(&source), o->encrypted_dek_source));
     /* Our encoder writes Go's bytes (up to map order). */
     ep_err err;
@@ -430,7 +364,6 @@ static void check_v2_recorded(const cJSON *kms, const cJSON *rec, const read_res
     if (annotations_sorted_on_wire(body)) {
         assert_memory_equal(re.data, body.ptr, body.len);
     }
-    buf_free_secure(&kek);
     buf_free(&source);
     buf_free(&re);
 }
@@ -439,27 +372,25 @@ static void check_v2_recorded(const cJSON *kms, const cJSON *rec, const read_res
 
 static void seal_fresh_v1(const cJSON *kms, str etcd_key, str plain, buf *stored) {
     secret dek = SECRET_INIT;
-    buf kek = BUF_INIT, edek = BUF_INIT;
+    buf edek = BUF_INIT;
     ep_err err;
     assert_int_equal(crypto_kmsv1_new_dek(&dek, &err), EP_OK);
-    b64(jstr(plugin_of(kms), "kek_b64"), &kek);
-    fake_encrypt("fake-kms-v1", buf_str(&kek), secret_str(&dek), STR_LIT(""), &edek);
-    assert_int_equal(crypto_kmsv1_seal_value(str_cstr(jstr(kms, "name")), buf_str(&edek),
+    fake_encrypt("fake-kms-v1", fk_jstr(plugin_of(kms), "kek_b64"), secret_str(&dek), STR_LIT(""),
+                 &edek);
+    assert_int_equal(crypto_kmsv1_seal_value(str_cstr(fk_jstr(kms, "name")), buf_str(&edek),
                                              secret_str(&dek), etcd_key, plain, stored, &err),
                      EP_OK);
     secret_free(&dek);
-    buf_free_secure(&kek);
     buf_free(&edek);
 }
 
 /* A seed-mode write state as the plugin would have answered Encrypt(seed) for this config. */
 static crypto_kmsv2_state *state_for(const cJSON *kms) {
     const cJSON *plugin = plugin_of(kms);
-    buf seed = BUF_INIT, kek = BUF_INIT, source = BUF_INIT;
-    b64(jstr(plugin, "state_dek_source_plaintext_b64"), &seed);
-    b64(jstr(plugin, "kek_b64"), &kek);
-    str key_id = str_cstr(jstr(plugin, "key_id"));
-    fake_encrypt("fake-kms-v2", buf_str(&kek), buf_str(&seed), key_id, &source);
+    buf seed = BUF_INIT, source = BUF_INIT;
+    b64(fk_jstr(plugin, "state_dek_source_plaintext_b64"), &seed);
+    str key_id = str_cstr(fk_jstr(plugin, "key_id"));
+    fake_encrypt("fake-kms-v2", fk_jstr(plugin, "kek_b64"), buf_str(&seed), key_id, &source);
     const cJSON *ann_json = cJSON_GetObjectItemCaseSensitive(plugin, "annotations_b64");
     crypto_kmsv2_annotation ann[8];
     buf values[8];
@@ -482,7 +413,6 @@ static crypto_kmsv2_state *state_for(const cJSON *kms) {
         buf_free(&values[i]);
     }
     buf_free_secure(&seed);
-    buf_free_secure(&kek);
     buf_free(&source);
     return st;
 }
@@ -491,12 +421,13 @@ static void seal_fresh_v2(const cJSON *kms, str etcd_key, str plain, buf *stored
     crypto_kmsv2_state *st = state_for(kms);
     ep_err err;
     assert_int_equal(
-        crypto_kmsv2_seal(st, str_cstr(jstr(kms, "name")), etcd_key, plain, stored, &err), EP_OK);
+        crypto_kmsv2_seal(st, str_cstr(fk_jstr(kms, "name")), etcd_key, plain, stored, &err),
+        EP_OK);
     crypto_kmsv2_state_free(st);
 }
 
 static void check_fresh_write(const cJSON *kms, str etcd_key, str plain) {
-    bool v2 = strcmp(jstr(kms, "apiVersion"), "v2") == 0;
+    bool v2 = strcmp(fk_jstr(kms, "apiVersion"), "v2") == 0;
     buf stored = BUF_INIT;
     (v2 ? seal_fresh_v2 : seal_fresh_v1)(kms, etcd_key, plain, &stored);
     read_result r;
@@ -519,25 +450,26 @@ typedef struct {
 } tally;
 
 static void run_case(const cJSON *c, tally *t) {
-    const cJSON *kms = kms_of(config_by_id(jstr(c, "config")));
-    str etcd_key = str_cstr(jstr(c, "etcd_key"));
-    assert_true(str_eq(etcd_key, str_cstr(jstr(c, "authenticated_data"))));
+    const cJSON *kms = kms_of(fk_config_by_id(vectors, fk_jstr(c, "config")));
+    str etcd_key = str_cstr(fk_jstr(c, "etcd_key"));
+    assert_true(str_eq(etcd_key, str_cstr(fk_jstr(c, "authenticated_data"))));
     buf stored = BUF_INIT, plain = BUF_INIT;
-    b64(jstr(c, "stored_b64"), &stored);
+    b64(fk_jstr(c, "stored_b64"), &stored);
     read_result r;
     read_stored(kms, etcd_key, buf_str(&stored), &r);
     t->ran++;
-    if (strcmp(jstr(c, "expect"), "ok") == 0) {
+    if (strcmp(fk_jstr(c, "expect"), "ok") == 0) {
         if (r.kind != K_OK) {
-            fail_msg("%s: expected ok, got %s: %s", jstr(c, "id"), kind_names[r.kind], r.err.msg);
+            fail_msg("%s: expected ok, got %s: %s", fk_jstr(c, "id"), kind_names[r.kind],
+                     r.err.msg);
         }
-        b64(jstr(c, "plaintext_b64"), &plain);
+        b64(fk_jstr(c, "plaintext_b64"), &plain);
         assert_true(str_eq(buf_str(&r.plain), buf_str(&plain)));
         assert_int_equal(r.stale, cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(c, "stale")));
         const cJSON *rec = cJSON_GetObjectItemCaseSensitive(c, "kms");
         if (rec != NULL) {
-            bool v2 = strcmp(jstr(kms, "apiVersion"), "v2") == 0;
-            str body = str_skip(buf_str(&stored), strlen(jstr(c, "stored_prefix")));
+            bool v2 = strcmp(fk_jstr(kms, "apiVersion"), "v2") == 0;
+            str body = str_skip(buf_str(&stored), strlen(fk_jstr(c, "stored_prefix")));
             if (v2) {
                 check_v2_recorded(kms, rec, &r, body);
             } else {
@@ -549,13 +481,13 @@ static void run_case(const cJSON *c, tally *t) {
         t->fresh++;
         t->ok++;
     } else {
-        const char *go = jstr(c, "go_error");
+        const char *go = fk_jstr(c, "go_error");
         enum kind want = kind_of_go_error(go);
         bool exact = r.kind != K_OK && strcmp(go, r.err.msg) == 0;
-        printf("  %-48s %-7s go: %s\n  %-48s %-7s us: %s\n", jstr(c, "id"), kind_names[want], go,
+        printf("  %-48s %-7s go: %s\n  %-48s %-7s us: %s\n", fk_jstr(c, "id"), kind_names[want], go,
                "", kind_names[r.kind], r.kind == K_OK ? "(no error)" : r.err.msg);
         if (r.kind != want) {
-            fail_msg("%s: failure kind %s, Go's is %s", jstr(c, "id"), kind_names[r.kind],
+            fail_msg("%s: failure kind %s, Go's is %s", fk_jstr(c, "id"), kind_names[r.kind],
                      kind_names[want]);
         }
         t->exact_messages += exact;
@@ -570,7 +502,7 @@ static void test_kms_vectors(void **state) {
     tally t = {0};
     const cJSON *c;
     cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(vectors, "cases")) {
-        if (strncmp(jstr(c, "provider"), "kms-", 4) == 0) {
+        if (strncmp(fk_jstr(c, "provider"), "kms-", 4) == 0) {
             run_case(c, &t);
         }
     }
@@ -588,28 +520,7 @@ static void test_kms_vectors(void **state) {
 }
 
 static int load_vectors(void **state) {
-    const char *dir = getenv("EP_SHARED_DIR");
-    char path[1024];
-    snprintf(path, sizeof(path), "%s/vectors/k8s-transformers.json", dir ? dir : "../shared");
-    FILE *f = fopen(path, "rb");
-    if (f == NULL) {
-        fprintf(stderr, "cannot open %s\n", path);
-        return -1;
-    }
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *text = malloc((size_t)n + 1);
-    size_t got = text ? fread(text, 1, (size_t)n, f) : 0;
-    fclose(f);
-    if (got != (size_t)n) {
-        free(text);
-        return -1;
-    }
-    text[n] = '\0';
-    vectors = cJSON_Parse(text);
-    free(text);
-    return vectors ? 0 : -1;
+    return fk_load_vectors(&vectors);
 }
 
 static int free_vectors(void **state) {
