@@ -2,7 +2,8 @@
  * A tiny gRPC server for proxy tests: unary calls over h2c on a unix socket, on the test's own
  * libevent loop, built on the proxy's h2_session in the server role. A handler sees each request
  * (path and message) and fills a reply: a status, a response message, a delay, or "hold" (never
- * answer, for timeouts). Counters let tests see what reached the server.
+ * answer, for timeouts). Counters let tests see what reached the server; ts_run_until runs the
+ * loop until one of them (or a test's own) moves.
  */
 #ifndef EP_TESTS_PROXY_GRPC_TEST_SERVER_H
 #define EP_TESTS_PROXY_GRPC_TEST_SERVER_H
@@ -11,6 +12,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
@@ -316,6 +318,29 @@ static void ts_stop(ts_server *ts) {
         unlink(ts->path);
     }
     ep_free(ts);
+}
+
+/* Runs |base| until |*count| reaches |want| or |ms| pass; tests then assert on |*count|. Polls
+ * without blocking so that timers of the code under test and of the server both fire. */
+static inline void ts_run_until(struct event_base *base, const int *count, int want, int ms) {
+    struct timespec start, now;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    while (*count < want) {
+        event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if ((now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000 > ms) {
+            return;
+        }
+        if (*count < want) {
+            usleep(200);
+        }
+    }
+}
+
+/* Runs |base| for |ms|. */
+static inline void ts_run_for(struct event_base *base, int ms) {
+    int never = 0;
+    ts_run_until(base, &never, 1, ms);
 }
 
 #endif
