@@ -79,27 +79,6 @@ static int teardown(void **state) {
     return 0;
 }
 
-/* Runs the loop until |*count| reaches |want| or |ms| pass. */
-static void run_until(fixture *f, const int *count, int want, int ms) {
-    struct timespec start, now;
-    clock_gettime(CLOCK_MONOTONIC, &start);
-    while (*count < want) {
-        event_base_loop(f->base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        if ((now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000 > ms) {
-            return;
-        }
-        if (*count < want) {
-            usleep(200);
-        }
-    }
-}
-
-static void run_for(fixture *f, int ms) {
-    int never = 0;
-    run_until(f, &never, 1, ms);
-}
-
 static void start(fixture *f, const char *path, const char *request, uint64_t timeout_ns,
                   result *res, grpc_call **call) {
     ep_err err;
@@ -113,7 +92,7 @@ static void test_unary_call(void **state) {
     result res = {0};
     start(f, "/t.S/Echo", "hello", 3000 * MS, &res, NULL);
     assert_int_equal(res.calls, 0); /* never from inside grpc_call_start */
-    run_until(f, &res.calls, 1, 2000);
+    ts_run_until(f->base, &res.calls, 1, 2000);
     assert_int_equal(res.calls, 1);
     assert_int_equal(res.status, 0);
     assert_true(str_eq(buf_str(&res.response), STR_LIT("re:hello")));
@@ -123,7 +102,7 @@ static void test_unary_call(void **state) {
     assert_int_equal(grpc_channel_connection_id(f->ch), 1);
     /* empty request, second call on the same connection */
     start(f, "/t.S/Echo", "", 3000 * MS, &res, NULL);
-    run_until(f, &res.calls, 2, 2000);
+    ts_run_until(f->base, &res.calls, 2, 2000);
     assert_int_equal(res.status, 0);
     assert_true(str_eq(buf_str(&res.response), STR_LIT("re:")));
     assert_int_equal(f->ts->connections, 1);
@@ -135,7 +114,7 @@ static void test_error_status(void **state) {
     f->ts = ts_start(f->base, f->path, handler, NULL);
     result res = {0};
     start(f, "/t.S/Fail", "x", 3000 * MS, &res, NULL);
-    run_until(f, &res.calls, 1, 2000);
+    ts_run_until(f->base, &res.calls, 1, 2000);
     assert_int_equal(res.status, 7);
     assert_string_equal(res.message, "no way: 100% \xc3\xa9");
     assert_int_equal(res.response.len, 0);
@@ -147,17 +126,17 @@ static void test_timeout_cancels_stream(void **state) {
     f->ts = ts_start(f->base, f->path, handler, NULL);
     result res = {0};
     start(f, "/t.S/Hold", "x", 200 * MS, &res, NULL);
-    run_until(f, &res.calls, 1, 2000);
+    ts_run_until(f->base, &res.calls, 1, 2000);
     assert_int_equal(res.status, 4); /* DEADLINE_EXCEEDED */
     assert_string_equal(res.message, "timeout after 200ms");
-    run_until(f, &f->ts->resets, 1, 1000);
+    ts_run_until(f->base, &f->ts->resets, 1, 1000);
     assert_int_equal(f->ts->resets, 1);
     /* a slow answer within the deadline is fine; beyond it, the whole-second wording */
     start(f, "/t.S/Slow", "y", 2000 * MS, &res, NULL);
-    run_until(f, &res.calls, 2, 2000);
+    ts_run_until(f->base, &res.calls, 2, 2000);
     assert_int_equal(res.status, 0);
     start(f, "/t.S/Hold", "x", 1000 * MS, &res, NULL);
-    run_until(f, &res.calls, 3, 3000);
+    ts_run_until(f->base, &res.calls, 3, 3000);
     assert_string_equal(res.message, "timeout after 1s");
     buf_free(&res.response);
 }
@@ -175,7 +154,7 @@ static void test_wait_for_ready(void **state) {
     struct event *later = evtimer_new(f->base, start_server, f);
     struct timeval tv = {0, 250000};
     event_add(later, &tv);
-    run_until(f, &res.calls, 1, 3000);
+    ts_run_until(f->base, &res.calls, 1, 3000);
     assert_int_equal(res.calls, 1);
     assert_int_equal(res.status, 0);
     assert_true(str_eq(buf_str(&res.response), STR_LIT("re:early")));
@@ -188,7 +167,7 @@ static void test_nothing_listening(void **state) {
     unlink(f->path);
     result res = {0};
     start(f, "/t.S/Echo", "x", 300 * MS, &res, NULL);
-    run_until(f, &res.calls, 1, 2000);
+    ts_run_until(f->base, &res.calls, 1, 2000);
     assert_int_equal(res.status, 4);
     assert_string_equal(res.message, "timeout after 300ms");
     assert_false(grpc_channel_is_up(f->ch));
@@ -200,23 +179,23 @@ static void test_connection_lost(void **state) {
     f->ts = ts_start(f->base, f->path, handler, NULL);
     result res = {0};
     start(f, "/t.S/Hold", "x", 3000 * MS, &res, NULL);
-    run_until(f, &f->ts->requests, 1, 2000);
+    ts_run_until(f->base, &f->ts->requests, 1, 2000);
     /* the plugin restarts before answering: the call is sent again on the new connection */
     ts_stop(f->ts);
     f->ts = ts_start(f->base, f->path, handler, NULL);
-    run_until(f, &f->ts->requests, 1, 2000);
+    ts_run_until(f->base, &f->ts->requests, 1, 2000);
     assert_int_equal(f->ts->requests, 1);
     assert_int_equal(res.calls, 0);
     /* lost again: one transparent retry only */
     ts_stop(f->ts);
     f->ts = NULL;
-    run_until(f, &res.calls, 1, 2000);
+    ts_run_until(f->base, &res.calls, 1, 2000);
     assert_int_equal(res.status, 14); /* UNAVAILABLE */
     assert_non_null(strstr(res.message, "connection to test plugin lost"));
     /* and it comes back: a new connection serves the next call */
     f->ts = ts_start(f->base, f->path, handler, NULL);
     start(f, "/t.S/Echo", "again", 3000 * MS, &res, NULL);
-    run_until(f, &res.calls, 2, 2000);
+    ts_run_until(f->base, &res.calls, 2, 2000);
     assert_int_equal(res.status, 0);
     assert_int_equal(grpc_channel_connection_id(f->ch), 3);
     buf_free(&res.response);
@@ -236,7 +215,7 @@ static void test_concurrent_calls(void **state) {
     }
     /* 200 calls of 100 ms each: concurrent, so well under 200 x 100 ms */
     for (int round = 0; round < 200 && done < N; round++) {
-        run_for(f, 10);
+        ts_run_for(f->base, 10);
         done = 0;
         for (int i = 0; i < N; i++) {
             done += res[i].calls;
@@ -259,17 +238,17 @@ static void test_cancel(void **state) {
     result res = {0};
     grpc_call *call = NULL;
     start(f, "/t.S/Hold", "x", 3000 * MS, &res, &call);
-    run_until(f, &f->ts->requests, 1, 2000);
+    ts_run_until(f->base, &f->ts->requests, 1, 2000);
     grpc_call_cancel(call);
-    run_until(f, &f->ts->resets, 1, 1000);
+    ts_run_until(f->base, &f->ts->resets, 1, 1000);
     assert_int_equal(f->ts->resets, 1);
     /* a waiting call (not sent yet) cancels without reaching the server */
     ts_stop(f->ts);
     f->ts = NULL;
-    run_for(f, 50);
+    ts_run_for(f->base, 50);
     start(f, "/t.S/Echo", "x", 300 * MS, &res, &call);
     grpc_call_cancel(call);
-    run_for(f, 400);
+    ts_run_for(f->base, 400);
     assert_int_equal(res.calls, 0);
     grpc_call_cancel(NULL);
 }
@@ -278,7 +257,7 @@ static void expect_internal(fixture *f, str body, const char *fragment) {
     result res = {0};
     raw_body = body;
     start(f, "/t.S/Raw", "x", 2000 * MS, &res, NULL);
-    run_until(f, &res.calls, 1, 2000);
+    ts_run_until(f->base, &res.calls, 1, 2000);
     assert_int_equal(res.status, 13);
     assert_non_null(strstr(res.message, fragment));
     buf_free(&res.response);
@@ -308,7 +287,7 @@ static void test_abstract_socket(void **state) {
     assert_int_equal(
         grpc_call_start(ch, "/t.S/Echo", STR_LIT("abs"), 2000 * MS, on_result, &res, NULL, &err),
         0);
-    run_until(f, &res.calls, 1, 2000);
+    ts_run_until(f->base, &res.calls, 1, 2000);
     assert_int_equal(res.status, 0);
     assert_true(str_eq(buf_str(&res.response), STR_LIT("re:abs")));
     grpc_channel_free(ch);
