@@ -25,6 +25,8 @@
 
 #define MS 1000000ull
 
+static const str etcd_key = {(const uint8_t *)"/registry/secrets/default/s1", 28};
+
 /* ---- the fake plugin ---- */
 
 typedef struct {
@@ -232,14 +234,21 @@ static void serve(fixture *f) {
     assert_non_null(f->ts);
 }
 
-/* Adds |n| providers "k1", "k1"... of |api| with |timeout_ms| and makes the set over them. */
-static void make_set(fixture *f, int api, size_t n, int timeout_ms) {
+/* A kms provider config for the fixture's plugin socket. */
+static config_provider kms_config(fixture *f, const char *name, int api, int32_t cachesize,
+                                  int timeout_ms) {
     config_provider cfg = {.type = CONFIG_PROVIDER_KMS};
     cfg.kms.api_version = api;
-    cfg.kms.name = "k1";
+    cfg.kms.name = (char *)name;
     cfg.kms.socket_path = f->path;
-    cfg.kms.cachesize = api == 1 ? 1000 : 0;
+    cfg.kms.cachesize = cachesize;
     cfg.kms.timeout_ns = (uint64_t)timeout_ms * MS;
+    return cfg;
+}
+
+/* Adds |n| providers "k1", "k1"... of |api| with |timeout_ms| and makes the set over them. */
+static void make_set(fixture *f, int api, size_t n, int timeout_ms) {
+    config_provider cfg = kms_config(f, "k1", api, api == 1 ? 1000 : 0, timeout_ms);
     ep_err err;
     for (size_t i = 0; i < n; i++) {
         assert_int_equal(crypto_kms_provider_new(&cfg, &f->p[f->np++], &err), 0);
@@ -247,24 +256,15 @@ static void make_set(fixture *f, int api, size_t n, int timeout_ms) {
     assert_int_equal(kms_set_new_providers(f->base, f->p, f->np, &f->set, &err), 0);
 }
 
-static void run_until(fixture *f, const int *count, int want, int ms) {
-    struct timespec start, now;
-    clock_gettime(CLOCK_MONOTONIC, &start);
-    while (*count < want) {
-        event_base_loop(f->base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        if ((now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000 > ms) {
-            return;
-        }
-        if (*count < want) {
-            usleep(200);
-        }
-    }
-}
-
-static void run_for(fixture *f, int ms) {
-    int never = 0;
-    run_until(f, &never, 1, ms);
+/* What kms_set_describe prints for the set; the caller frees it. */
+static char *describe(fixture *f) {
+    char *text = NULL;
+    size_t len = 0;
+    FILE *mem = open_memstream(&text, &len);
+    assert_non_null(mem);
+    kms_set_describe(f->set, mem);
+    fclose(mem);
+    return text;
 }
 
 static void on_done(void *arg) {
@@ -280,7 +280,7 @@ static void perform(fixture *f, crypto_kms_pending *pending, int ms) {
     int before = f->done;
     assert_int_equal(kms_set_perform(f->set, pending, on_done, f, NULL), 0);
     assert_int_equal(f->done, before); /* never from inside perform */
-    run_until(f, &f->done, before + 1, ms);
+    ts_run_until(f->base, &f->done, before + 1, ms);
     assert_int_equal(f->done, before + 1);
 }
 
@@ -288,34 +288,48 @@ static void perform(fixture *f, crypto_kms_pending *pending, int ms) {
 static int encrypt(fixture *f, crypto_kms_provider *p, const char *plain, buf *stored,
                    ep_err *err) {
     crypto_kms_pending pending = CRYPTO_KMS_PENDING_INIT;
-    str key = STR_LIT("/registry/secrets/default/s1");
-    int rv = crypto_kms_provider_encrypt(p, key, str_cstr(plain), stored, &pending, err);
+    int rv = crypto_kms_provider_encrypt(p, etcd_key, str_cstr(plain), stored, &pending, err);
     if (rv == EP_ERR_AGAIN) {
         perform(f, &pending, 3000);
-        rv = crypto_kms_provider_encrypt(p, key, str_cstr(plain), stored, &pending, err);
+        rv = crypto_kms_provider_encrypt(p, etcd_key, str_cstr(plain), stored, &pending, err);
     }
     crypto_kms_pending_free(&pending);
     return rv;
+}
+
+/* One decrypt of |stored| (with its prefix) by |p|, recording calls in |pending|. Returns the
+ * transform's result (EP_ERR_AGAIN while calls are unsettled). */
+static int try_decrypt(crypto_kms_provider *p, str stored, buf *plain, crypto_kms_pending *pending,
+                       ep_err *err) {
+    bool stale;
+    str body = str_skip(stored, crypto_kms_provider_prefix(p).len);
+    return crypto_kms_provider_decrypt(p, etcd_key, body, plain, &stale, pending, err);
 }
 
 /* Decrypts |stored| (with its prefix) with |p|; |*calls| gets how many plugin calls it took. */
 static int decrypt(fixture *f, crypto_kms_provider *p, str stored, buf *plain, size_t *calls,
                    ep_err *err) {
     crypto_kms_pending pending = CRYPTO_KMS_PENDING_INIT;
-    str key = STR_LIT("/registry/secrets/default/s1");
-    str body = str_skip(stored, crypto_kms_provider_prefix(p).len);
-    bool stale;
-    int rv = crypto_kms_provider_decrypt(p, key, body, plain, &stale, &pending, err);
+    int rv = try_decrypt(p, stored, plain, &pending, err);
     *calls = pending.ncalls;
     if (rv == EP_ERR_AGAIN) {
         perform(f, &pending, 3000);
-        rv = crypto_kms_provider_decrypt(p, key, body, plain, &stale, &pending, err);
+        rv = try_decrypt(p, stored, plain, &pending, err);
     }
     crypto_kms_pending_free(&pending);
     return rv;
 }
 
 /* ---- v1 ---- */
+
+/* Serves the plugin, makes two v1 providers with |timeout_ms| and writes "v" with the first
+ * into |stored|: the second, its cache empty, must ask the plugin to read it. */
+static void v1_written(fixture *f, int timeout_ms, buf *stored) {
+    ep_err err;
+    serve(f);
+    make_set(f, 1, 2, timeout_ms);
+    assert_int_equal(encrypt(f, f->p[0], "v", stored, &err), 0);
+}
 
 static void test_v1_round_trip(void **state) {
     fixture *f = *state;
@@ -344,11 +358,7 @@ static void test_v1_round_trip(void **state) {
     assert_int_equal(encrypt(f, f->p[0], "again", &stored, &err), 0);
     assert_int_equal(f->pl.version, 2);
     assert_int_equal(f->pl.v1_encrypt, 2);
-    char *text = NULL;
-    size_t len = 0;
-    FILE *mem = open_memstream(&text, &len);
-    kms_set_describe(f->set, mem);
-    fclose(mem);
+    char *text = describe(f);
     assert_non_null(strstr(text, "kms provider \"k1\": api v1"));
     assert_non_null(strstr(text, "healthy"));
     free(text);
@@ -373,12 +383,10 @@ static void test_v1_version_refused(void **state) {
 
 static void test_v1_plugin_error(void **state) {
     fixture *f = *state;
-    serve(f);
-    make_set(f, 1, 2, 3000);
     buf stored = BUF_INIT, plain = BUF_INIT;
     ep_err err;
     size_t calls;
-    assert_int_equal(encrypt(f, f->p[0], "v", &stored, &err), 0);
+    v1_written(f, 3000, &stored);
     f->pl.fail = "Decrypt";
     assert_int_equal(decrypt(f, f->p[1], buf_str(&stored), &plain, &calls, &err),
                      EP_ERR_UNAVAILABLE);
@@ -391,17 +399,15 @@ static void test_v1_plugin_error(void **state) {
 
 static void test_v1_timeout(void **state) {
     fixture *f = *state;
-    serve(f);
-    make_set(f, 1, 2, 200);
     buf stored = BUF_INIT, plain = BUF_INIT;
     ep_err err;
     size_t calls;
-    assert_int_equal(encrypt(f, f->p[0], "v", &stored, &err), 0);
+    v1_written(f, 200, &stored);
     f->pl.hold = "Decrypt";
     assert_int_equal(decrypt(f, f->p[1], buf_str(&stored), &plain, &calls, &err),
                      EP_ERR_UNAVAILABLE);
     assert_non_null(strstr(err.msg, "DEADLINE_EXCEEDED: timeout after 200ms"));
-    run_until(f, &f->ts->resets, 1, 1000);
+    ts_run_until(f->base, &f->ts->resets, 1, 1000);
     assert_int_equal(f->ts->resets, 1); /* the stream was cancelled */
     /* the plugin answers again: the same read now works */
     f->pl.hold = NULL;
@@ -456,14 +462,9 @@ static void test_v1_concurrent_decrypts(void **state) {
     f->pl.delay_ms = 100;
     int connections = f->ts->connections;
     crypto_kms_pending pending = CRYPTO_KMS_PENDING_INIT;
-    str key = STR_LIT("/registry/secrets/default/s1");
-    size_t prefix = crypto_kms_provider_prefix(f->p[1]).len;
     buf plain = BUF_INIT;
-    bool stale;
     for (int i = 0; i < N; i++) {
-        assert_int_equal(crypto_kms_provider_decrypt(f->p[1], key,
-                                                     str_skip(buf_str(&stored[i]), prefix), &plain,
-                                                     &stale, &pending, &err),
+        assert_int_equal(try_decrypt(f->p[1], buf_str(&stored[i]), &plain, &pending, &err),
                          EP_ERR_AGAIN);
     }
     assert_int_equal(pending.ncalls, N);
@@ -476,10 +477,7 @@ static void test_v1_concurrent_decrypts(void **state) {
     assert_int_equal(f->ts->connections, connections + 1);
     for (int i = 0; i < N; i++) {
         buf_reset(&plain);
-        assert_int_equal(crypto_kms_provider_decrypt(f->p[1], key,
-                                                     str_skip(buf_str(&stored[i]), prefix), &plain,
-                                                     &stale, &pending, &err),
-                         0);
+        assert_int_equal(try_decrypt(f->p[1], buf_str(&stored[i]), &plain, &pending, &err), 0);
         assert_true(str_eq(buf_str(&plain), STR_LIT("value")));
         buf_free(&stored[i]);
     }
@@ -489,31 +487,25 @@ static void test_v1_concurrent_decrypts(void **state) {
 
 static void test_cancel(void **state) {
     fixture *f = *state;
-    serve(f);
-    make_set(f, 1, 2, 3000);
     buf stored = BUF_INIT, plain = BUF_INIT;
     ep_err err;
-    assert_int_equal(encrypt(f, f->p[0], "v", &stored, &err), 0);
+    v1_written(f, 3000, &stored);
     f->pl.hold = "Decrypt";
     crypto_kms_pending pending = CRYPTO_KMS_PENDING_INIT;
-    bool stale;
-    str body = str_skip(buf_str(&stored), crypto_kms_provider_prefix(f->p[1]).len);
-    assert_int_equal(crypto_kms_provider_decrypt(f->p[1], STR_LIT("/registry/secrets/default/s1"),
-                                                 body, &plain, &stale, &pending, &err),
-                     EP_ERR_AGAIN);
+    assert_int_equal(try_decrypt(f->p[1], buf_str(&stored), &plain, &pending, &err), EP_ERR_AGAIN);
     kms_request *req = NULL;
     assert_int_equal(kms_set_perform(f->set, &pending, on_done, f, &req), 0);
-    run_until(f, &f->ts->requests, f->ts->requests + 2, 1000); /* Version + Decrypt */
+    ts_run_until(f->base, &f->ts->requests, f->ts->requests + 2, 1000); /* Version + Decrypt */
     kms_request_cancel(req);
-    run_until(f, &f->ts->resets, 1, 1000);
+    ts_run_until(f->base, &f->ts->resets, 1, 1000);
     assert_int_equal(f->ts->resets, 1);
-    run_for(f, 100);
+    ts_run_for(f->base, 100);
     assert_int_equal(f->done, 1); /* only the encrypt's perform */
     /* a request still running when the set is freed is dropped silently */
     assert_int_equal(kms_set_perform(f->set, &pending, on_done, f, NULL), 0);
     kms_set_free(f->set);
     f->set = NULL;
-    run_for(f, 50);
+    ts_run_for(f->base, 50);
     assert_int_equal(f->done, 1);
     kms_request_cancel(NULL);
     crypto_kms_pending_free(&pending);
@@ -528,12 +520,7 @@ static void test_perform_edge_cases(void **state) {
     crypto_kms_pending empty = CRYPTO_KMS_PENDING_INIT;
     perform(f, &empty, 1000);
     /* a call for a provider the set does not know */
-    config_provider cfg = {.type = CONFIG_PROVIDER_KMS};
-    cfg.kms.api_version = 1;
-    cfg.kms.name = "other";
-    cfg.kms.socket_path = f->path;
-    cfg.kms.cachesize = 10;
-    cfg.kms.timeout_ns = 3000 * MS;
+    config_provider cfg = kms_config(f, "other", 1, 10, 3000);
     crypto_kms_provider *other;
     ep_err err;
     assert_int_equal(crypto_kms_provider_new(&cfg, &other, &err), 0);
@@ -550,7 +537,7 @@ static void test_perform_edge_cases(void **state) {
         ep_alloc_fail_reset();
         assert_int_equal(rv, EP_ERR_NOMEM);
     }
-    run_for(f, 20);
+    ts_run_for(f->base, 20);
     assert_int_equal(f->done, 1);
     crypto_kms_pending_free(&pending);
     crypto_kms_provider_free(other);
@@ -583,7 +570,7 @@ static void poll_fast(fixture *f, uint64_t ok_ms, uint64_t retry_ms) {
     kms_set_test_intervals(f->set, ok_ms * MS, retry_ms * MS, 180000 * MS);
     assert_int_equal(kms_set_start_pollers(f->set, on_primed, f), 0);
     assert_int_equal(f->primed, 0);
-    run_until(f, &f->primed, 1, 3000);
+    ts_run_until(f->base, &f->primed, 1, 3000);
     assert_int_equal(f->primed, 1);
 }
 
@@ -609,19 +596,15 @@ static void test_v2_poller_and_rotation(void **state) {
     assert_false(f->pl.bad_decrypt_request);
     assert_true(str_eq(buf_str(&plain), STR_LIT("v2 secret")));
     /* healthy Status with the same key_id only extends: no new Encrypt */
-    run_until(f, &f->pl.status, 6, 2000);
+    ts_run_until(f->base, &f->pl.status, 6, 2000);
     assert_int_equal(f->pl.v2_encrypt, 2);
     /* key_id rotation: exactly one new seed per provider */
     snprintf(f->pl.key_id, sizeof(f->pl.key_id), "kek-2");
-    run_until(f, &f->pl.v2_encrypt, 4, 2000);
-    run_for(f, 250);
+    ts_run_until(f->base, &f->pl.v2_encrypt, 4, 2000);
+    ts_run_for(f->base, 250);
     assert_int_equal(f->pl.v2_encrypt, 4);
     assert_int_equal(kms_set_encrypt_calls() - encrypts, 4);
-    char *text = NULL;
-    size_t len = 0;
-    FILE *mem = open_memstream(&text, &len);
-    kms_set_describe(f->set, mem);
-    fclose(mem);
+    char *text = describe(f);
     assert_non_null(strstr(text, "api v2"));
     assert_non_null(strstr(text, "healthy, key_id sha256:"));
     assert_non_null(strstr(text, "write state valid for"));
@@ -640,21 +623,17 @@ static void test_v2_status_failure_retries(void **state) {
     buf stored = BUF_INIT;
     ep_err err;
     assert_int_equal(encrypt(f, f->p[0], "x", &stored, &err), EP_ERR_UNAVAILABLE);
-    run_until(f, &f->pl.status, 4, 1000);
+    ts_run_until(f->base, &f->pl.status, 4, 1000);
     assert_true(f->pl.status >= 4); /* the retry interval, not the healthy one */
-    char *text = NULL;
-    size_t len = 0;
-    FILE *mem = open_memstream(&text, &len);
-    kms_set_describe(f->set, mem);
-    fclose(mem);
+    char *text = describe(f);
     assert_non_null(strstr(text, "unhealthy: got unexpected healthz status: sick"));
     free(text);
     /* recovery: the next retry installs a state, then the 10 s interval applies */
     f->pl.healthz = "ok";
-    run_until(f, &f->pl.v2_encrypt, 1, 1000);
+    ts_run_until(f->base, &f->pl.v2_encrypt, 1, 1000);
     assert_int_equal(f->pl.v2_encrypt, 1);
     int status = f->pl.status;
-    run_for(f, 300);
+    ts_run_for(f->base, 300);
     assert_int_equal(f->pl.status, status);
     assert_int_equal(encrypt(f, f->p[0], "x", &stored, &err), 0);
     buf_free(&stored);
@@ -670,11 +649,11 @@ static void test_v2_encrypt_failure_retries(void **state) {
     ep_err err;
     assert_int_equal(encrypt(f, f->p[0], "x", &stored, &err), EP_ERR_UNAVAILABLE);
     int status = f->pl.status;
-    run_until(f, &f->pl.status, status + 2, 1000);
+    ts_run_until(f->base, &f->pl.status, status + 2, 1000);
     assert_true(f->pl.status >= status + 2);
     f->pl.fail = NULL;
-    run_until(f, &f->pl.v2_encrypt, 1, 1000);
-    run_for(f, 50); /* the answer reaches the poller */
+    ts_run_until(f->base, &f->pl.v2_encrypt, 1, 1000);
+    ts_run_for(f->base, 50); /* the answer reaches the poller */
     assert_int_equal(encrypt(f, f->p[0], "x", &stored, &err), 0);
     buf_free(&stored);
 }
