@@ -36,6 +36,21 @@ def new_proxy(d, urls, config, workers=2, cls=harness.Proxy):
     return p
 
 
+def new_workdir():
+    """A fresh directory with an EncryptionConfiguration: (dir, config path, its aesgcm key)."""
+    d = harness.workdir()
+    config = os.path.join(d, "encryption-config.yaml")
+    return d, config, harness.write_encryption_config(config)
+
+
+def new_etcd(d):
+    """A started single-member etcd in |d|, its log kept for failure reports."""
+    etcd = harness.Etcd(d)
+    suite.logs.append(etcd.log)
+    etcd.start()
+    return etcd
+
+
 def skip(what, why):
     print("SKIP  %s (%s)" % (what, why), flush=True)
 
@@ -102,17 +117,21 @@ def raw_value(etcd_url, key, *extra):
     return base64.b64decode(kvs[0].get("value", "")) if kvs else None
 
 
+def aesgcm_plain(key, etcd_key, stored):
+    """|stored| opened as kube-apiserver's aesgcm with |key|, or why it could not be."""
+    try:
+        return harness.aesgcm_open(key, etcd_key, stored)
+    except Exception as e:  # noqa: BLE001
+        return repr(e)
+
+
 # ---------------------------------------------------------------------------------------------
 # 1a. a dead endpoint first
 
 
 def dead_first_endpoint():
-    d = harness.workdir()
-    config = os.path.join(d, "encryption-config.yaml")
-    key = harness.write_encryption_config(config)
-    etcd = harness.Etcd(d)
-    suite.logs.append(etcd.log)
-    etcd.start()
+    d, config, key = new_workdir()
+    etcd = new_etcd(d)
     dead = harness.free_port()  # nobody listens there
     proxy = new_proxy(d, ["http://127.0.0.1:%d" % dead, etcd.url], config)
     started = time.monotonic()
@@ -133,10 +152,7 @@ def dead_first_endpoint():
     suite.check("and the next 10 put/get pairs all succeed", all(r is True for r in results),
                 [r for r in results if r is not True][:2])
     raw = raw_value(etcd.url, "/registry/secrets/failover/k3")
-    try:
-        plain = harness.aesgcm_open(key, "/registry/secrets/failover/k3", raw)
-    except Exception as e:  # noqa: BLE001
-        plain = repr(e)
+    plain = aesgcm_plain(key, "/registry/secrets/failover/k3", raw)
     suite.check("values stored through the failover are encrypted (aesgcm, AAD = key)",
                 plain == (value + "3").encode(), plain)
     suite.check("proxy still running", proxy.alive())
@@ -220,9 +236,7 @@ def leader_killed(members, proxy):
 
 def cluster_member_killed():
     t0 = time.monotonic()
-    d = harness.workdir()
-    config = os.path.join(d, "encryption-config.yaml")
-    key = harness.write_encryption_config(config)
+    d, config, key = new_workdir()
     members = []
 
     def initial_cluster():
@@ -291,10 +305,7 @@ def cluster_member_killed():
     if ctl_ok(res):
         kvs = json.loads(res.stdout).get("kvs") or []
         stored = base64.b64decode(kvs[0]["value"]) if kvs else None
-    try:
-        plain = harness.aesgcm_open(key, "/registry/secrets/cluster/k0", stored)
-    except Exception as e:  # noqa: BLE001
-        plain = repr(e)
+    plain = aesgcm_plain(key, "/registry/secrets/cluster/k0", stored)
     suite.check("the restarted member rejoined and holds the value encrypted",
                 plain == values["/registry/secrets/cluster/k0"].encode(), plain)
     suite.check("put/get through the proxy after the restart",
@@ -357,12 +368,8 @@ def read_all(h):
 
 
 def slow_reader():
-    d = harness.workdir()
-    config = os.path.join(d, "encryption-config.yaml")
-    key = harness.write_encryption_config(config)
-    etcd = harness.Etcd(d)
-    suite.logs.append(etcd.log)
-    etcd.start()
+    d, config, key = new_workdir()
+    etcd = new_etcd(d)
     proxy = new_proxy(d, [etcd.url], config, workers=1)
     proxy.start()
     ch = grpc.insecure_channel("127.0.0.1:%d" % proxy.port)
@@ -449,12 +456,8 @@ def slow_reader():
 
 
 def auth_metadata():
-    d = harness.workdir()
-    config = os.path.join(d, "encryption-config.yaml")
-    key = harness.write_encryption_config(config)
-    etcd = harness.Etcd(d)
-    suite.logs.append(etcd.log)
-    etcd.start()
+    d, config, key = new_workdir()
+    etcd = new_etcd(d)
     proxy = None
     if not harness.DIRECT:
         proxy = new_proxy(d, [etcd.url], config)
@@ -484,10 +487,7 @@ def auth_metadata():
                 ctl_ok(res) and res.stdout.rstrip(b"\n") == v.encode(), ctl_err(res))
     raw = raw_value(etcd.url, k, "--user", root)
     if proxy:
-        try:
-            plain = harness.aesgcm_open(key, k, raw)
-        except Exception as e:  # noqa: BLE001
-            plain = repr(e)
+        plain = aesgcm_plain(key, k, raw)
         suite.check("stored encrypted in etcd", plain == v.encode(), plain)
     res = harness.etcdctl(url, "get", k)
     suite.check("get without credentials is refused with etcd's error (user name is empty)",
@@ -565,12 +565,8 @@ def ipv6_listener():
     except OSError as e:
         skip("IPv6 listener", "cannot bind ::1: %s" % e)
         return
-    d = harness.workdir()
-    config = os.path.join(d, "encryption-config.yaml")
-    key = harness.write_encryption_config(config)
-    etcd = harness.Etcd(d)
-    suite.logs.append(etcd.log)
-    etcd.start()
+    d, config, key = new_workdir()
+    etcd = new_etcd(d)
     proxy = new_proxy(d, [etcd.url], config, cls=V6Proxy)
     proxy.start()
     k, v = "/registry/secrets/v6/k", harness.marker()
