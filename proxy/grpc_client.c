@@ -6,7 +6,9 @@
  * h2_body queue references; the block is wiped and freed once nghttp2 moved it to the socket, so
  * a DEK or seed in a request never lingers in freed memory. The call then sits on |waiting|
  * until a connection is up, or goes straight to |active| with a stream. Response HEADERS, DATA
- * and trailers accumulate in the call; the stream's close delivers the result.
+ * and trailers accumulate in the call; the stream's close delivers the result. The connection
+ * (connect on demand, backoff, GOAWAY draining) is an h2_client in lazy mode: it reconnects only
+ * while calls wait.
  *
  * Invariants: a call is on exactly one list (waiting or active) until freed. A call whose result
  * was delivered early (deadline, cancel, malformed response) is "detached" (cb == NULL) but
@@ -31,11 +33,11 @@
 #include "common/buf.h"
 #include "proxy/grpc.h"
 #include "proxy/grpc_frame.h"
+#include "proxy/h2_client.h"
 #include "proxy/h2_session.h"
 
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 1000
-#define CONNECT_TIMEOUT_S 3
 #define DEFAULT_MAX_RESPONSE (4u << 20)
 
 typedef enum { CALL_WAITING, CALL_ACTIVE } call_state;
@@ -71,18 +73,13 @@ struct grpc_channel {
     char *authority;
     char *log_name;
     size_t max_response;
-    h2_session *live;
-    bool live_up;
-    h2_session *draining; /* sent GOAWAY: finishes its calls, takes no new ones */
+    h2_client_target target;
+    h2_client *conn; /* lazy: connects while calls wait */
     uint64_t connections;
-    int backoff_ms;
     bool reported_down; /* the last connect failure was logged; log the next success */
-    struct event *retry_ev;
     struct call_list waiting;
     struct call_list active;
 };
-
-static const h2_session_handler handler;
 
 static const h2_settings client_settings = {
     .max_concurrent_streams = 0,
@@ -195,16 +192,17 @@ static int submit(grpc_channel *ch, grpc_call *c) {
         make_nv("user-agent", "etcd-encrypt-proxy"),
     };
     nghttp2_data_provider prd = h2_body_provider(&c->body);
-    int32_t id = nghttp2_submit_request(h2_session_ng(ch->live), NULL, nva,
+    h2_session *live = h2_client_live(ch->conn);
+    int32_t id = nghttp2_submit_request(h2_session_ng(live), NULL, nva,
                                         sizeof(nva) / sizeof(nva[0]), &prd, c);
     if (id < 0) {
         return id;
     }
     c->state = CALL_ACTIVE;
-    c->sess = ch->live;
+    c->sess = live;
     c->stream_id = id;
     TAILQ_INSERT_TAIL(&ch->active, c, link);
-    h2_session_schedule_send(ch->live);
+    h2_session_schedule_send(live);
     return 0;
 }
 
@@ -217,7 +215,7 @@ static void submit_waiting(grpc_channel *ch) {
         int rv = submit(ch, c);
         if (rv != 0) {
             TAILQ_INSERT_HEAD(&ch->waiting, c, link);
-            h2_session_close(ch->live, nghttp2_strerror(rv));
+            h2_session_close(h2_client_live(ch->conn), nghttp2_strerror(rv));
         }
     }
 }
@@ -260,74 +258,14 @@ static int frame_request(grpc_call *c) {
 
 /* ---- connections ---- */
 
-/* Fills |sa| for |path| ('@': abstract). Returns the address length, or 0 when too long. */
-static socklen_t unix_address(const char *path, struct sockaddr_un *sa) {
-    size_t len = strlen(path);
-    memset(sa, 0, sizeof(*sa));
-    sa->sun_family = AF_UNIX;
-    if (len == 0 || len >= sizeof(sa->sun_path)) {
-        return 0;
-    }
-    memcpy(sa->sun_path, path, len);
-    if (path[0] == '@') {
-        sa->sun_path[0] = '\0'; /* abstract names are not NUL-terminated: length counts */
-        return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len);
-    }
-    return (socklen_t)sizeof(*sa);
-}
-
-static void schedule_retry(grpc_channel *ch) {
-    struct timeval tv = {ch->backoff_ms / 1000, (ch->backoff_ms % 1000) * 1000};
-    event_add(ch->retry_ev, &tv);
-    ch->backoff_ms = ch->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : ch->backoff_ms * 2;
-}
-
-/* Starts connecting. Returns 0 (the outcome arrives as on_connected / on_close) or
- * EP_ERR_NOMEM. */
-static int connect_plugin(grpc_channel *ch) {
-    struct sockaddr_un sa;
-    socklen_t salen = unix_address(ch->socket_path, &sa);
-    ep_err err;
-    struct bufferevent *bev =
-        bufferevent_socket_new(ch->base, -1, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
-    if (!bev) {
-        return EP_ERR_NOMEM;
-    }
-    struct timeval timeout = {CONNECT_TIMEOUT_S, 0};
-    bufferevent_set_timeouts(bev, &timeout, &timeout);
-    if (h2_session_new(&ch->live, bev, H2_ROLE_CLIENT, false, false, &client_settings, &handler, ch,
-                       &err) != 0) {
-        ch->live = NULL;
-        return EP_ERR_NOMEM;
-    }
-    ch->live_up = false;
-    if (bufferevent_socket_connect(bev, (struct sockaddr *)&sa, (int)salen) != 0) {
-        h2_session_close(ch->live, "cannot connect (no such socket?)");
-    }
-    return 0;
-}
-
-static void ensure_connecting(grpc_channel *ch) {
-    if (ch->live || event_pending(ch->retry_ev, EV_TIMEOUT, NULL)) {
-        return;
-    }
-    if (connect_plugin(ch) != 0) {
-        schedule_retry(ch);
-    }
-}
-
-static void on_retry(evutil_socket_t fd, short what, void *arg) {
+static bool wants_connection(h2_client *conn, void *arg) {
     grpc_channel *ch = arg;
-    if (!TAILQ_EMPTY(&ch->waiting)) {
-        ensure_connecting(ch);
-    }
+    return !TAILQ_EMPTY(&ch->waiting);
 }
 
-static void on_connected(h2_session *s, void *arg) {
+static void on_up(h2_client *conn, void *arg) {
     grpc_channel *ch = arg;
-    ch->live_up = true;
     ch->connections++;
-    ch->backoff_ms = BACKOFF_MIN_MS;
     if (ch->reported_down) {
         log_event(ch, "connected", NULL);
         ch->reported_down = false;
@@ -366,37 +304,14 @@ static void fail_calls_on(grpc_channel *ch, h2_session *s, const char *reason) {
     }
 }
 
-static void on_close(h2_session *s, const char *reason, void *arg) {
+static void on_down(h2_client *conn, h2_session *s, h2_client_close_kind kind, const char *reason,
+                    void *arg) {
     grpc_channel *ch = arg;
-    if (s == ch->draining) {
-        ch->draining = NULL;
-    } else if (s == ch->live) {
-        bool was_up = ch->live_up;
-        ch->live = NULL;
-        ch->live_up = false;
-        if (was_up || !ch->reported_down) {
-            log_event(ch, was_up ? "connection lost" : "cannot connect", reason);
-            ch->reported_down = true;
-        }
+    if (kind == H2_CLIENT_LOST || (kind == H2_CLIENT_CONNECT_FAILED && !ch->reported_down)) {
+        log_event(ch, kind == H2_CLIENT_LOST ? "connection lost" : "cannot connect", reason);
+        ch->reported_down = true;
     }
     fail_calls_on(ch, s, reason);
-    h2_session_free(s);
-    if (!ch->live && !TAILQ_EMPTY(&ch->waiting) && !event_pending(ch->retry_ev, EV_TIMEOUT, NULL)) {
-        schedule_retry(ch);
-    }
-}
-
-static void on_goaway(grpc_channel *ch, h2_session *s) {
-    if (s != ch->live) {
-        return;
-    }
-    if (ch->draining) {
-        h2_session_close(ch->draining, "replaced");
-    }
-    ch->draining = s;
-    ch->live = NULL;
-    ch->live_up = false;
-    h2_session_shutdown(s); /* close once its last stream ended */
 }
 
 /* ---- responses ---- */
@@ -542,21 +457,17 @@ static void on_headers_not_sent(h2_session *s, int32_t stream_id, void *arg) {
     }
 }
 
-static int on_frame(h2_session *s, const nghttp2_frame *frame, void *sd, void *arg) {
-    if (frame->hd.type == NGHTTP2_GOAWAY) {
-        on_goaway(arg, s);
-    }
-    return 0;
-}
-
-static const h2_session_handler handler = {
-    .on_header = on_header,
-    .on_frame = on_frame,
-    .on_data = on_data,
-    .on_headers_not_sent = on_headers_not_sent,
-    .on_stream_close = on_stream_close,
-    .on_connected = on_connected,
-    .on_close = on_close,
+static const h2_client_handler handler = {
+    .streams =
+        {
+            .on_header = on_header,
+            .on_data = on_data,
+            .on_headers_not_sent = on_headers_not_sent,
+            .on_stream_close = on_stream_close,
+        },
+    .on_up = on_up,
+    .on_down = on_down,
+    .wants_connection = wants_connection,
 };
 
 /* ---- public ---- */
@@ -564,7 +475,7 @@ static const h2_session_handler handler = {
 int grpc_channel_new(struct event_base *base, const grpc_channel_config *cfg, grpc_channel **out,
                      ep_err *err) {
     struct sockaddr_un sa;
-    if (unix_address(cfg->socket_path, &sa) == 0) {
+    if (h2_client_unix_address(cfg->socket_path, &sa) == 0) {
         return ep_err_set(err, EP_ERR_CONFIG, "unix socket path \"%s\" is empty or too long",
                           cfg->socket_path);
     }
@@ -574,16 +485,27 @@ int grpc_channel_new(struct event_base *base, const grpc_channel_config *cfg, gr
     }
     ch->base = base;
     ch->max_response = cfg->max_response ? cfg->max_response : DEFAULT_MAX_RESPONSE;
-    ch->backoff_ms = BACKOFF_MIN_MS;
     TAILQ_INIT(&ch->waiting);
     TAILQ_INIT(&ch->active);
     ch->socket_path = ep_strdup(cfg->socket_path);
     ch->authority = ep_strdup(cfg->authority);
     ch->log_name = ep_strdup(cfg->log_name);
-    ch->retry_ev = evtimer_new(base, on_retry, ch);
-    if (!ch->socket_path || !ch->authority || !ch->log_name || !ch->retry_ev) {
+    if (!ch->socket_path || !ch->authority || !ch->log_name) {
         grpc_channel_free(ch);
         return ep_err_set(err, EP_ERR_NOMEM, "out of memory");
+    }
+    ch->target.unix_path = ch->socket_path;
+    h2_client_config cc = {
+        .targets = &ch->target,
+        .n_targets = 1,
+        .settings = &client_settings,
+        .backoff_min_ms = BACKOFF_MIN_MS,
+        .backoff_max_ms = BACKOFF_MAX_MS,
+        .shutdown_on_goaway = true,
+    };
+    if (h2_client_new(&ch->conn, base, &cc, &handler, ch, err) != 0) {
+        grpc_channel_free(ch);
+        return EP_ERR_NOMEM;
     }
     *out = ch;
     return 0;
@@ -594,17 +516,13 @@ void grpc_channel_free(grpc_channel *ch) {
         return;
     }
     /* nghttp2_session_del reports nothing, so the calls are freed below, after it let go. */
-    h2_session_free(ch->live);
-    h2_session_free(ch->draining);
+    h2_client_free(ch->conn);
     grpc_call *c;
     while ((c = TAILQ_FIRST(&ch->waiting)) != NULL) {
         call_unlink_free(c);
     }
     while ((c = TAILQ_FIRST(&ch->active)) != NULL) {
         call_unlink_free(c);
-    }
-    if (ch->retry_ev) {
-        event_free(ch->retry_ev);
     }
     ep_free(ch->socket_path);
     ep_free(ch->authority);
@@ -613,7 +531,8 @@ void grpc_channel_free(grpc_channel *ch) {
 }
 
 bool grpc_channel_is_up(const grpc_channel *ch) {
-    return ch->live && ch->live_up && h2_session_is_up(ch->live);
+    h2_session *live = h2_client_live(ch->conn);
+    return live && h2_session_is_up(live);
 }
 
 uint64_t grpc_channel_connection_id(const grpc_channel *ch) {
@@ -660,7 +579,7 @@ int grpc_call_start(grpc_channel *ch, const char *path, str request, uint64_t ti
     if (grpc_channel_is_up(ch)) {
         submit_waiting(ch);
     } else {
-        ensure_connecting(ch);
+        h2_client_connect(ch->conn);
     }
     return 0;
 }

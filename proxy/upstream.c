@@ -1,10 +1,10 @@
 /*
  * upstream: connection management towards etcd (see the header for the policy).
  *
- * State: at most one |live| session that takes new streams, plus at most one |draining| session
- * that received GOAWAY and finishes the streams it already has. Streams are on |waiting| (no
- * usable session yet; a 50 ms timer expires them) or on |active| (submitted; st->up says on
- * which session). When a session dies every active stream on it ends with UNAVAILABLE.
+ * The connection itself (endpoints, failover, backoff, GOAWAY draining) is an h2_client in
+ * eager mode; this file keeps the etcd stream bookkeeping. Streams are on |waiting| (no usable
+ * session yet; a 50 ms timer expires them) or on |active| (submitted; st->up says on which
+ * session). When a session dies (on_down) every active stream on it ends with UNAVAILABLE.
  *
  * Waiting is only worth it while a connection is on its way (first connect, reconnect after a
  * GOAWAY or a lost connection). Once every endpoint has refused in a row, the upstream is
@@ -14,43 +14,29 @@
  */
 #include "proxy/upstream.h"
 
-#include <netdb.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/socket.h>
-
-#include <event2/bufferevent_ssl.h>
 
 #include "common/alloc.h"
 #include "proxy/grpc.h"
-#include "proxy/tls.h"
+#include "proxy/h2_client.h"
 
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
-#define CONNECT_TIMEOUT_S 3
 #define MAX_WAIT_MS 5000
 #define WAIT_TICK_MS 50
 
 struct upstream {
     struct event_base *base;
     upstream_config cfg;
-    h2_session *live;
-    h2_session *draining;
-    bool live_up; /* |live| finished its handshake */
-    size_t endpoint;
-    int backoff_ms;
-    size_t failed_in_row; /* connect attempts that failed since the last success */
-    bool unreachable;     /* every endpoint failed in a row: don't queue new streams */
-    struct event *retry_ev;
+    h2_client_target *targets; /* cfg.endpoints as h2_client sees them */
+    h2_client *conn;
+    bool unreachable; /* every endpoint failed in a row: don't queue new streams */
     struct event *wait_ev;
     struct proxy_stream_list waiting;
     struct proxy_stream_list active;
     size_t n_streams;
 };
-
-static const h2_session_handler handler;
 
 static const h2_settings client_settings = {
     .max_concurrent_streams = 0,
@@ -61,7 +47,7 @@ static const h2_settings client_settings = {
 
 static void log_event(const upstream *u, const char *what, const char *detail) {
     fprintf(stderr, "etcd-encrypt-proxy: worker %d: etcd %s: %s%s%s\n", u->cfg.worker_id,
-            u->cfg.endpoints[u->endpoint].authority, what, detail ? ": " : "",
+            u->cfg.endpoints[h2_client_target_index(u->conn)].authority, what, detail ? ": " : "",
             detail ? detail : "");
 }
 
@@ -139,7 +125,8 @@ void upstream_endpoint_free(upstream_endpoint *ep) {
 static void submit(upstream *u, proxy_stream *st) {
     ep_err err = {{0}};
     st->up_state = UP_NONE;
-    if (proxy_stream_submit_upstream(st, u->live, &u->cfg.endpoints[u->endpoint], &err) != 0) {
+    const upstream_endpoint *ep = &u->cfg.endpoints[h2_client_target_index(u->conn)];
+    if (proxy_stream_submit_upstream(st, h2_client_live(u->conn), ep, &err) != 0) {
         u->n_streams--;
         st->up_state = UP_DONE;
         proxy_stream_fail(st, GRPC_STATUS_UNAVAILABLE, err.msg);
@@ -202,7 +189,7 @@ static void fail_waiting(upstream *u, const char *reason) {
 
 void upstream_start(upstream *u, proxy_stream *st) {
     u->n_streams++;
-    if (u->live && u->live_up) {
+    if (h2_client_live(u->conn)) {
         submit(u, st);
         return;
     }
@@ -235,138 +222,35 @@ size_t upstream_stream_count(const upstream *u) {
 
 /* ---- connections ---- */
 
-static void schedule_retry(upstream *u) {
-    struct timeval tv = {u->backoff_ms / 1000, (u->backoff_ms % 1000) * 1000};
-    event_add(u->retry_ev, &tv);
-    u->backoff_ms = u->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : u->backoff_ms * 2;
-}
-
-/* Resolves |ep| (numeric addresses without a lookup). Returns 0 or EP_ERR_UNAVAILABLE. */
-static int resolve(const upstream_endpoint *ep, struct sockaddr_storage *ss, socklen_t *len) {
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
-    struct addrinfo *res = NULL;
-    if (getaddrinfo(ep->host, ep->port, &hints, &res) != 0 || !res) {
-        return EP_ERR_UNAVAILABLE;
-    }
-    memcpy(ss, res->ai_addr, res->ai_addrlen);
-    *len = res->ai_addrlen;
-    freeaddrinfo(res);
-    return 0;
-}
-
-static struct bufferevent *new_bev(upstream *u, const upstream_endpoint *ep) {
-    int opts = BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS;
-    if (!ep->tls) {
-        return bufferevent_socket_new(u->base, -1, opts);
-    }
-    SSL *ssl = u->cfg.tls ? proxy_tls_client_ssl(u->cfg.tls, ep->host) : NULL;
-    if (!ssl) {
-        return NULL;
-    }
-    struct bufferevent *bev =
-        bufferevent_openssl_socket_new(u->base, -1, ssl, BUFFEREVENT_SSL_CONNECTING, opts);
-    if (!bev) {
-        SSL_free(ssl);
-    }
-    return bev;
-}
-
-/* Starts connecting to the current endpoint. Returns 0 or a negative EP_ERR_*. */
-static int connect_endpoint(upstream *u) {
-    const upstream_endpoint *ep = &u->cfg.endpoints[u->endpoint];
-    struct sockaddr_storage ss;
-    socklen_t len;
-    ep_err err;
-    if (resolve(ep, &ss, &len) != 0) {
-        log_event(u, "cannot resolve", ep->host);
-        return EP_ERR_UNAVAILABLE;
-    }
-    struct bufferevent *bev = new_bev(u, ep);
-    if (!bev) {
-        return EP_ERR_NOMEM;
-    }
-    struct timeval timeout = {CONNECT_TIMEOUT_S, 0};
-    bufferevent_set_timeouts(bev, &timeout, &timeout);
-    if (h2_session_new(&u->live, bev, H2_ROLE_CLIENT, false, ep->tls, &client_settings, &handler, u,
-                       &err) != 0) {
-        return EP_ERR_NOMEM;
-    }
-    u->live_up = false;
-    if (bufferevent_socket_connect(bev, (struct sockaddr *)&ss, (int)len) != 0) {
-        /* The session reports the failure through on_close. */
-        h2_session_close(u->live, "connect failed");
-    }
-    return 0;
-}
-
-/* A connect attempt failed: the next endpoint is tried at once until each has failed in a row;
- * then waiting streams end and the retries back off. */
-static void connect_failed(upstream *u, const char *reason) {
-    u->endpoint = (u->endpoint + 1) % u->cfg.n_endpoints;
-    if (++u->failed_in_row < u->cfg.n_endpoints) {
-        struct timeval now = {0, 0};
-        event_add(u->retry_ev, &now);
-        return;
-    }
-    u->unreachable = true;
-    fail_waiting(u, reason);
-    schedule_retry(u);
-}
-
-static void retry(evutil_socket_t fd, short what, void *arg) {
+static void on_up(h2_client *c, void *arg) {
     upstream *u = arg;
-    if (u->live) {
-        return;
-    }
-    if (connect_endpoint(u) != 0) {
-        connect_failed(u, "cannot connect");
-    }
-}
-
-static void on_connected(h2_session *s, void *arg) {
-    upstream *u = arg;
-    u->live_up = true;
-    u->backoff_ms = BACKOFF_MIN_MS;
-    u->failed_in_row = 0;
     u->unreachable = false;
     log_event(u, "connected", NULL);
     submit_waiting(u);
 }
 
-static void on_close(h2_session *s, const char *reason, void *arg) {
+static void on_down(h2_client *c, h2_session *s, h2_client_close_kind kind, const char *reason,
+                    void *arg) {
     upstream *u = arg;
-    if (s == u->draining) {
-        u->draining = NULL;
-    } else {
-        bool was_up = u->live_up;
-        u->live = NULL;
-        u->live_up = false;
-        log_event(u, was_up ? "connection lost" : "cannot connect", reason);
-        if (was_up) {
-            u->endpoint = (u->endpoint + 1) % u->cfg.n_endpoints;
-            schedule_retry(u);
-        } else {
-            connect_failed(u, reason);
-        }
+    if (kind != H2_CLIENT_DRAINED) {
+        log_event(u, kind == H2_CLIENT_LOST ? "connection lost" : "cannot connect", reason);
     }
     fail_streams_on(u, s, reason);
-    h2_session_free(s);
 }
 
-/* etcd is going away: finish what runs on |s|, take new streams on a fresh connection. */
-static void on_goaway(upstream *u, h2_session *s) {
-    if (s != u->live) {
-        return;
-    }
-    log_event(u, "GOAWAY received", NULL);
-    if (u->draining) {
-        h2_session_close(u->draining, "replaced");
-    }
-    u->draining = s;
-    u->live = NULL;
-    u->live_up = false;
-    u->endpoint = (u->endpoint + 1) % u->cfg.n_endpoints;
-    schedule_retry(u);
+static void on_goaway(h2_client *c, h2_session *s, void *arg) {
+    log_event(arg, "GOAWAY received", NULL);
+}
+
+/* Every endpoint refused in a row: stop queueing streams until a connection succeeds. */
+static void on_unreachable(h2_client *c, const char *reason, void *arg) {
+    upstream *u = arg;
+    u->unreachable = true;
+    fail_waiting(u, reason);
+}
+
+static void on_log(h2_client *c, const char *what, const char *detail, void *arg) {
+    log_event(arg, what, detail);
 }
 
 static int on_header(h2_session *s, const nghttp2_frame *frame, void *sd, str name, str value,
@@ -381,9 +265,6 @@ static int on_frame(h2_session *s, const nghttp2_frame *frame, void *sd, void *a
     switch (frame->hd.type) {
     case NGHTTP2_HEADERS:
         return sd ? proxy_stream_on_response_headers_end(sd, frame) : 0;
-    case NGHTTP2_GOAWAY:
-        on_goaway(arg, s);
-        return 0;
     default:
         return 0;
     }
@@ -425,14 +306,20 @@ static void on_headers_not_sent(h2_session *s, int32_t stream_id, void *arg) {
     }
 }
 
-static const h2_session_handler handler = {
-    .on_header = on_header,
-    .on_frame = on_frame,
-    .on_data = on_data,
-    .on_headers_not_sent = on_headers_not_sent,
-    .on_stream_close = on_stream_close,
-    .on_connected = on_connected,
-    .on_close = on_close,
+static const h2_client_handler handler = {
+    .streams =
+        {
+            .on_header = on_header,
+            .on_frame = on_frame,
+            .on_data = on_data,
+            .on_headers_not_sent = on_headers_not_sent,
+            .on_stream_close = on_stream_close,
+        },
+    .on_up = on_up,
+    .on_down = on_down,
+    .on_goaway = on_goaway,
+    .on_unreachable = on_unreachable,
+    .log = on_log,
 };
 
 int upstream_new(upstream **out, struct event_base *base, const upstream_config *cfg, ep_err *err) {
@@ -442,17 +329,31 @@ int upstream_new(upstream **out, struct event_base *base, const upstream_config 
     }
     u->base = base;
     u->cfg = *cfg;
-    u->backoff_ms = BACKOFF_MIN_MS;
     TAILQ_INIT(&u->waiting);
     TAILQ_INIT(&u->active);
-    u->retry_ev = evtimer_new(base, retry, u);
+    u->targets = ep_calloc(cfg->n_endpoints, sizeof(*u->targets));
     u->wait_ev = evtimer_new(base, expire_waiting, u);
-    if (!u->retry_ev || !u->wait_ev) {
+    if (!u->targets || !u->wait_ev) {
         upstream_free(u);
         return ep_err_set(err, EP_ERR_NOMEM, "out of memory");
     }
-    struct timeval now = {0, 0};
-    event_add(u->retry_ev, &now);
+    for (size_t i = 0; i < cfg->n_endpoints; i++) {
+        const upstream_endpoint *ep = &cfg->endpoints[i];
+        u->targets[i] = (h2_client_target){.host = ep->host, .port = ep->port, .tls = ep->tls};
+    }
+    h2_client_config cc = {
+        .targets = u->targets,
+        .n_targets = cfg->n_endpoints,
+        .tls = cfg->tls,
+        .settings = &client_settings,
+        .backoff_min_ms = BACKOFF_MIN_MS,
+        .backoff_max_ms = BACKOFF_MAX_MS,
+        .eager = true,
+    };
+    if (h2_client_new(&u->conn, base, &cc, &handler, u, err) != 0) {
+        upstream_free(u);
+        return EP_ERR_NOMEM;
+    }
     *out = u;
     return 0;
 }
@@ -470,13 +371,10 @@ void upstream_free(upstream *u) {
         TAILQ_REMOVE(&u->active, st, up_link);
         lose(u, st, "proxy shutting down");
     }
-    h2_session_free(u->live);
-    h2_session_free(u->draining);
-    if (u->retry_ev) {
-        event_free(u->retry_ev);
-    }
+    h2_client_free(u->conn);
     if (u->wait_ev) {
         event_free(u->wait_ev);
     }
+    ep_free(u->targets);
     ep_free(u);
 }

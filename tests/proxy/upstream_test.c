@@ -68,11 +68,40 @@ static void test_parse_alloc_failure(void **state) {
     assert_true(failures >= 4); /* trimmed copy, host, port, authority */
 }
 
+/* upstream_new cleans up after each allocation that fails (the endpoint copies, the client). */
+static void test_new_alloc_failure(void **state) {
+    struct event_base *base = event_base_new();
+    upstream_endpoint ep;
+    ep_err err = {{0}};
+    assert_int_equal(upstream_endpoint_parse("http://127.0.0.1:1", &ep, &err), 0);
+    upstream_config cfg = {.endpoints = &ep, .n_endpoints = 1, .worker_id = 0};
+    int failures = 0;
+    for (long n = 0; n < 10; n++) {
+        upstream *u = NULL;
+        ep_alloc_fail_after(n);
+        int rv = upstream_new(&u, base, &cfg, &err);
+        ep_alloc_fail_reset();
+        if (rv == 0) {
+            /* A refused connect: nothing waits, nothing leaks. */
+            event_base_loop(base, EVLOOP_NONBLOCK);
+            assert_int_equal(upstream_stream_count(u), 0);
+            upstream_free(u);
+            break;
+        }
+        assert_int_equal(rv, EP_ERR_NOMEM);
+        failures++;
+    }
+    assert_true(failures >= 3); /* upstream, targets, client */
+    upstream_endpoint_free(&ep);
+    event_base_free(base);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_parse_valid),
         cmocka_unit_test(test_parse_invalid),
         cmocka_unit_test(test_parse_alloc_failure),
+        cmocka_unit_test(test_new_alloc_failure),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
