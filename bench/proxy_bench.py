@@ -125,8 +125,7 @@ def reclaim(port):
 
 def start_plugin(d):
     """The reference KMS plugin with a fresh key file; returns its socket path."""
-    plugin = os.path.join(os.path.dirname(os.path.abspath(harness.binary())),
-                          "etcd-encrypt-kms-plugin")
+    plugin = harness.kms_plugin_binary()
     key, sock = os.path.join(d, "kek"), os.path.join(d, "kms.sock")
     with open(key, "wb") as f:
         f.write(os.urandom(32))

@@ -374,6 +374,22 @@ def binary_problem(subcommand="serve"):
     return None
 
 
+def kms_plugin_binary():
+    """The reference KMS plugin: $EP_KMS_PLUGIN, else the one built beside the proxy."""
+    return os.environ.get("EP_KMS_PLUGIN") or os.path.join(
+        os.path.dirname(os.path.abspath(binary())), "etcd-encrypt-kms-plugin")
+
+
+def require_proxy_and_plugin(suite):
+    """Ends |suite| with a failure (not a skip) when the proxy or the plugin is not built."""
+    problem = binary_problem("serve")
+    if problem or not os.access(kms_plugin_binary(), os.X_OK):
+        suite.check("proxy and reference plugin are built", False,
+                    problem or kms_plugin_binary())
+        suite.finish()
+    return kms_plugin_binary()
+
+
 def cli(subcommand, config, etcd_key, data):
     """Runs `etcd-encrypt-proxy encrypt|decrypt`. Returns (exit code, stdout bytes, stderr)."""
     res = subprocess.run([binary(), subcommand, "--encryption-provider-config", config,

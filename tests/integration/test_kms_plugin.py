@@ -29,10 +29,7 @@ SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 
 
 def plugin_binary():
-    p = os.environ.get("EP_KMS_PLUGIN")
-    if p:
-        return p
-    return os.path.join(os.environ.get("EP_BUILD_DIR", "build"), "etcd-encrypt-kms-plugin")
+    return h.kms_plugin_binary()
 
 
 def fields(msg):

@@ -30,12 +30,7 @@ import kmsfake  # noqa: E402
 
 etcd3 = harness.import_etcd3()
 suite = harness.Suite("kms reference plugin")
-problem = harness.binary_problem("serve")
-PLUGIN = os.environ.get("EP_KMS_PLUGIN") or os.path.join(
-    os.path.dirname(harness.binary()), "etcd-encrypt-kms-plugin")
-if problem or not os.access(PLUGIN, os.X_OK):
-    suite.check("proxy and reference plugin are built", False, problem or PLUGIN)
-    suite.finish()
+PLUGIN = harness.require_proxy_and_plugin(suite)
 
 work = harness.workdir("ep-kmsref")
 etcd = harness.Etcd(work).start()
