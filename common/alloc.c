@@ -4,6 +4,7 @@
 #include <string.h>
 
 static long fail_countdown = -1;
+static void (*free_hook)(void *p);
 
 static int should_fail(void) {
     if (fail_countdown < 0) {
@@ -37,7 +38,14 @@ char *ep_strndup(const char *s, size_t n) {
 }
 
 void ep_free(void *p) {
+    if (free_hook != NULL && p != NULL) {
+        free_hook(p);
+    }
     free(p);
+}
+
+void ep_alloc_set_free_hook(void (*hook)(void *p)) {
+    free_hook = hook;
 }
 
 void ep_alloc_fail_after(long n) {

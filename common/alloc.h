@@ -21,4 +21,8 @@ void ep_free(void *p);
 void ep_alloc_fail_after(long n);
 void ep_alloc_fail_reset(void);
 
+/* Test hook: |hook| sees every block just before ep_free releases it (NULL: none). Tests use
+ * it to check that blocks which held secrets are wiped when freed. Not thread-safe. */
+void ep_alloc_set_free_hook(void (*hook)(void *p));
+
 #endif

@@ -6,6 +6,9 @@ static const char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuv
 
 int base64_encode(str in, buf *out) {
     size_t olen = (in.len + 2) / 3 * 4;
+    if (olen == 0) {
+        return EP_OK; /* |out| may have no block yet: no pointer arithmetic on NULL */
+    }
     int rv = buf_reserve(out, olen);
     if (rv != EP_OK) {
         return rv;

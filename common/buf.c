@@ -18,9 +18,16 @@ int buf_reserve(buf *b, size_t extra) {
     while (cap < need) {
         cap *= 2;
     }
-    uint8_t *data = ep_realloc(b->data, cap);
+    /* Not realloc: the old block may hold plaintext or key material, and realloc would free
+     * it unwiped whenever it moves the data. */
+    uint8_t *data = ep_malloc(cap);
     if (data == NULL) {
         return EP_ERR_NOMEM;
+    }
+    if (b->data != NULL) {
+        memcpy(data, b->data, b->len);
+        explicit_bzero(b->data, b->cap);
+        ep_free(b->data);
     }
     b->data = data;
     b->cap = cap;

@@ -19,7 +19,9 @@ typedef struct {
 #define BUF_INIT                                                                                   \
     { NULL, 0, 0 }
 
-/* Ensures room for |extra| more bytes. Returns 0 or EP_ERR_NOMEM (buffer unchanged). */
+/* Ensures room for |extra| more bytes (capacity doubles, so it stays under twice what is asked
+ * for). A move to a larger block wipes the old one, since any buf may hold plaintext or keys.
+ * Returns 0 or EP_ERR_NOMEM (buffer unchanged). */
 int buf_reserve(buf *b, size_t extra);
 
 /* Appends |n| bytes. Returns 0 or EP_ERR_NOMEM (buffer unchanged). */

@@ -69,6 +69,13 @@ int pbwire_next(str *in, pbwire_field *field, ep_err *err);
  * |field->fault| PBWIRE_FAULT_EOF, _OVERFLOW or _WIRE_TYPE; |*in| is then unchanged. */
 int pbwire_scan(str *in, pbwire_field *field);
 
+/* An int32 or enum field's value as Go's generated code decodes it from |varint|: the low 32
+ * bits, two's complement (a decoder that compared all 64 bits would disagree with etcd about
+ * e.g. 2^32 + 3). Never fails. */
+static inline int32_t pbwire_int32(uint64_t varint) {
+    return (int32_t)(uint32_t)varint;
+}
+
 /* Bytes the minimal varint encoding of |value| takes (1..10). Never fails. */
 size_t pbwire_varint_len(uint64_t value);
 

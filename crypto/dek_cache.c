@@ -263,8 +263,12 @@ static crypto_dek_entry *entry_new(uint64_t hash, str key, str value, crypto_aes
     e->aead = aead;
     e->key_len = key.len;
     e->value_len = value.len;
-    memcpy(e->data, key.ptr, key.len);
-    memcpy(e->data + key.len, value.ptr, value.len);
+    if (key.len > 0) { /* an empty view may be NULL, which memcpy must not see */
+        memcpy(e->data, key.ptr, key.len);
+    }
+    if (value.len > 0) {
+        memcpy(e->data + key.len, value.ptr, value.len);
+    }
     return e;
 }
 

@@ -16,10 +16,19 @@
  *
  * Invariants: a recorded call never changes after it is settled; pending sets belong to one
  * thread at a time, providers to all threads; every DEK/seed copy is zeroized when dropped.
+ *
+ * Replaced v2 write states are freed at once, without a lock on the read path: every v2
+ * transform runs between reader_enter and reader_leave, which count it in one of two counters
+ * chosen by |epoch|. Installing a state publishes it, then flips the epoch twice, each time
+ * waiting for the counter new readers no longer use to drain (transforms take microseconds), so
+ * no thread can still hold the old state when it is freed (a plugin whose key_id changes on every
+ * Status would otherwise grow the process by one state per poll). The dek_cache keeps its own
+ * copy of each old seed for reading older values.
  */
 #include "crypto/kms_provider.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
@@ -40,12 +49,11 @@
 #define SEED_ID_LEN CRYPTO_KMSV2_CACHE_KEY_LEN
 #define VIEW_ANNOTATIONS 8 /* decoded without allocating; more go to the full decoder */
 
-/* One installed v2 write state. Never freed before the provider: readers hold no reference. */
+/* One installed v2 write state. */
 typedef struct generation {
     crypto_kmsv2_state *st;
     _Atomic uint64_t expiry_ns;
     uint64_t valid_for_ns;
-    struct generation *previous;
 } generation;
 
 struct crypto_kms_provider {
@@ -60,6 +68,9 @@ struct crypto_kms_provider {
     uint64_t (*now_ns)(void);
     pthread_mutex_t state_lock; /* writers of |current| only */
     _Atomic(generation *) current;
+    _Atomic unsigned epoch;       /* which of |readers| new v2 transforms count in */
+    _Atomic uint64_t readers[2];  /* v2 transforms in flight, by the epoch they began in */
+    _Atomic uint64_t generations; /* installed and not yet freed (tests) */
 };
 
 /* A recorded call and what it owns. |pub| first: a crypto_kms_call * is a kcall *. */
@@ -146,11 +157,9 @@ void crypto_kms_provider_free(crypto_kms_provider *p) {
         return;
     }
     generation *g = atomic_load(&p->current);
-    while (g != NULL) {
-        generation *prev = g->previous;
+    if (g != NULL) {
         crypto_kmsv2_state_free(g->st);
         ep_free(g);
-        g = prev;
     }
     if (p->cache != NULL) {
         pthread_mutex_destroy(&p->state_lock);
@@ -515,8 +524,35 @@ static int find_dek(crypto_kms_provider *p, crypto_kms_call_kind kind, str key,
 
 /* ---- v2 write state ---- */
 
+/* Only between reader_enter and reader_leave. */
 static generation *current_state(const crypto_kms_provider *p) {
-    return atomic_load_explicit(&((crypto_kms_provider *)p)->current, memory_order_acquire);
+    return atomic_load(&((crypto_kms_provider *)p)->current);
+}
+
+/* Counts a v2 transform in flight. Returns the counter to give back to reader_leave. */
+static unsigned reader_enter(crypto_kms_provider *p) {
+    unsigned e = atomic_load(&p->epoch) & 1;
+    atomic_fetch_add(&p->readers[e], 1);
+    return e;
+}
+
+static void reader_leave(crypto_kms_provider *p, unsigned e) {
+    atomic_fetch_sub(&p->readers[e], 1);
+}
+
+/* Returns once no transform that began before the call is still running. Under state_lock. */
+static void wait_for_readers(crypto_kms_provider *p) {
+    for (int round = 0; round < 2; round++) {
+        unsigned old = atomic_load(&p->epoch) & 1;
+        atomic_store(&p->epoch, old ^ 1);
+        while (atomic_load(&p->readers[old]) != 0) {
+            sched_yield();
+        }
+    }
+}
+
+uint64_t crypto_kms_provider_v2_generations(const crypto_kms_provider *p) {
+    return atomic_load(&((crypto_kms_provider *)p)->generations);
 }
 
 static void format_duration(uint64_t ns, char *out, size_t n) {
@@ -559,8 +595,14 @@ int crypto_kms_provider_set_v2_state(crypto_kms_provider *p, str seed, str statu
     g->valid_for_ns = valid_for_ns;
     atomic_init(&g->expiry_ns, p->now_ns() + valid_for_ns);
     pthread_mutex_lock(&p->state_lock);
-    g->previous = atomic_load_explicit(&p->current, memory_order_relaxed);
-    atomic_store_explicit(&p->current, g, memory_order_release);
+    generation *old = atomic_exchange(&p->current, g);
+    atomic_fetch_add(&p->generations, 1);
+    if (old != NULL) {
+        wait_for_readers(p);
+        crypto_kmsv2_state_free(old->st);
+        ep_free(old);
+        atomic_fetch_sub(&p->generations, 1);
+    }
     pthread_mutex_unlock(&p->state_lock);
     return EP_OK;
 }
@@ -816,13 +858,23 @@ static int v1_encrypt(crypto_kms_provider *p, str etcd_key, str plain, buf *out,
 
 int crypto_kms_provider_encrypt(crypto_kms_provider *p, str etcd_key, str plain, buf *out,
                                 crypto_kms_pending *pending, ep_err *err) {
-    return p->api_version == 2 ? v2_encrypt(p, etcd_key, plain, out, err)
-                               : v1_encrypt(p, etcd_key, plain, out, pending, err);
+    if (p->api_version != 2) {
+        return v1_encrypt(p, etcd_key, plain, out, pending, err);
+    }
+    unsigned e = reader_enter(p);
+    int rv = v2_encrypt(p, etcd_key, plain, out, err);
+    reader_leave(p, e);
+    return rv;
 }
 
 int crypto_kms_provider_decrypt(crypto_kms_provider *p, str etcd_key, str body, buf *out,
                                 bool *stale, crypto_kms_pending *pending, ep_err *err) {
     *stale = false;
-    return p->api_version == 2 ? v2_decrypt(p, etcd_key, body, out, stale, pending, err)
-                               : v1_decrypt(p, etcd_key, body, out, stale, pending, err);
+    if (p->api_version != 2) {
+        return v1_decrypt(p, etcd_key, body, out, stale, pending, err);
+    }
+    unsigned e = reader_enter(p);
+    int rv = v2_decrypt(p, etcd_key, body, out, stale, pending, err);
+    reader_leave(p, e);
+    return rv;
 }

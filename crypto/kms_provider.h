@@ -114,6 +114,10 @@ int crypto_kms_provider_set_v2_state(crypto_kms_provider *p, str seed, str statu
                                      const crypto_kmsv2_annotation *annotations,
                                      size_t nannotations, uint64_t valid_for_ns, ep_err *err);
 
+/* How many v2 write states are allocated (0 or 1 once a replacement has returned: replaced
+ * states are freed). For tests. Never fails. */
+uint64_t crypto_kms_provider_v2_generations(const crypto_kms_provider *p);
+
 /* A healthy Status with the same key_id as the current state: only moves its expiry. Returns
  * true when the state was extended, false when a new seed is needed (no state, other key_id).
  * Thread-safe. */

@@ -336,7 +336,7 @@ static int rewrite_put_request(rewriter *rw, str msg) {
  * (kube-apiserver never sends one); a single-key VALUE compare is refused when the key is
  * encrypted. The message itself is copied unchanged. */
 static int check_compare(rewriter *rw, str msg) {
-    uint64_t target = 0;
+    int32_t target = 0;
     bool key_encrypts = false, has_range = false;
     str in = msg;
     while (in.len > 0) {
@@ -349,7 +349,7 @@ static int check_compare(rewriter *rw, str msg) {
             return malformed(rw, "bad wire type in Compare", f.number);
         }
         if (f.number == 2) {
-            target = f.varint; /* last one wins, as etcd reads it */
+            target = pbwire_int32(f.varint); /* the last one wins, as etcd reads it */
         } else if (f.number == 3) {
             key_encrypts |= rw->codec->encrypts(rw->codec->ctx, f.payload);
         } else if (f.number == 64) {

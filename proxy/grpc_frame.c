@@ -4,9 +4,10 @@
  * Data flow: grpc_frame_feed() first completes a message left pending by an earlier chunk (if
  * any), then walks the rest of the chunk handing out every whole message as a view into the
  * chunk itself, and finally buffers the incomplete tail. Invariant between calls: |pending|
- * holds the first bytes of exactly one message (header included) and nothing else; once its
- * header is complete the whole message size has been reserved, so completing it never
- * reallocates more than once.
+ * holds the first bytes of exactly one message (header included) and nothing else. The buffer
+ * grows with the bytes that actually arrived, never with the length the header announces: a
+ * peer that sends a 5-byte header claiming megabytes costs a few bytes, not megabytes of pages
+ * reserved and then wiped.
  */
 #include "proxy/grpc_frame.h"
 
@@ -74,8 +75,9 @@ static int continue_pending(grpc_frame_reader *r, str *data, grpc_frame_cb cb, v
     }
     size_t msg_len = 0;
     int rv = parse_header(r, p->data, &msg_len, err);
+    size_t take = rv == EP_OK ? min_size(GRPC_FRAME_HEADER_LEN + msg_len - p->len, data->len) : 0;
     if (rv == EP_OK) {
-        rv = buf_reserve(p, GRPC_FRAME_HEADER_LEN + msg_len - p->len);
+        rv = buf_reserve(p, take);
         if (rv != EP_OK) {
             ep_err_set(err, rv, "out of memory buffering a %zu-byte gRPC message", msg_len);
         }
@@ -84,7 +86,7 @@ static int continue_pending(grpc_frame_reader *r, str *data, grpc_frame_cb cb, v
         buf_wipe(p);
         return rv;
     }
-    copy_in(p, data, min_size(GRPC_FRAME_HEADER_LEN + msg_len - p->len, data->len));
+    copy_in(p, data, take);
     if (p->len < GRPC_FRAME_HEADER_LEN + msg_len) {
         return EP_OK;
     }
@@ -137,7 +139,7 @@ int grpc_frame_feed(grpc_frame_reader *r, str data, grpc_frame_cb cb, void *arg,
     int rv = save_tail(r, data, err);
     if (rv == EP_OK && data.len >= GRPC_FRAME_HEADER_LEN) {
         str none = str_make(NULL, 0);
-        rv = continue_pending(r, &none, cb, arg, err); /* reserves the whole message once */
+        rv = continue_pending(r, &none, cb, arg, err); /* a zero-length message completes */
     }
     return rv;
 }

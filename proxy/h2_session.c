@@ -11,6 +11,15 @@
  *
  * Invariant: on_close is reported exactly once, from flush_ev's callback, never from inside
  * nghttp2 or bufferevent callbacks, so the owner may free the session there.
+ *
+ * Hostile peers (server role). A read callback feeds at most READS_PER_WAKE socket reads
+ * before it yields to the event loop, so one connection that never stops sending cannot starve
+ * the others of its worker. Cheap-to-send, costly-to-serve events (streams reset by either
+ * side, which covers Rapid Reset and nghttp2's own resets of "MadeYouReset", and empty DATA
+ * frames) are charged to a token bucket; a peer that empties it is sent
+ * GOAWAY(ENHANCE_YOUR_CALM) and closed. nghttp2 itself bounds CONTINUATION runs and queued
+ * SETTINGS/PING acknowledgements. A client that has not sent its preface and SETTINGS within
+ * handshake_timeout_ms is closed.
  */
 #include "proxy/h2_session.h"
 
@@ -19,6 +28,7 @@
 #include <netinet/tcp.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/bufferevent_ssl.h>
@@ -28,6 +38,7 @@
 #include "common/alloc.h"
 
 #define OUTPUT_LOW_WATER (64 * 1024)
+#define READS_PER_WAKE 4
 
 struct h2_session {
     nghttp2_session *ng;
@@ -40,6 +51,11 @@ struct h2_session {
     bool closing;   /* on_close is due */
     bool reported;  /* on_close was called */
     bool finishing; /* nghttp2 is done: close once the output drained */
+    bool calmed;    /* GOAWAY(ENHANCE_YOUR_CALM) sent: read nothing more */
+    bool greeted;   /* server: the client's SETTINGS arrived */
+    struct event *handshake_ev;
+    int64_t abuse_millitokens;
+    int64_t abuse_refilled_ms;
     const char *close_reason;
     h2_settings settings;
     const h2_session_handler *h;
@@ -136,8 +152,57 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint
                            str_make(value, valuelen), s->arg);
 }
 
+static int64_t now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+bool h2_session_penalize(h2_session *s, unsigned cost) {
+    if (s->role != H2_ROLE_SERVER || s->calmed || s->closing) {
+        return !s->calmed && !s->closing;
+    }
+    int64_t now = now_ms();
+    s->abuse_millitokens += (now - s->abuse_refilled_ms) * H2_ABUSE_PER_SEC;
+    if (s->abuse_millitokens > (int64_t)H2_ABUSE_BURST * 1000) {
+        s->abuse_millitokens = (int64_t)H2_ABUSE_BURST * 1000;
+    }
+    s->abuse_refilled_ms = now;
+    s->abuse_millitokens -= (int64_t)cost * 1000;
+    if (s->abuse_millitokens >= 0) {
+        return true;
+    }
+    s->calmed = true;
+    s->close_reason = "peer misbehaved (too many reset streams, empty frames or oversized "
+                      "header lists): GOAWAY ENHANCE_YOUR_CALM";
+    nghttp2_session_terminate_session(s->ng, NGHTTP2_ENHANCE_YOUR_CALM);
+    bufferevent_disable(s->bev, EV_READ);
+    if (s->read_ev) {
+        event_del(s->read_ev);
+    }
+    h2_session_schedule_send(s);
+    return false;
+}
+
+/* Server role: the frame-level checks that need no owner. */
+static void watch_frame(h2_session *s, const nghttp2_frame *frame) {
+    if (frame->hd.type == NGHTTP2_SETTINGS && !(frame->hd.flags & NGHTTP2_FLAG_ACK) &&
+        !s->greeted) {
+        s->greeted = true;
+        if (s->handshake_ev) {
+            event_del(s->handshake_ev);
+        }
+    } else if (frame->hd.type == NGHTTP2_DATA && frame->hd.length == 0 &&
+               !(frame->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
+        h2_session_penalize(s, 1);
+    }
+}
+
 static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *user_data) {
     h2_session *s = user_data;
+    if (s->role == H2_ROLE_SERVER) {
+        watch_frame(s, frame);
+    }
     if (!s->h->on_frame) {
         return 0;
     }
@@ -166,6 +231,9 @@ static int on_not_sent(nghttp2_session *ng, const nghttp2_frame *frame, int lib_
 static int on_stream_close(nghttp2_session *ng, int32_t stream_id, uint32_t error_code,
                            void *user_data) {
     h2_session *s = user_data;
+    if (error_code != NGHTTP2_NO_ERROR) {
+        h2_session_penalize(s, 1); /* reset by the peer or by nghttp2 for a peer's error */
+    }
     if (!s->h->on_stream_close) {
         return 0;
     }
@@ -231,8 +299,12 @@ static int create_ng(h2_session *s) {
 
 /* Queues our SETTINGS and widens the connection window. Returns 0 or a negative nghttp2 error. */
 static int start(h2_session *s) {
-    nghttp2_settings_entry iv[2];
+    nghttp2_settings_entry iv[3];
     size_t n = 0;
+    if (s->settings.max_header_list) {
+        iv[n].settings_id = NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE;
+        iv[n++].value = s->settings.max_header_list;
+    }
     if (s->settings.max_concurrent_streams) {
         iv[n].settings_id = NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS;
         iv[n++].value = s->settings.max_concurrent_streams;
@@ -318,7 +390,7 @@ static bool feed(h2_session *s, const uint8_t *data, size_t len) {
 /* Feeds and drains what |in| holds. Returns false when the session was closed. */
 static bool feed_evbuffer(h2_session *s, struct evbuffer *in) {
     size_t n;
-    while (!s->closing && (n = evbuffer_get_contiguous_space(in)) > 0) {
+    while (!s->closing && !s->calmed && (n = evbuffer_get_contiguous_space(in)) > 0) {
         if (!feed(s, evbuffer_pullup(in, (ssize_t)n), n)) {
             return false;
         }
@@ -336,10 +408,14 @@ static _Thread_local uint8_t read_buf[READ_BUF_LEN];
  * proxy's system calls on large responses. */
 static void on_socket_read(evutil_socket_t fd, short what, void *arg) {
     h2_session *s = arg;
-    while (!s->closing) {
+    int reads = 0;
+    while (!s->closing && !s->calmed) {
         ssize_t n = read(fd, read_buf, sizeof(read_buf));
         if (n > 0) {
-            if (!feed(s, read_buf, (size_t)n) || (size_t)n < sizeof(read_buf)) {
+            /* Level-triggered: what is left is read on the next loop iteration, after the
+             * other connections had their turn. */
+            if (!feed(s, read_buf, (size_t)n) || (size_t)n < sizeof(read_buf) ||
+                ++reads == READS_PER_WAKE) {
                 break;
             }
             continue;
@@ -399,6 +475,24 @@ static void on_event(struct bufferevent *bev, short what, void *arg) {
     }
 }
 
+static void on_handshake_timeout(evutil_socket_t fd, short what, void *arg) {
+    h2_session *s = arg;
+    if (!s->greeted) {
+        h2_session_close(s, "no HTTP/2 preface and SETTINGS within the handshake timeout");
+    }
+}
+
+/* Server role: arms the handshake timer. Returns 0 or EP_ERR_NOMEM. */
+static int arm_handshake(h2_session *s) {
+    if (s->role != H2_ROLE_SERVER || s->settings.handshake_timeout_ms == 0) {
+        return 0;
+    }
+    uint32_t ms = s->settings.handshake_timeout_ms;
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    s->handshake_ev = evtimer_new(bufferevent_get_base(s->bev), on_handshake_timeout, s);
+    return s->handshake_ev && evtimer_add(s->handshake_ev, &tv) == 0 ? 0 : EP_ERR_NOMEM;
+}
+
 static void on_flush(evutil_socket_t fd, short what, void *arg) {
     h2_session *s = arg;
     if (s->closing) {
@@ -425,8 +519,10 @@ int h2_session_new(h2_session **out, struct bufferevent *bev, h2_role role, bool
     s->settings = *settings;
     s->h = handler;
     s->arg = arg;
+    s->abuse_millitokens = (int64_t)H2_ABUSE_BURST * 1000;
+    s->abuse_refilled_ms = now_ms();
     s->flush_ev = event_new(bufferevent_get_base(bev), -1, 0, on_flush, s);
-    if (!s->flush_ev || create_ng(s) != 0) {
+    if (!s->flush_ev || create_ng(s) != 0 || arm_handshake(s) != 0) {
         h2_session_free(s);
         return ep_err_set(err, EP_ERR_NOMEM, "out of memory for an HTTP/2 session");
     }
@@ -453,6 +549,9 @@ void h2_session_free(h2_session *s) {
     }
     if (s->read_ev) {
         event_free(s->read_ev);
+    }
+    if (s->handshake_ev) {
+        event_free(s->handshake_ev);
     }
     nghttp2_session_del(s->ng);
     if (s->bev) {
@@ -486,17 +585,43 @@ void h2_session_consume(h2_session *s, int32_t stream_id, size_t n) {
     h2_session_schedule_send(s);
 }
 
+void h2_session_consume_connection(h2_session *s, size_t n) {
+    if (n > 0 && s->ng) {
+        nghttp2_session_consume_connection(s->ng, n);
+        h2_session_schedule_send(s);
+    }
+}
+
+void h2_session_consume_stream(h2_session *s, int32_t stream_id, size_t n) {
+    if (n > 0 && s->ng && stream_id > 0) {
+        nghttp2_session_consume_stream(s->ng, stream_id, n); /* closed stream: nothing to do */
+        h2_session_schedule_send(s);
+    }
+}
+
 void h2_session_close(h2_session *s, const char *reason) {
     if (s->closing) {
         return;
     }
     s->closing = true;
-    s->close_reason = reason;
+    if (!s->close_reason) { /* the first reason given (e.g. a GOAWAY's) is the real one */
+        s->close_reason = reason;
+    }
     bufferevent_disable(s->bev, EV_READ | EV_WRITE);
     if (s->read_ev) {
         event_del(s->read_ev);
     }
     event_active(s->flush_ev, 0, 0);
+}
+
+void h2_session_terminate(h2_session *s, uint32_t error_code, const char *reason) {
+    if (!s->up || s->closing) {
+        h2_session_close(s, reason);
+        return;
+    }
+    s->close_reason = reason;
+    nghttp2_session_terminate_session(s->ng, error_code);
+    h2_session_schedule_send(s);
 }
 
 void h2_session_shutdown(h2_session *s) {

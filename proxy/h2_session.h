@@ -62,6 +62,10 @@ typedef struct {
     uint32_t stream_window;          /* SETTINGS_INITIAL_WINDOW_SIZE */
     uint32_t connection_window;      /* local window of stream 0 */
     size_t max_output_buffer;        /* stop generating frames above this many queued bytes */
+    uint32_t max_header_list;        /* SETTINGS_MAX_HEADER_LIST_SIZE advertised; 0 = none */
+    /* Server role: close unless the client's preface and SETTINGS (and the TLS handshake)
+     * arrive within this many ms; 0 = no limit. */
+    uint32_t handshake_timeout_ms;
 } h2_settings;
 
 /* An outbound body. The owner appends to |queue| and calls h2_body_wake(); at end it sets |eof|
@@ -100,12 +104,34 @@ void h2_session_schedule_send(h2_session *s);
  * stream 0 or a closed stream reopen only the connection window. Never fails. */
 void h2_session_consume(h2_session *s, int32_t stream_id, size_t n);
 
+/* Reopens only the connection window (stream 0) by |n| bytes. A connection shared by many
+ * streams (the etcd upstream) acknowledges every byte at once at this level and keeps the
+ * per-stream windows for back-pressure, so one stalled stream cannot close the window the
+ * others need. Never fails. */
+void h2_session_consume_connection(h2_session *s, size_t n);
+
+/* Reopens only |stream_id|'s window by |n| bytes (nothing if it is closed). Never fails. */
+void h2_session_consume_stream(h2_session *s, int32_t stream_id, size_t n);
+
 /* Closes the connection after this loop iteration (on_close follows). Never fails. */
 void h2_session_close(h2_session *s, const char *reason);
+
+/* Sends GOAWAY(|error_code|) and closes the connection once it is written, whatever streams are
+ * open (|reason| goes to on_close). Never fails. */
+void h2_session_terminate(h2_session *s, uint32_t error_code, const char *reason);
 
 /* Sends GOAWAY(NO_ERROR) naming the last stream the peer opened, so the peer opens no more;
  * the session closes itself when its last stream ends. Never fails. */
 void h2_session_shutdown(h2_session *s);
+
+/* Server role: charges |cost| to the peer's misbehaviour budget (streams reset by either side,
+ * empty DATA frames, oversized header lists). The budget refills at H2_ABUSE_PER_SEC up to
+ * H2_ABUSE_BURST; a peer that exhausts it gets GOAWAY(ENHANCE_YOUR_CALM) and is closed.
+ * Returns false once the session is being closed for it. */
+bool h2_session_penalize(h2_session *s, unsigned cost);
+
+#define H2_ABUSE_BURST 1000
+#define H2_ABUSE_PER_SEC 100
 
 /* The data provider that sends |body|. */
 nghttp2_data_provider h2_body_provider(h2_body *body);

@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -36,6 +37,11 @@
 
 #define DEFAULT_MAX_REQUEST_BYTES ((size_t)(1536 + 64) * 1024)
 #define DEFAULT_DRAIN_MS 10000
+#define DEFAULT_MAX_STREAMS 20000
+#define DEFAULT_MAX_CONCURRENT_STREAMS 4096
+#define DEFAULT_HANDSHAKE_TIMEOUT_MS 10000
+#define DEFAULT_IDLE_TIMEOUT_MS 300000
+#define RESERVED_FDS 128 /* etcd and KMS connections, files, logs: never handed to clients */
 #define MAX_WORKERS 256
 #define KMS_PRIME_WAIT_MS 15000 /* Status + Encrypt, each bounded by the provider's timeout */
 #define KMS_HEALTH_CHECK_MS 10000
@@ -59,6 +65,13 @@ static const char usage[] =
     "  --workers N                      worker threads (default: number of cores)\n"
     "  --max-request-bytes N            largest request message accepted (default 1638400)\n"
     "  --drain-timeout-ms N             time calls get to finish on SIGTERM (default 10000)\n"
+    "  --max-connections N              client connections at once (default: the open-file\n"
+    "                                   limit, raised to its hard maximum, less 128)\n"
+    "  --max-streams N                  client calls open at once (default 20000)\n"
+    "  --max-concurrent-streams N       calls per client connection (default 4096)\n"
+    "  --handshake-timeout-ms N         TLS handshake and HTTP/2 preface (default 10000)\n"
+    "  --idle-timeout-ms N              close connections without a call for this long\n"
+    "                                   (default 300000; 0: never)\n"
     "  --cert-file F --key-file F       serve TLS (ALPN h2) with this certificate\n"
     "  --trusted-ca-file F              CA for client certificates\n"
     "  --client-cert-auth               require client certificates\n"
@@ -84,6 +97,11 @@ enum {
     OPT_CERT,
     OPT_KEY,
     OPT_KMS_STATUS_INTERVAL,
+    OPT_MAX_CONNECTIONS,
+    OPT_MAX_STREAMS,
+    OPT_MAX_CONCURRENT_STREAMS,
+    OPT_HANDSHAKE_TIMEOUT,
+    OPT_IDLE_TIMEOUT,
     OPT_HELP,
 };
 
@@ -103,6 +121,11 @@ static const struct option options[] = {
     {"cert", required_argument, NULL, OPT_CERT},
     {"key", required_argument, NULL, OPT_KEY},
     {"kms-status-interval-ms", required_argument, NULL, OPT_KMS_STATUS_INTERVAL},
+    {"max-connections", required_argument, NULL, OPT_MAX_CONNECTIONS},
+    {"max-streams", required_argument, NULL, OPT_MAX_STREAMS},
+    {"max-concurrent-streams", required_argument, NULL, OPT_MAX_CONCURRENT_STREAMS},
+    {"handshake-timeout-ms", required_argument, NULL, OPT_HANDSHAKE_TIMEOUT},
+    {"idle-timeout-ms", required_argument, NULL, OPT_IDLE_TIMEOUT},
     {"help", no_argument, NULL, OPT_HELP},
     {NULL, 0, NULL, 0},
 };
@@ -200,6 +223,26 @@ static int apply(int opt, const char *arg, proxy_serve_opts *o, ep_err *err) {
         rv = parse_number("kms-status-interval-ms", arg, 100, 3600000, &n, err);
         o->kms_status_interval_ms = (int)n;
         return rv;
+    case OPT_MAX_CONNECTIONS:
+        rv = parse_number("max-connections", arg, 1, 10000000, &n, err);
+        o->max_connections = (long)n;
+        return rv;
+    case OPT_MAX_STREAMS:
+        rv = parse_number("max-streams", arg, 1, 100000000, &n, err);
+        o->max_streams = (long)n;
+        return rv;
+    case OPT_MAX_CONCURRENT_STREAMS:
+        rv = parse_number("max-concurrent-streams", arg, 1, INT32_MAX, &n, err);
+        o->max_concurrent_streams = (long)n;
+        return rv;
+    case OPT_HANDSHAKE_TIMEOUT:
+        rv = parse_number("handshake-timeout-ms", arg, 0, 3600000, &n, err);
+        o->handshake_timeout_ms = (int)n;
+        return rv;
+    case OPT_IDLE_TIMEOUT:
+        rv = parse_number("idle-timeout-ms", arg, 0, 86400000, &n, err);
+        o->idle_timeout_ms = (int)n;
+        return rv;
     case OPT_HELP:
         o->help = true;
         return 0;
@@ -216,6 +259,10 @@ static int defaults(proxy_serve_opts *o, ep_err *err) {
     o->workers = cores > 0 ? (cores > MAX_WORKERS ? MAX_WORKERS : (int)cores) : 1;
     o->max_request_bytes = DEFAULT_MAX_REQUEST_BYTES;
     o->drain_ms = DEFAULT_DRAIN_MS;
+    o->max_streams = DEFAULT_MAX_STREAMS;
+    o->max_concurrent_streams = DEFAULT_MAX_CONCURRENT_STREAMS;
+    o->handshake_timeout_ms = DEFAULT_HANDSHAKE_TIMEOUT_MS;
+    o->idle_timeout_ms = DEFAULT_IDLE_TIMEOUT_MS;
     return parse_listen("127.0.0.1:23790", o, err);
 }
 
@@ -316,7 +363,34 @@ static int setup_tls(server *sv, ep_err *err) {
     return 0;
 }
 
+/* Raises the soft open-file limit to the hard one (as Go programs such as etcd do at start) and
+ * returns how many client connections fit under it. Never fails. */
+static long connection_budget(void) {
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
+        return 1024 - RESERVED_FDS;
+    }
+    if (rl.rlim_cur < rl.rlim_max) {
+        struct rlimit raised = {rl.rlim_max, rl.rlim_max};
+        if (setrlimit(RLIMIT_NOFILE, &raised) == 0) {
+            rl = raised;
+        }
+    }
+    long limit = rl.rlim_cur > 10000000 ? 10000000 : (long)rl.rlim_cur;
+    return limit > 2 * RESERVED_FDS ? limit - RESERVED_FDS : limit / 2;
+}
+
+/* |total| split over |n| workers, at least 1 each. */
+static size_t per_worker(long total, int n) {
+    long each = (total + n - 1) / n;
+    return each > 0 ? (size_t)each : 1;
+}
+
 static int setup_workers(server *sv, ep_err *err) {
+    long conns = connection_budget();
+    if (sv->opts.max_connections > 0 && sv->opts.max_connections < conns) {
+        conns = sv->opts.max_connections;
+    }
     proxy_worker_config cfg = {
         .listen_host = sv->opts.listen_host,
         .listen_port = sv->opts.listen_port,
@@ -326,6 +400,11 @@ static int setup_workers(server *sv, ep_err *err) {
         .server_tls = sv->server_tls,
         .client_tls = sv->client_tls,
         .drain_ms = sv->opts.drain_ms,
+        .max_connections = per_worker(conns, sv->opts.workers),
+        .max_streams = per_worker(sv->opts.max_streams, sv->opts.workers),
+        .max_concurrent_streams = (uint32_t)sv->opts.max_concurrent_streams,
+        .handshake_timeout_ms = sv->opts.handshake_timeout_ms,
+        .idle_timeout_ms = sv->opts.idle_timeout_ms,
     };
     sv->workers = ep_calloc((size_t)sv->opts.workers, sizeof(*sv->workers));
     if (!sv->workers) {

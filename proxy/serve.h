@@ -20,7 +20,12 @@ typedef struct {
     int workers;
     size_t max_request_bytes;
     int drain_ms;
-    int kms_status_interval_ms; /* 0: the default (60 s) */
+    int kms_status_interval_ms;  /* 0: the default (60 s) */
+    long max_connections;        /* client connections at once, all workers; 0: from the fd limit */
+    long max_streams;            /* client streams open at once, all workers */
+    long max_concurrent_streams; /* per client connection (SETTINGS_MAX_CONCURRENT_STREAMS) */
+    int handshake_timeout_ms;    /* 0: none */
+    int idle_timeout_ms;         /* a connection without a call for this long is closed; 0: never */
     const char *cert_file, *key_file, *trusted_ca_file;
     bool client_cert_auth;
     const char *cacert, *cert, *key;

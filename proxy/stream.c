@@ -9,12 +9,18 @@
  * Trailers-Only), response DATA goes into |to_down| raw or through etcd_msg_rewrite_response,
  * and etcd's trailers are submitted when |to_down| has drained.
  *
- * Flow control. Bytes received from one side are acknowledged (nghttp2_session_consume) only
- * while the queue towards the other side holds less than QUEUE_HIGH; otherwise they are counted
- * as unconsumed and acknowledged when the queue drains below QUEUE_LOW. A slow reader therefore
- * closes the writer's window instead of growing our memory; a message being reassembled is
- * always acknowledged, since it cannot complete otherwise (its size is bounded by the frame
- * reader's limit).
+ * Flow control. Bytes received from one side are acknowledged only while the queue towards the
+ * other side holds less than QUEUE_HIGH; otherwise they are counted as unconsumed and
+ * acknowledged when the queue drains below QUEUE_LOW. A slow reader therefore closes the
+ * writer's window instead of growing our memory. Bytes of a message still being reassembled
+ * get no exception: once the queue drains they are acknowledged like any others, so the message
+ * completes, and a sender that cuts every frame a byte into the next message cannot keep its
+ * window open past a full queue. Requests are also bounded per client connection: all its
+ * streams' queued bytes (CONN_QUEUE_HIGH: the connection's windows stay closed until they drain
+ * below CONN_QUEUE_LOW) and their incomplete messages (conn_partial_max: the stream that goes
+ * over fails with RESOURCE_EXHAUSTED). Responses are acknowledged at once on the etcd
+ * connection, which every client of the worker shares, and held back only on the stream's own
+ * window (see upstream.c), so a client that stops reading stalls only its own streams.
  *
  * Waiting for the KMS plugin. A rewrite that answers ETCD_MSG_RETRY has recorded the plugin
  * calls its values need in the direction's proxy_kms_wait. The message is copied, the calls go
@@ -45,6 +51,9 @@
 
 #define QUEUE_HIGH (256 * 1024)
 #define QUEUE_LOW (64 * 1024)
+#define CONN_QUEUE_HIGH (8u << 20)
+#define CONN_QUEUE_LOW (2u << 20)
+#define CONN_PARTIAL_MIN (64u << 20)
 #define MAX_RESPONSE_MESSAGE 0xffffffffu
 #define MAX_NV 128
 
@@ -179,9 +188,10 @@ static void ack_request(proxy_stream *st, size_t n) {
     }
 }
 
+/* Stream level only: upstream.c acknowledged the connection level on receipt. */
 static void ack_response(proxy_stream *st, size_t n) {
     if (st->up_state == UP_ACTIVE && n) {
-        h2_session_consume(st->up, st->up_id, n);
+        h2_session_consume_stream(st->up, st->up_id, n);
     }
 }
 
@@ -190,9 +200,54 @@ static size_t backlog(const h2_body *b, const proxy_kms_wait *w) {
     return evbuffer_get_length(b->queue) + w->kept.len + w->held.len;
 }
 
+/* The most incomplete request bytes one client connection may hold: room for several requests
+ * of the largest size allowed. */
+static size_t conn_partial_max(const proxy_stream_env *env) {
+    size_t four = env->max_request_bytes > SIZE_MAX / 4 ? SIZE_MAX : env->max_request_bytes * 4;
+    return four > CONN_PARTIAL_MIN ? four : CONN_PARTIAL_MIN;
+}
+
+static bool request_has_room(const proxy_stream *st) {
+    return backlog(&st->to_up, &st->request_wait) < QUEUE_HIGH && !st->conn->throttled;
+}
+
+/* The connection's queue drained: acknowledge what its streams held back, those whose own
+ * queue has room. */
+static void release_conn(proxy_conn *c) {
+    proxy_stream *st;
+    TAILQ_FOREACH(st, &c->streams, conn_link) {
+        if (st->down_unconsumed && backlog(&st->to_up, &st->request_wait) < QUEUE_LOW) {
+            ack_request(st, st->down_unconsumed);
+            st->down_unconsumed = 0;
+        }
+    }
+}
+
+/* Brings |st|'s share of its connection's request totals up to date. */
+static void account_request(proxy_stream *st) {
+    proxy_conn *c = st->conn;
+    if (!c) {
+        return;
+    }
+    size_t queued = backlog(&st->to_up, &st->request_wait);
+    size_t partial = st->request_reader.pending.len;
+    c->queued = c->queued - st->acct_queued + queued;
+    c->partial = c->partial - st->acct_partial + partial;
+    st->acct_queued = queued;
+    st->acct_partial = partial;
+    if (c->queued >= CONN_QUEUE_HIGH) {
+        c->throttled = true;
+    } else if (c->throttled && c->queued < CONN_QUEUE_LOW) {
+        c->throttled = false;
+        release_conn(c);
+    }
+}
+
 static void to_up_drained(h2_body *b, void *arg) {
     proxy_stream *st = arg;
-    if (st->down_unconsumed && backlog(b, &st->request_wait) < QUEUE_LOW) {
+    account_request(st);
+    if (st->down_unconsumed && backlog(b, &st->request_wait) < QUEUE_LOW &&
+        !(st->conn && st->conn->throttled)) {
         ack_request(st, st->down_unconsumed);
         st->down_unconsumed = 0;
     }
@@ -354,6 +409,7 @@ void proxy_stream_fail(proxy_stream *st, int code, const char *message) {
     if (!st->conn) {
         return;
     }
+    account_request(st);
     /* Nothing more will be forwarded: let the client's window reopen. */
     ack_request(st, st->down_unconsumed);
     st->down_unconsumed = 0;
@@ -595,7 +651,23 @@ static void on_response_calls_done(void *arg) {
 
 /* ---- request direction ---- */
 
+/* Counts one decoded header field as HPACK does (name + value + 32). Returns true once the
+ * block is over the limits: a few bytes on the wire can reference a large dynamic-table entry
+ * thousands of times, so what is kept is bounded by the decoded size, not the wire size. */
+static bool header_list_over(proxy_stream *st, str name, str value) {
+    if (!st->headers_too_large) {
+        st->header_bytes += name.len + value.len + 32;
+        st->header_count++;
+        st->headers_too_large =
+            st->header_bytes > PROXY_MAX_HEADER_LIST || st->header_count > PROXY_MAX_HEADER_FIELDS;
+    }
+    return st->headers_too_large;
+}
+
 int proxy_stream_on_request_header(proxy_stream *st, str name, str value) {
+    if (header_list_over(st, name, value)) {
+        return 0; /* answered at the end of the block */
+    }
     if (str_eq(name, STR_LIT(":path"))) {
         buf_reset(&st->path);
         return buf_append_str(&st->path, value) == 0 ? 0 : NGHTTP2_ERR_CALLBACK_FAILURE;
@@ -629,6 +701,18 @@ int proxy_stream_on_request_headers_end(proxy_stream *st, bool end_stream) {
         st->method != ETCD_METHOD_PASSTHROUGH && st->method != ETCD_METHOD_UNIMPLEMENTED;
     st->request_ended = end_stream;
     st->to_up.eof = end_stream;
+    st->counted_active = true;
+    st->conn->active++;
+    if (st->headers_too_large) {
+        h2_session_penalize(st->conn->h2, 10);
+        char msg[160];
+        snprintf(msg, sizeof(msg), "request header list exceeds %d bytes or %d fields",
+                 PROXY_MAX_HEADER_LIST, PROXY_MAX_HEADER_FIELDS);
+        proxy_stream_fail(st, GRPC_STATUS_RESOURCE_EXHAUSTED, msg);
+        return 0;
+    }
+    /* From here on the counters bound etcd's response headers and trailers. */
+    st->header_bytes = st->header_count = 0;
     if (st->method == ETCD_METHOD_UNIMPLEMENTED) {
         char msg[300];
         log_unimplemented(st, msg, sizeof(msg));
@@ -669,14 +753,21 @@ int proxy_stream_on_request_data(proxy_stream *st, str data) {
         ep_err err = {{0}};
         int rv = grpc_frame_feed(&st->request_reader, data, forward_request_message, st, &err);
         fail_request_framing(st, rv, &err);
+        account_request(st);
+        if (!st->status_sent && st->conn->partial > conn_partial_max(st->env)) {
+            char msg[160];
+            snprintf(msg, sizeof(msg),
+                     "the connection holds more than %zu bytes of incomplete request messages",
+                     conn_partial_max(st->env));
+            proxy_stream_fail(st, GRPC_STATUS_RESOURCE_EXHAUSTED, msg);
+        }
         if (st->status_sent) {
             ack_request(st, data.len);
             return 0;
         }
     }
-    if (backlog(&st->to_up, &st->request_wait) < QUEUE_HIGH ||
-        (st->value_method && !grpc_frame_reader_idle(&st->request_reader))) {
-        /* A partial message is acknowledged even so, or it could never complete. */
+    account_request(st);
+    if (request_has_room(st)) {
         ack_request(st, data.len);
     } else {
         st->down_unconsumed += data.len;
@@ -711,7 +802,18 @@ void proxy_stream_on_downstream_close(proxy_stream *st, uint32_t error_code) {
     if (!st->conn) {
         return;
     }
-    TAILQ_REMOVE(&st->conn->streams, st, conn_link);
+    proxy_conn *c = st->conn;
+    /* The connection may live on: its window must get back what this stream held. */
+    ack_request(st, st->down_unconsumed);
+    st->down_unconsumed = 0;
+    c->queued -= st->acct_queued;
+    c->partial -= st->acct_partial;
+    st->acct_queued = st->acct_partial = 0;
+    if (st->counted_active) {
+        c->active--;
+        st->counted_active = false;
+    }
+    TAILQ_REMOVE(&c->streams, st, conn_link);
     st->conn = NULL;
     st->status_sent = true;
     cancel_upstream(st);
@@ -758,8 +860,15 @@ int proxy_stream_submit_upstream(proxy_stream *st, h2_session *h2, const upstrea
 int proxy_stream_on_response_header(proxy_stream *st, const nghttp2_frame *frame, str name,
                                     str value) {
     proxy_hdrs *h = st->upstream_headers ? &st->trailers : &st->response_headers;
-    if (st->status_sent && st->upstream_headers) {
-        return 0; /* our own status is already decided */
+    if (st->status_sent) {
+        return 0; /* a status is already decided: etcd's headers are not forwarded */
+    }
+    if (header_list_over(st, name, value)) {
+        char msg[160];
+        snprintf(msg, sizeof(msg), "etcd sent a header list over %d bytes or %d fields",
+                 PROXY_MAX_HEADER_LIST, PROXY_MAX_HEADER_FIELDS);
+        proxy_stream_fail(st, GRPC_STATUS_INTERNAL, msg);
+        return 0;
     }
     if (str_eq(name, STR_LIT(":status"))) {
         return hdrs_add(h, name, value) == 0 ? 0 : NGHTTP2_ERR_CALLBACK_FAILURE;
@@ -836,8 +945,7 @@ int proxy_stream_on_response_data(proxy_stream *st, str data) {
             proxy_stream_fail(st, GRPC_STATUS_INTERNAL, err.msg);
         }
     }
-    if (backlog(&st->to_down, &st->response_wait) < QUEUE_HIGH || st->status_sent ||
-        (st->value_method && !grpc_frame_reader_idle(&st->response_reader))) {
+    if (backlog(&st->to_down, &st->response_wait) < QUEUE_HIGH || st->status_sent) {
         ack_response(st, data.len);
     } else {
         st->up_unconsumed += data.len;

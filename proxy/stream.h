@@ -19,6 +19,8 @@
 #include <stdint.h>
 #include <sys/queue.h>
 
+#include <event2/event.h>
+
 #include "common/buf.h"
 #include "common/err.h"
 #include "common/str.h"
@@ -27,6 +29,11 @@
 #include "proxy/h2_session.h"
 #include "proxy/kms_client.h"
 #include "proxy/value_codec.h"
+
+/* Bounds of one decoded header list (HPACK size: name + value + 32 per field), for requests
+ * and for etcd's responses; also advertised as SETTINGS_MAX_HEADER_LIST_SIZE. */
+#define PROXY_MAX_HEADER_LIST 65536
+#define PROXY_MAX_HEADER_FIELDS 100
 
 typedef struct proxy_stream proxy_stream;
 typedef struct upstream upstream;
@@ -41,12 +48,18 @@ typedef struct {
 
 TAILQ_HEAD(proxy_stream_list, proxy_stream);
 
-/* A downstream connection: the streams it carries, so they can be detached when it dies. */
+/* A downstream connection: the streams it carries, so they can be detached when it dies, and
+ * the request bytes they hold, so one client's memory stays bounded whatever it sends. */
 typedef struct proxy_conn {
     h2_session *h2;
     struct proxy_stream_list streams;
     TAILQ_ENTRY(proxy_conn) link;
     void *worker;
+    size_t queued;  /* request bytes of all streams waiting to go to etcd (or to the plugin) */
+    size_t partial; /* request bytes of all streams inside incomplete gRPC messages */
+    bool throttled; /* |queued| went over the high mark: windows stay closed until it drains */
+    size_t active;  /* streams whose request headers are complete and that are not closed */
+    struct event *idle_ev;
 } proxy_conn;
 
 /* Header fields kept for later submission: names and values packed in |bytes|, |index| holds
@@ -107,7 +120,13 @@ struct proxy_stream {
     h2_body to_up;          /* request bytes queued for etcd */
     h2_body to_down;        /* response bytes queued for the client */
     size_t down_unconsumed; /* request bytes not yet acknowledged to the client */
-    size_t up_unconsumed;   /* response bytes not yet acknowledged to etcd */
+    size_t up_unconsumed;   /* response bytes not yet acknowledged on etcd's stream window */
+    size_t acct_queued;     /* this stream's share of conn->queued */
+    size_t acct_partial;    /* this stream's share of conn->partial */
+    size_t header_bytes;    /* HPACK size (name + value + 32) of the header block so far */
+    size_t header_count;
+    bool headers_too_large; /* the request's header list went over the limit */
+    bool counted_active;    /* counted in conn->active */
     buf scratch;            /* rewritten message */
     proxy_kms_wait request_wait;
     proxy_kms_wait response_wait;

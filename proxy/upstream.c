@@ -43,6 +43,7 @@ static const h2_settings client_settings = {
     .stream_window = 1 << 20,
     .connection_window = 64 << 20,
     .max_output_buffer = 1 << 20,
+    .max_header_list = PROXY_MAX_HEADER_LIST,
 };
 
 static void log_event(const upstream *u, const char *what, const char *detail) {
@@ -270,9 +271,13 @@ static int on_frame(h2_session *s, const nghttp2_frame *frame, void *sd, void *a
     }
 }
 
+/* Every byte is acknowledged at once on the connection: it is shared by all client streams of
+ * the worker, and a window held back for one stalled stream would stop responses for all of
+ * them. Back-pressure works per stream (proxy_stream_on_response_data). */
 static int on_data(h2_session *s, int32_t stream_id, void *sd, str data, void *arg) {
+    h2_session_consume_connection(s, data.len);
     if (!sd) {
-        h2_session_consume(s, stream_id, data.len);
+        h2_session_consume_stream(s, stream_id, data.len);
         return 0;
     }
     return proxy_stream_on_response_data(sd, data);

@@ -6,9 +6,17 @@
  * upstream. Stopping (from the main thread through an event) closes the listener, sends GOAWAY
  * so clients move their new calls elsewhere, cuts watches with UNAVAILABLE (they never end on
  * their own), and exits the loop when the last connection closed or drain_ms passed.
+ *
+ * Limits, so that no client can take the worker from the others: at most max_connections
+ * connections (more are accepted and closed at once, so the backlog never fills with them), at
+ * most max_streams streams (more get REFUSED_STREAM, which gRPC clients retry), a connection
+ * without a call for idle_timeout_ms is closed with GOAWAY, and when accept() runs out of file
+ * descriptors the listener pauses ACCEPT_RETRY_MS instead of spinning on a socket it cannot
+ * take. Refusals are logged at most once per LOG_EVERY_MS.
  */
 #include "proxy/worker.h"
 
+#include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
 #include <pthread.h>
@@ -24,7 +32,8 @@
 #include "common/alloc.h"
 #include "proxy/grpc.h"
 
-#define TLS_HANDSHAKE_TIMEOUT_S 10
+#define ACCEPT_RETRY_MS 200
+#define LOG_EVERY_MS 10000
 
 TAILQ_HEAD(proxy_conn_list, proxy_conn);
 
@@ -46,16 +55,51 @@ struct proxy_worker {
     bool stopping;
     bool thread_started;
     pthread_t thread;
+    h2_settings settings;
+    size_t n_streams;
+    struct event *accept_retry_ev;
+    int64_t refusal_logged_ms; /* when a refusal was last logged */
+    size_t refusals;           /* since then */
 };
 
 static const h2_session_handler down_handler;
 
-static const h2_settings server_settings = {
-    .max_concurrent_streams = 4096,
-    .stream_window = 1 << 20,
-    .connection_window = 16 << 20,
-    .max_output_buffer = 1 << 20,
-};
+/* Logs one refusal (connection or stream turned away, accept failing) unless one was logged
+ * in the last LOG_EVERY_MS; the line then counts those in between. */
+static void log_refusal(proxy_worker *w, const char *what) {
+    int64_t now = proxy_now_ms();
+    w->refusals++;
+    if (w->refusal_logged_ms != 0 && now - w->refusal_logged_ms < LOG_EVERY_MS) {
+        return;
+    }
+    fprintf(stderr, "etcd-encrypt-proxy: worker %d: %s (%zu refusals in the last %d s)\n", w->id,
+            what, w->refusals, LOG_EVERY_MS / 1000);
+    w->refusal_logged_ms = now;
+    w->refusals = 0;
+}
+
+/* ---- idle connections ---- */
+
+static void on_idle(evutil_socket_t fd, short what, void *arg) {
+    proxy_conn *conn = arg;
+    if (conn->active == 0) {
+        h2_session_terminate(conn->h2, NGHTTP2_NO_ERROR, "idle timeout");
+    }
+}
+
+/* Starts the idle clock when the connection has no call, stops it when it has one. */
+static void watch_idle(proxy_conn *conn) {
+    proxy_worker *w = conn->worker;
+    if (!conn->idle_ev) {
+        return;
+    }
+    if (conn->active == 0) {
+        struct timeval tv = {w->cfg.idle_timeout_ms / 1000, (w->cfg.idle_timeout_ms % 1000) * 1000};
+        evtimer_add(conn->idle_ev, &tv);
+    } else if (conn->active == 1) {
+        evtimer_del(conn->idle_ev);
+    }
+}
 
 /* ---- downstream HTTP/2 events ---- */
 
@@ -69,11 +113,26 @@ static int on_begin_headers(h2_session *s, const nghttp2_frame *frame, void *arg
     if (!is_request(frame)) {
         return 0;
     }
+    if (w->n_streams >= w->cfg.max_streams) {
+        nghttp2_submit_rst_stream(h2_session_ng(s), NGHTTP2_FLAG_NONE, frame->hd.stream_id,
+                                  NGHTTP2_REFUSED_STREAM);
+        log_refusal(w, "stream refused: --max-streams reached");
+        return 0;
+    }
     if (!proxy_stream_new(&w->cfg.env, conn, w->up, frame->hd.stream_id)) {
         nghttp2_submit_rst_stream(h2_session_ng(s), NGHTTP2_FLAG_NONE, frame->hd.stream_id,
                                   NGHTTP2_INTERNAL_ERROR);
+        return 0;
     }
+    w->n_streams++;
     return 0;
+}
+
+/* |st| leaves its connection (stream closed, or the connection died). */
+static void detach_stream(proxy_conn *conn, proxy_stream *st, uint32_t error_code) {
+    proxy_worker *w = conn->worker;
+    w->n_streams--;
+    proxy_stream_on_downstream_close(st, error_code);
 }
 
 static int on_header(h2_session *s, const nghttp2_frame *frame, void *sd, str name, str value,
@@ -90,7 +149,9 @@ static int on_frame(h2_session *s, const nghttp2_frame *frame, void *sd, void *a
     }
     bool end_stream = frame->hd.flags & NGHTTP2_FLAG_END_STREAM;
     if (is_request(frame)) {
-        return proxy_stream_on_request_headers_end(sd, end_stream);
+        int rv = proxy_stream_on_request_headers_end(sd, end_stream);
+        watch_idle(arg);
+        return rv;
     }
     if ((frame->hd.type == NGHTTP2_DATA || frame->hd.type == NGHTTP2_HEADERS) && end_stream) {
         return proxy_stream_on_request_end(sd);
@@ -109,7 +170,8 @@ static int on_data(h2_session *s, int32_t stream_id, void *sd, str data, void *a
 static int on_stream_close(h2_session *s, int32_t stream_id, void *sd, uint32_t error_code,
                            void *arg) {
     if (sd) {
-        proxy_stream_on_downstream_close(sd, error_code);
+        detach_stream(arg, sd, error_code);
+        watch_idle(arg);
     }
     return 0;
 }
@@ -123,7 +185,10 @@ static void maybe_finish(proxy_worker *w) {
 static void conn_free(proxy_conn *conn) {
     proxy_stream *st;
     while ((st = TAILQ_FIRST(&conn->streams)) != NULL) {
-        proxy_stream_on_downstream_close(st, NGHTTP2_CANCEL);
+        detach_stream(conn, st, NGHTTP2_CANCEL);
+    }
+    if (conn->idle_ev) {
+        event_free(conn->idle_ev);
     }
     h2_session_free(conn->h2);
     ep_free(conn);
@@ -132,6 +197,9 @@ static void conn_free(proxy_conn *conn) {
 static void on_close(h2_session *s, const char *reason, void *arg) {
     proxy_conn *conn = arg;
     proxy_worker *w = conn->worker;
+    if (strncmp(reason, "peer misbehaved", 15) == 0) {
+        log_refusal(w, reason);
+    }
     TAILQ_REMOVE(&w->conns, conn, link);
     w->n_conns--;
     conn_free(conn);
@@ -163,21 +231,34 @@ static struct bufferevent *accepted_bev(proxy_worker *w, evutil_socket_t fd) {
         SSL_free(ssl);
         return NULL;
     }
-    struct timeval timeout = {TLS_HANDSHAKE_TIMEOUT_S, 0};
-    bufferevent_set_timeouts(bev, &timeout, &timeout);
-    return bev;
+    return bev; /* h2_session's handshake timer bounds the TLS handshake too */
 }
 
 static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *addr,
                       int socklen, void *arg) {
     proxy_worker *w = arg;
     ep_err err;
+    if (w->n_conns >= w->cfg.max_connections) {
+        evutil_closesocket(fd);
+        log_refusal(w, "connection refused: --max-connections reached");
+        return;
+    }
     proxy_conn *conn = ep_calloc(1, sizeof(*conn));
     struct bufferevent *bev = conn ? accepted_bev(w, fd) : NULL;
-    if (!bev) {
+    if (conn && w->cfg.idle_timeout_ms > 0) {
+        conn->idle_ev = evtimer_new(w->base, on_idle, conn);
+    }
+    if (!bev || (w->cfg.idle_timeout_ms > 0 && !conn->idle_ev)) {
+        if (conn && conn->idle_ev) {
+            event_free(conn->idle_ev);
+        }
+        if (bev) {
+            bufferevent_free(bev);
+        } else {
+            evutil_closesocket(fd);
+        }
         ep_free(conn);
-        evutil_closesocket(fd);
-        fprintf(stderr, "etcd-encrypt-proxy: worker %d: out of memory accepting\n", w->id);
+        log_refusal(w, "out of memory accepting a connection");
         return;
     }
     conn->worker = w;
@@ -185,13 +266,40 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
     TAILQ_INSERT_TAIL(&w->conns, conn, link);
     w->n_conns++;
     if (h2_session_new(&conn->h2, bev, H2_ROLE_SERVER, w->cfg.server_tls == NULL,
-                       w->cfg.server_tls != NULL, &server_settings, &down_handler, conn,
-                       &err) != 0) {
+                       w->cfg.server_tls != NULL, &w->settings, &down_handler, conn, &err) != 0) {
         TAILQ_REMOVE(&w->conns, conn, link);
         w->n_conns--;
+        if (conn->idle_ev) {
+            event_free(conn->idle_ev);
+        }
         ep_free(conn);
-        fprintf(stderr, "etcd-encrypt-proxy: worker %d: %s\n", w->id, err.msg);
+        log_refusal(w, err.msg);
+        return;
     }
+    watch_idle(conn);
+}
+
+static void on_accept_retry(evutil_socket_t fd, short what, void *arg) {
+    proxy_worker *w = arg;
+    if (w->listener && !w->stopping) {
+        evconnlistener_enable(w->listener);
+    }
+}
+
+/* accept() failed. Out of descriptors (or memory) the pending connection stays readable on the
+ * listener, which would then wake the loop again at once, forever: pause accepting instead. */
+static void on_accept_error(struct evconnlistener *l, void *arg) {
+    proxy_worker *w = arg;
+    int e = EVUTIL_SOCKET_ERROR();
+    if (e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM) {
+        evconnlistener_disable(l);
+        struct timeval retry = {0, ACCEPT_RETRY_MS * 1000};
+        evtimer_add(w->accept_retry_ev, &retry);
+    }
+    char msg[160];
+    snprintf(msg, sizeof(msg), "accept() failed: %s; pausing accept for %d ms", strerror(e),
+             ACCEPT_RETRY_MS);
+    log_refusal(w, msg);
 }
 
 /* Returns a bound, listening, non-blocking socket, or -1 with |err| set. */
@@ -278,7 +386,8 @@ static int setup(proxy_worker *w, ep_err *err) {
     w->stop_ev = event_new(w->base, -1, 0, on_stop, w);
     w->drain_ev = evtimer_new(w->base, on_drain_timeout, w);
     w->accept_ev = event_new(w->base, -1, 0, on_accept_start, w);
-    if (!w->stop_ev || !w->drain_ev || !w->accept_ev) {
+    w->accept_retry_ev = evtimer_new(w->base, on_accept_retry, w);
+    if (!w->stop_ev || !w->drain_ev || !w->accept_ev || !w->accept_retry_ev) {
         return ep_err_set(err, EP_ERR_NOMEM, "out of memory");
     }
     int rv = kms_set_new(w->base, w->cfg.env.set, &w->kms, err);
@@ -297,6 +406,7 @@ static int setup(proxy_worker *w, ep_err *err) {
         close(fd);
         return ep_err_set(err, EP_ERR_NOMEM, "out of memory");
     }
+    evconnlistener_set_error_cb(w->listener, on_accept_error);
     upstream_config ucfg = {w->cfg.endpoints, w->cfg.n_endpoints, w->cfg.client_tls, w->id};
     return upstream_new(&w->up, w->base, &ucfg, err);
 }
@@ -308,6 +418,20 @@ int proxy_worker_new(proxy_worker **out, const proxy_worker_config *cfg, int id,
     }
     w->id = id;
     w->cfg = *cfg;
+    w->settings = (h2_settings){
+        .max_concurrent_streams = cfg->max_concurrent_streams ? cfg->max_concurrent_streams : 4096,
+        .stream_window = 1 << 20,
+        .connection_window = 16 << 20,
+        .max_output_buffer = 1 << 20,
+        .max_header_list = PROXY_MAX_HEADER_LIST,
+        .handshake_timeout_ms = (uint32_t)cfg->handshake_timeout_ms,
+    };
+    if (w->cfg.max_connections == 0) {
+        w->cfg.max_connections = SIZE_MAX;
+    }
+    if (w->cfg.max_streams == 0) {
+        w->cfg.max_streams = SIZE_MAX;
+    }
     TAILQ_INIT(&w->conns);
     int rv = setup(w, err);
     if (rv != 0) {
@@ -384,6 +508,9 @@ void proxy_worker_free(proxy_worker *w) {
     }
     if (w->accept_ev) {
         event_free(w->accept_ev);
+    }
+    if (w->accept_retry_ev) {
+        event_free(w->accept_retry_ev);
     }
     if (w->periodic_ev) {
         event_free(w->periodic_ev);

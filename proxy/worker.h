@@ -23,9 +23,14 @@ typedef struct {
     proxy_stream_env env; /* |kms| is filled by each worker with its own set */
     const upstream_endpoint *endpoints;
     size_t n_endpoints;
-    SSL_CTX *server_tls; /* NULL: h2c with prior knowledge */
-    SSL_CTX *client_tls; /* for https endpoints */
-    int drain_ms;        /* how long in-flight calls may finish after a stop */
+    SSL_CTX *server_tls;    /* NULL: h2c with prior knowledge */
+    SSL_CTX *client_tls;    /* for https endpoints */
+    int drain_ms;           /* how long in-flight calls may finish after a stop */
+    size_t max_connections; /* this worker's client connections at once; more are closed */
+    size_t max_streams;     /* this worker's client streams at once; more get REFUSED_STREAM */
+    uint32_t max_concurrent_streams; /* per connection */
+    int handshake_timeout_ms;        /* 0: none */
+    int idle_timeout_ms;             /* 0: never */
 } proxy_worker_config;
 
 typedef struct proxy_worker proxy_worker;

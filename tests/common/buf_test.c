@@ -29,6 +29,45 @@ static void test_append_grows(void **state) {
     assert_null(b.data);
 }
 
+static const uint8_t *watched;
+static size_t watched_len, freed_watched, freed_dirty;
+
+static void check_wiped(void *p) {
+    if (p != watched) {
+        return;
+    }
+    freed_watched++;
+    for (size_t i = 0; i < watched_len; i++) {
+        if (watched[i] != 0) {
+            freed_dirty++;
+            return;
+        }
+    }
+}
+
+/* Every block a growing buffer leaves behind is wiped: a buffer holding a key or plaintext must
+ * not leave copies of it in freed memory. */
+static void test_growth_wipes_the_old_block(void **state) {
+    buf b = BUF_INIT;
+    uint8_t secret_byte = 0xa5;
+    size_t moves = 0;
+    freed_watched = freed_dirty = 0;
+    ep_alloc_set_free_hook(check_wiped);
+    for (int i = 0; i < 100000; i++) {
+        watched = b.data;
+        watched_len = b.cap;
+        assert_int_equal(buf_append(&b, &secret_byte, 1), EP_OK);
+        moves += b.data != watched && watched != NULL;
+    }
+    watched = b.data;
+    watched_len = b.cap;
+    buf_free_secure(&b);
+    ep_alloc_set_free_hook(NULL);
+    assert_true(moves >= 5);
+    assert_int_equal(freed_watched, moves + 1);
+    assert_int_equal(freed_dirty, 0);
+}
+
 static void test_failed_growth_keeps_contents(void **state) {
     buf b = BUF_INIT;
     assert_int_equal(buf_append(&b, "abc", 3), EP_OK);
@@ -91,6 +130,7 @@ int main(void) {
         cmocka_unit_test(test_append_grows),
         cmocka_unit_test(test_failed_growth_keeps_contents),
         cmocka_unit_test(test_reserve_overflow_is_refused),
+        cmocka_unit_test(test_growth_wipes_the_old_block),
         cmocka_unit_test(test_wipe_zeroes),
         cmocka_unit_test(test_secret),
         cmocka_unit_test(test_err_helpers),

@@ -887,6 +887,56 @@ static void test_v2_threads(void **state) {
     crypto_transformer_free(t);
 }
 
+/* A v1 value whose encrypted DEK is empty is refused cleanly (it once reached NULL + 0 in
+ * base64 and memcpy from NULL in the DEK cache: UBSan), with the cache on and off. */
+static void test_v1_empty_encrypted_dek(void **state) {
+    const int32_t cachesizes[] = {1000, -1};
+    for (size_t i = 0; i < 2; i++) {
+        config_provider cfg = kms_config("e1", 1, cachesizes[i]);
+        crypto_transformer *t = chain_of(&cfg);
+        plugin pl = {.kek_b64 = v1_kek};
+        buf out = BUF_INIT;
+        ep_err err;
+        int rv = decrypt_loop(t, &pl, STR_LIT("/registry/secrets/ns/e"),
+                              STR_LIT("k8s:enc:kms:v1:e1:\x00\x00"), &out, NULL, NULL, &err);
+        assert_int_not_equal(rv, EP_OK);
+        assert_int_equal(out.len, 0);
+        rv = decrypt_loop(t, &pl, STR_LIT("/registry/secrets/ns/e"),
+                          STR_LIT("k8s:enc:kms:v1:e1:\x00\x00payload"), &out, NULL, NULL, &err);
+        assert_int_not_equal(rv, EP_OK);
+        buf_free(&out);
+        crypto_transformer_free(t);
+    }
+}
+
+/* A key_id change replaces the write state; the old one is freed at once even while other
+ * threads write and read (a plugin rotating on every Status must not grow the process), and
+ * values written under it stay readable. */
+static void test_v2_replaced_states_are_freed(void **state) {
+    config_provider cfg = kms_config("rot", 2, 0);
+    crypto_transformer *t = chain_of(&cfg);
+    crypto_kms_provider *k = provider_of(t);
+    install_state(k, seed1, kek1, "key-1", NULL);
+    assert_int_equal(crypto_kms_provider_v2_generations(k), 1);
+    pthread_t th[THREADS];
+    worker_arg args[THREADS];
+    for (int i = 0; i < THREADS; i++) {
+        args[i] = (worker_arg){t, 0, i * 13};
+        assert_int_equal(pthread_create(&th[i], NULL, v2_worker, &args[i]), 0);
+    }
+    for (int i = 0; i < 300; i++) {
+        char key_id[32];
+        snprintf(key_id, sizeof(key_id), "key-%d", i);
+        install_state(k, i % 2 ? seed1 : seed2, i % 2 ? kek1 : kek2, key_id, NULL);
+        assert_int_equal(crypto_kms_provider_v2_generations(k), 1);
+    }
+    for (int i = 0; i < THREADS; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(args[i].failures, 0);
+    }
+    crypto_transformer_free(t);
+}
+
 /* ---- allocation failure ---- */
 
 static void test_allocation_failure(void **state) {
@@ -956,6 +1006,8 @@ int main(void) {
         cmocka_unit_test(test_dek_cache_ttl_and_bounds),
         cmocka_unit_test(test_threads_share_a_provider),
         cmocka_unit_test(test_v2_threads),
+        cmocka_unit_test(test_v2_replaced_states_are_freed),
+        cmocka_unit_test(test_v1_empty_encrypted_dek),
         cmocka_unit_test(test_allocation_failure),
     };
     return cmocka_run_group_tests(tests, load_vectors, free_vectors);

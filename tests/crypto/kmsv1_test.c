@@ -126,6 +126,10 @@ static void test_cache_key_is_base64(void **state) {
     assert_int_equal(crypto_kmsv1_cache_key(str_make(edek, sizeof(edek)), &out), EP_OK);
     assert_true(str_eq(buf_str(&out), STR_LIT("+/8AYQ==")));
     buf_free(&out);
+    /* an empty EDEK (a hostile stored value) into a buffer with no block yet */
+    assert_int_equal(crypto_kmsv1_cache_key(str_make(NULL, 0), &out), EP_OK);
+    assert_int_equal(out.len, 0);
+    buf_free(&out);
 }
 
 static void test_new_dek(void **state) {

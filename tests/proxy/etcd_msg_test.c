@@ -472,6 +472,31 @@ static void test_txn_value_compares(void **state) {
     add_msg(&txn, 2, &op);
     expect_request_error(ETCD_METHOD_TXN, &txn, GRPC_STATUS_FAILED_PRECONDITION, "encrypted");
 
+    /* etcd (Go, int32 enums) keeps the low 32 bits of the varint: these are VALUE to etcd */
+    const uint64_t value_aliases[] = {(1ull << 32) + 3, (1ull << 63) + 3, 0xffffffff00000003ull};
+    for (size_t i = 0; i < sizeof(value_aliases) / sizeof(value_aliases[0]); i++) {
+        buf_reset(&txn);
+        cmp = compare(value_aliases[i], "/registry/secrets/a", NULL);
+        add_msg(&txn, 1, &cmp);
+        expect_request_error(ETCD_METHOD_TXN, &txn, GRPC_STATUS_FAILED_PRECONDITION,
+                             "value compares cannot work on encrypted keys");
+    }
+    /* ... and these are not (MOD, and -1) */
+    buf_reset(&txn);
+    cmp = compare((1ull << 32) + 2, "/registry/secrets/a", NULL);
+    add_msg(&txn, 1, &cmp);
+    expect_request_unchanged(ETCD_METHOD_TXN, &txn);
+    buf_reset(&txn);
+    cmp = compare(UINT64_MAX, "/registry/secrets/a", NULL);
+    add_msg(&txn, 1, &cmp);
+    expect_request_unchanged(ETCD_METHOD_TXN, &txn);
+    /* the last target wins, as in Go */
+    buf_reset(&txn);
+    cmp = compare(2, "/registry/secrets/a", NULL);
+    add_uint(&cmp, 2, (1ull << 32) + 3);
+    add_msg(&txn, 1, &cmp);
+    expect_request_error(ETCD_METHOD_TXN, &txn, GRPC_STATUS_FAILED_PRECONDITION, "encrypted");
+
     /* the target as bytes is malformed, not silently ignored */
     buf_reset(&txn);
     cmp = (buf)BUF_INIT;

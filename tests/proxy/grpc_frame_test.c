@@ -190,12 +190,36 @@ static void test_allocation_failure(void **state) {
     ep_alloc_fail_reset();
     grpc_frame_reader_free(&r);
 
-    /* the header fits in the first reservation; reserving the 300-byte body fails */
+    /* the header fits in the first block; growing it for 100 more body bytes fails */
     grpc_frame_reader_init(&r, 1000);
     assert_int_equal(feed(&r, &rec, stream + 13, 3), EP_OK);
     ep_alloc_fail_after(0);
-    assert_int_equal(feed(&r, &rec, stream + 16, 10), EP_ERR_NOMEM);
+    assert_int_equal(feed(&r, &rec, stream + 16, 100), EP_ERR_NOMEM);
     ep_alloc_fail_reset();
+    assert_true(grpc_frame_reader_idle(&r));
+    grpc_frame_reader_free(&r);
+    buf_free(&rec.messages);
+}
+
+/* A header announcing 1 MiB costs what arrived, not the announced length (a peer could make
+ * every stream reserve and later wipe megabytes with five bytes). */
+static void test_announced_length_is_not_reserved(void **state) {
+    grpc_frame_reader r;
+    grpc_frame_reader_init(&r, 4u << 20);
+    recorder rec = {BUF_INIT, 0, 0, {0}, 0};
+    const uint8_t hdr[] = {0, 0x00, 0x10, 0x00, 0x00};
+    assert_int_equal(feed(&r, &rec, hdr, sizeof(hdr)), EP_OK);
+    assert_false(grpc_frame_reader_idle(&r));
+    assert_true(r.pending.cap < 1024);
+    uint8_t chunk[1000];
+    memset(chunk, 0x5a, sizeof(chunk));
+    assert_int_equal(feed(&r, &rec, chunk, sizeof(chunk)), EP_OK);
+    assert_true(r.pending.cap < 4096);
+    for (size_t fed = sizeof(chunk); fed < (1u << 20); fed += sizeof(chunk)) {
+        size_t n = (1u << 20) - fed < sizeof(chunk) ? (1u << 20) - fed : sizeof(chunk);
+        assert_int_equal(feed(&r, &rec, chunk, n), EP_OK);
+    }
+    assert_int_equal(rec.count, 1);
     assert_true(grpc_frame_reader_idle(&r));
     grpc_frame_reader_free(&r);
     buf_free(&rec.messages);
@@ -203,6 +227,7 @@ static void test_allocation_failure(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_announced_length_is_not_reserved),
         cmocka_unit_test(test_write_header),
         cmocka_unit_test(test_whole_chunk_is_zero_copy),
         cmocka_unit_test(test_every_split_point),

@@ -69,7 +69,8 @@ struct ts_server {
     char timeout[16];
 };
 
-static const h2_settings ts_settings = {0, 1 << 20, 16 << 20, 1 << 20};
+static const h2_settings ts_settings = {
+    .stream_window = 1 << 20, .connection_window = 16 << 20, .max_output_buffer = 1 << 20};
 
 static void ts_stream_free(ts_stream *st) {
     if (st->prev) {

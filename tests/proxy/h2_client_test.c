@@ -66,7 +66,8 @@ static const h2_client_handler handler = {
     .log = on_log,
 };
 
-static const h2_settings settings = {0, 1 << 20, 16 << 20, 1 << 20};
+static const h2_settings settings = {
+    .stream_window = 1 << 20, .connection_window = 16 << 20, .max_output_buffer = 1 << 20};
 
 static void reply_ok(ts_server *ts, const char *path, str request, ts_reply *reply, void *arg) {}
 
