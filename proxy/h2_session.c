@@ -39,6 +39,7 @@
 
 #define OUTPUT_LOW_WATER (64 * 1024)
 #define READS_PER_WAKE 4
+#define LINGER_MS 1000
 
 struct h2_session {
     nghttp2_session *ng;
@@ -51,8 +52,10 @@ struct h2_session {
     bool closing;   /* on_close is due */
     bool reported;  /* on_close was called */
     bool finishing; /* nghttp2 is done: close once the output drained */
-    bool calmed;    /* GOAWAY(ENHANCE_YOUR_CALM) sent: read nothing more */
-    bool greeted;   /* server: the client's SETTINGS arrived */
+    bool calmed;    /* GOAWAY(ENHANCE_YOUR_CALM) sent: input is discarded */
+    bool lingering; /* calmed, written out, write side shut: waiting for the peer to close */
+    struct event *linger_ev;
+    bool greeted; /* server: the client's SETTINGS arrived */
     struct event *handshake_ev;
     int64_t abuse_millitokens;
     int64_t abuse_refilled_ms;
@@ -63,6 +66,7 @@ struct h2_session {
 };
 
 static void send_now(h2_session *s);
+static void finish(h2_session *s);
 static int read_directly(h2_session *s);
 
 static struct evbuffer *output(h2_session *s) {
@@ -176,10 +180,6 @@ bool h2_session_penalize(h2_session *s, unsigned cost) {
     s->close_reason = "peer misbehaved (too many reset streams, empty frames or oversized "
                       "header lists): GOAWAY ENHANCE_YOUR_CALM";
     nghttp2_session_terminate_session(s->ng, NGHTTP2_ENHANCE_YOUR_CALM);
-    bufferevent_disable(s->bev, EV_READ);
-    if (s->read_ev) {
-        event_del(s->read_ev);
-    }
     h2_session_schedule_send(s);
     return false;
 }
@@ -358,8 +358,31 @@ static void go_up(h2_session *s) {
     send_now(s);
 }
 
+static void on_linger_end(evutil_socket_t fd, short what, void *arg) {
+    h2_session_close(arg, "connection finished");
+}
+
+/* nghttp2 is done and everything was written. A peer we sent GOAWAY(ENHANCE_YOUR_CALM) is
+ * usually still sending: closing now, with its bytes unread, would make the kernel answer
+ * with a reset that can destroy the GOAWAY before the peer reads it. So the write side is
+ * shut (FIN after the GOAWAY) and input is discarded until the peer closes or LINGER_MS. */
+static void finish(h2_session *s) {
+    evutil_socket_t fd = bufferevent_getfd(s->bev);
+    struct timeval linger = {0, LINGER_MS * 1000};
+    if (!s->calmed || s->lingering || fd < 0) {
+        h2_session_close(s, "connection finished");
+        return;
+    }
+    s->lingering = true;
+    shutdown(fd, SHUT_WR);
+    s->linger_ev = evtimer_new(bufferevent_get_base(s->bev), on_linger_end, s);
+    if (!s->linger_ev || evtimer_add(s->linger_ev, &linger) != 0) {
+        h2_session_close(s, "connection finished");
+    }
+}
+
 static void send_now(h2_session *s) {
-    if (!s->up || s->closing) {
+    if (!s->up || s->closing || s->lingering) {
         return;
     }
     int rv = nghttp2_session_send(s->ng);
@@ -369,7 +392,7 @@ static void send_now(h2_session *s) {
     }
     if (!nghttp2_session_want_read(s->ng) && !nghttp2_session_want_write(s->ng)) {
         if (evbuffer_get_length(output(s)) == 0) {
-            h2_session_close(s, "connection finished");
+            finish(s);
         } else if (!s->finishing) {
             s->finishing = true;
             bufferevent_setwatermark(s->bev, EV_WRITE, 0, 0);
@@ -409,12 +432,12 @@ static _Thread_local uint8_t read_buf[READ_BUF_LEN];
 static void on_socket_read(evutil_socket_t fd, short what, void *arg) {
     h2_session *s = arg;
     int reads = 0;
-    while (!s->closing && !s->calmed) {
+    while (!s->closing) {
         ssize_t n = read(fd, read_buf, sizeof(read_buf));
         if (n > 0) {
             /* Level-triggered: what is left is read on the next loop iteration, after the
-             * other connections had their turn. */
-            if (!feed(s, read_buf, (size_t)n) || (size_t)n < sizeof(read_buf) ||
+             * other connections had their turn. A calmed peer's bytes are discarded. */
+            if ((!s->calmed && !feed(s, read_buf, (size_t)n)) || (size_t)n < sizeof(read_buf) ||
                 ++reads == READS_PER_WAKE) {
                 break;
             }
@@ -447,14 +470,19 @@ static int read_directly(h2_session *s) {
 
 static void on_read(struct bufferevent *bev, void *arg) {
     h2_session *s = arg;
-    feed_evbuffer(s, bufferevent_get_input(bev));
+    struct evbuffer *in = bufferevent_get_input(bev);
+    if (s->calmed) {
+        evbuffer_drain(in, evbuffer_get_length(in));
+    } else {
+        feed_evbuffer(s, in);
+    }
     send_now(s);
 }
 
 static void on_write(struct bufferevent *bev, void *arg) {
     h2_session *s = arg;
     if (s->finishing && evbuffer_get_length(output(s)) == 0) {
-        h2_session_close(s, "connection finished");
+        finish(s);
         return;
     }
     send_now(s);
@@ -552,6 +580,9 @@ void h2_session_free(h2_session *s) {
     }
     if (s->handshake_ev) {
         event_free(s->handshake_ev);
+    }
+    if (s->linger_ev) {
+        event_free(s->linger_ev);
     }
     nghttp2_session_del(s->ng);
     if (s->bev) {

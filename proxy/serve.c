@@ -388,8 +388,14 @@ static size_t per_worker(long total, int n) {
 
 static int setup_workers(server *sv, ep_err *err) {
     long conns = connection_budget();
-    if (sv->opts.max_connections > 0 && sv->opts.max_connections < conns) {
-        conns = sv->opts.max_connections;
+    if (sv->opts.max_connections > conns) {
+        fprintf(stderr,
+                "etcd-encrypt-proxy: warning: --max-connections %ld is above what the open-file "
+                "limit leaves for clients (%ld): accept() may run out of descriptors\n",
+                sv->opts.max_connections, conns);
+    }
+    if (sv->opts.max_connections > 0) {
+        conns = sv->opts.max_connections; /* the operator's number wins */
     }
     proxy_worker_config cfg = {
         .listen_host = sv->opts.listen_host,

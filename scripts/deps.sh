@@ -7,7 +7,7 @@ EP_DEBIAN_PACKAGES=(
     build-essential cmake pkg-config git openssl ca-certificates procps clang-format
     libevent-dev libnghttp2-dev libssl-dev libprotobuf-c-dev protobuf-c-compiler libyaml-dev
     libjemalloc-dev libsodium-dev libcmocka-dev libcjson-dev
-    etcd-server etcd-client python3 python3-etcd3 python3-grpcio python3-cryptography
+    etcd-server etcd-client python3 python3-etcd3 python3-grpcio python3-cryptography python3-hpack
     nghttp2-client nghttp2-proxy
     libp11-kit-dev softhsm2 opensc
 )
