@@ -29,10 +29,10 @@ static config_mark mark_of(yaml_mark_t m) {
     return cm;
 }
 
-static int fail(builder *b, yaml_mark_t m, const char *fmt, ...)
+static int fail_at(builder *b, yaml_mark_t m, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-static int fail(builder *b, yaml_mark_t m, const char *fmt, ...) {
+static int fail_at(builder *b, yaml_mark_t m, const char *fmt, ...) {
     char what[EP_ERR_MSG_MAX];
     va_list ap;
     va_start(ap, fmt);
@@ -40,6 +40,33 @@ static int fail(builder *b, yaml_mark_t m, const char *fmt, ...) {
     va_end(ap);
     config_mark cm = mark_of(m);
     return ep_err_set(b->err, EP_ERR_CONFIG, "%s:%d:%d: %s", b->name, cm.line, cm.col, what);
+}
+
+/* Wipes a scalar's text before libyaml frees it: the values of an EncryptionConfiguration
+ * include the base64 keys. */
+static void drop_event(yaml_event_t *ev) {
+    if (ev->type == YAML_SCALAR_EVENT && ev->data.scalar.value != NULL) {
+        explicit_bzero(ev->data.scalar.value, ev->data.scalar.length);
+    }
+    yaml_event_delete(ev);
+}
+
+/* Wipes what libyaml still holds of the input before yaml_parser_delete frees it: the raw and
+ * decoded input buffers and scalars of tokens not yet turned into events. (libyaml grows a
+ * scalar's buffer by realloc while scanning it and has no allocator hook, so the blocks it
+ * outgrew are freed unwiped; README says so.) */
+static void wipe_parser(yaml_parser_t *p) {
+    if (p->raw_buffer.start != NULL) {
+        explicit_bzero(p->raw_buffer.start, (size_t)(p->raw_buffer.end - p->raw_buffer.start));
+    }
+    if (p->buffer.start != NULL) {
+        explicit_bzero(p->buffer.start, (size_t)(p->buffer.end - p->buffer.start));
+    }
+    for (yaml_token_t *t = p->tokens.head; t != NULL && t < p->tokens.tail; t++) {
+        if (t->type == YAML_SCALAR_TOKEN && t->data.scalar.value != NULL) {
+            explicit_bzero(t->data.scalar.value, t->data.scalar.length);
+        }
+    }
 }
 
 /* Returns 0, EP_ERR_NOMEM, or EP_ERR_CONFIG for a syntax error. */
@@ -52,10 +79,10 @@ static int next_event(builder *b, yaml_event_t *ev) {
     }
     const char *problem = b->parser.problem ? b->parser.problem : "unknown problem";
     if (b->parser.context != NULL) {
-        return fail(b, b->parser.problem_mark, "YAML syntax error: %s %s", problem,
-                    b->parser.context);
+        return fail_at(b, b->parser.problem_mark, "YAML syntax error: %s %s", problem,
+                       b->parser.context);
     }
-    return fail(b, b->parser.problem_mark, "YAML syntax error: %s", problem);
+    return fail_at(b, b->parser.problem_mark, "YAML syntax error: %s", problem);
 }
 
 static int in_list(const char *s, const char *const *list) {
@@ -146,10 +173,11 @@ static config_yaml_scalar_type resolve_plain(const char *s) {
 static int check_props(builder *b, const yaml_event_t *ev, const yaml_char_t *anchor,
                        const yaml_char_t *tag, const char *allowed_tag) {
     if (anchor != NULL) {
-        return fail(b, ev->start_mark, "YAML anchors and aliases are not allowed");
+        return fail_at(b, ev->start_mark, "YAML anchors and aliases are not allowed");
     }
     if (tag != NULL && strcmp((const char *)tag, allowed_tag) != 0) {
-        return fail(b, ev->start_mark, "YAML tag \"%.64s\" is not allowed here", (const char *)tag);
+        return fail_at(b, ev->start_mark, "YAML tag \"%.64s\" is not allowed here",
+                       (const char *)tag);
     }
     return EP_OK;
 }
@@ -213,14 +241,14 @@ static int build_sequence(builder *b, int depth, config_yaml_node *seq) {
             return rv;
         }
         if (ev.type == YAML_SEQUENCE_END_EVENT) {
-            yaml_event_delete(&ev);
+            drop_event(&ev);
             return EP_OK;
         }
         rv = grow(b, (void **)&seq->items, &seq->nitems, sizeof(seq->items[0]));
         if (rv == EP_OK) {
             rv = build_node(b, &ev, depth + 1, &seq->items[seq->nitems - 1]);
         }
-        yaml_event_delete(&ev);
+        drop_event(&ev);
         if (rv != EP_OK) {
             return rv;
         }
@@ -242,7 +270,7 @@ static int check_duplicate(builder *b, const config_yaml_node *map, const config
 
 static int build_pair(builder *b, yaml_event_t *key_ev, int depth, config_yaml_node *map) {
     if (key_ev->type != YAML_SCALAR_EVENT) {
-        return fail(b, key_ev->start_mark, "mapping keys must be plain strings");
+        return fail_at(b, key_ev->start_mark, "mapping keys must be plain strings");
     }
     int rv = grow(b, (void **)&map->pairs, &map->npairs, sizeof(map->pairs[0]));
     config_yaml_pair *pair = rv == EP_OK ? &map->pairs[map->npairs - 1] : NULL;
@@ -261,7 +289,7 @@ static int build_pair(builder *b, yaml_event_t *key_ev, int depth, config_yaml_n
         return rv;
     }
     rv = build_node(b, &ev, depth + 1, &pair->value);
-    yaml_event_delete(&ev);
+    drop_event(&ev);
     return rv;
 }
 
@@ -273,11 +301,11 @@ static int build_mapping(builder *b, int depth, config_yaml_node *map) {
             return rv;
         }
         if (ev.type == YAML_MAPPING_END_EVENT) {
-            yaml_event_delete(&ev);
+            drop_event(&ev);
             return EP_OK;
         }
         rv = build_pair(b, &ev, depth, map);
-        yaml_event_delete(&ev);
+        drop_event(&ev);
         if (rv != EP_OK) {
             return rv;
         }
@@ -286,7 +314,7 @@ static int build_mapping(builder *b, int depth, config_yaml_node *map) {
 
 static int build_node(builder *b, yaml_event_t *ev, int depth, config_yaml_node **out) {
     if (depth > MAX_DEPTH) {
-        return fail(b, ev->start_mark, "YAML nesting deeper than %d levels", MAX_DEPTH);
+        return fail_at(b, ev->start_mark, "YAML nesting deeper than %d levels", MAX_DEPTH);
     }
     int rv;
     switch (ev->type) {
@@ -307,9 +335,9 @@ static int build_node(builder *b, yaml_event_t *ev, int depth, config_yaml_node 
         }
         return rv == EP_OK ? build_mapping(b, depth, *out) : rv;
     case YAML_ALIAS_EVENT:
-        return fail(b, ev->start_mark, "YAML anchors and aliases are not allowed");
+        return fail_at(b, ev->start_mark, "YAML anchors and aliases are not allowed");
     default:
-        return fail(b, ev->start_mark, "unexpected YAML event");
+        return fail_at(b, ev->start_mark, "unexpected YAML event");
     }
 }
 
@@ -318,8 +346,8 @@ static int build_node(builder *b, yaml_event_t *ev, int depth, config_yaml_node 
 static int expect(builder *b, yaml_event_type_t type, yaml_event_t *ev) {
     int rv = next_event(b, ev);
     if (rv == EP_OK && ev->type != type) {
-        rv = fail(b, ev->start_mark, "unexpected YAML structure");
-        yaml_event_delete(ev);
+        rv = fail_at(b, ev->start_mark, "unexpected YAML structure");
+        drop_event(ev);
     }
     return rv;
 }
@@ -331,12 +359,12 @@ static int build_document(builder *b, config_yaml_node **root) {
     if (rv != EP_OK) {
         return rv;
     }
-    yaml_event_delete(&ev);
+    drop_event(&ev);
     if ((rv = next_event(b, &ev)) != EP_OK) {
         return rv;
     }
     yaml_event_type_t type = ev.type;
-    yaml_event_delete(&ev);
+    drop_event(&ev);
     if (type == YAML_STREAM_END_EVENT) {
         return EP_OK;
     }
@@ -344,21 +372,21 @@ static int build_document(builder *b, config_yaml_node **root) {
         return rv;
     }
     rv = build_node(b, &ev, 0, root);
-    yaml_event_delete(&ev);
+    drop_event(&ev);
     if (rv == EP_OK) {
         rv = expect(b, YAML_DOCUMENT_END_EVENT, &ev);
     }
     if (rv != EP_OK) {
         return rv;
     }
-    yaml_event_delete(&ev);
+    drop_event(&ev);
     if ((rv = next_event(b, &ev)) != EP_OK) {
         return rv;
     }
     if (ev.type != YAML_STREAM_END_EVENT) {
-        rv = fail(b, ev.start_mark, "only one YAML document is allowed");
+        rv = fail_at(b, ev.start_mark, "only one YAML document is allowed");
     }
-    yaml_event_delete(&ev);
+    drop_event(&ev);
     return rv;
 }
 
@@ -371,6 +399,7 @@ int config_yaml_doc_parse(const char *name, const void *data, size_t len, config
     }
     yaml_parser_set_input_string(&b.parser, data, len);
     int rv = build_document(&b, root);
+    wipe_parser(&b.parser);
     yaml_parser_delete(&b.parser);
     if (rv == EP_OK && config_yaml_doc_is_null(*root)) {
         config_yaml_doc_free(*root);

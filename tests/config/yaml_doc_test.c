@@ -9,7 +9,7 @@
 #include <cmocka.h>
 
 #include "common/alloc.h"
-#include "config/yaml_doc.h"
+#include "config/yaml_doc.c" /* static helpers (wipe_parser) are tested directly */
 
 static config_yaml_node *parse_ok(const char *text) {
     config_yaml_node *root = NULL;
@@ -153,6 +153,34 @@ static void test_alloc_failure(void **state) {
     assert_true(n > 10);
 }
 
+/* After a parse, libyaml's input buffers and any scalar tokens left hold no key text. */
+static void test_parser_buffers_are_wiped(void **state) {
+    static const char key_text[] = "c2VjcmV0LWtleS1tYXRlcmlhbC0xMjM0NTY3ODkwYWI=";
+    char doc[256];
+    snprintf(doc, sizeof(doc), "keys:\n- name: k\n  secret: %s\n", key_text);
+    ep_err err;
+    builder b = {.name = "t.yaml", .err = &err};
+    config_yaml_node *root = NULL;
+    assert_true(yaml_parser_initialize(&b.parser));
+    yaml_parser_set_input_string(&b.parser, (const unsigned char *)doc, strlen(doc));
+    assert_int_equal(build_document(&b, &root), EP_OK);
+    const uint8_t *raw = b.parser.raw_buffer.start, *dec = b.parser.buffer.start;
+    size_t raw_len = (size_t)(b.parser.raw_buffer.end - b.parser.raw_buffer.start);
+    size_t dec_len = (size_t)(b.parser.buffer.end - b.parser.buffer.start);
+    assert_non_null(memmem(dec, dec_len, key_text, strlen(key_text))); /* the test can fail */
+    wipe_parser(&b.parser);
+    assert_null(memmem(raw, raw_len, key_text, strlen(key_text)));
+    assert_null(memmem(dec, dec_len, key_text, strlen(key_text)));
+    yaml_parser_delete(&b.parser);
+    const config_yaml_node *keys = config_yaml_doc_get(root, "keys");
+    assert_non_null(keys);
+    assert_int_equal(keys->nitems, 1);
+    const config_yaml_node *value = config_yaml_doc_get(keys->items[0], "secret");
+    assert_non_null(value);
+    assert_string_equal(value->value, key_text); /* our own copy is intact */
+    config_yaml_doc_free(root);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_marks_are_one_based),
@@ -162,6 +190,7 @@ int main(void) {
         cmocka_unit_test(test_refused),
         cmocka_unit_test(test_depth_limit),
         cmocka_unit_test(test_alloc_failure),
+        cmocka_unit_test(test_parser_buffers_are_wiped),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
