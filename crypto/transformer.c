@@ -539,6 +539,7 @@ int crypto_transformer_decrypt(const crypto_transformer *t, str etcd_key, str st
     rs.errors.code = EP_OK;
     rs.errors.n = rs.errors.len = 0;
     rs.errors.text[0] = '\0';
+    rs.scratch.msg[0] = '\0'; /* a provider answering EP_ERR_AGAIN may leave it unset */
     rs.pending = pending;
     size_t start = out->len;
     for (size_t i = 0; i < t->nproviders; i++) {

@@ -10,6 +10,7 @@ EP_DEBIAN_PACKAGES=(
     etcd-server etcd-client python3 python3-etcd3 python3-grpcio python3-cryptography python3-hpack
     nghttp2-client nghttp2-proxy
     libp11-kit-dev softhsm2 opensc
+    clang libclang-rt-14-dev valgrind util-linux
 )
 
 ep_missing_packages() {
