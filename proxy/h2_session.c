@@ -67,6 +67,7 @@ struct h2_session {
 
 static void send_now(h2_session *s);
 static void finish(h2_session *s);
+static void arm_linger(h2_session *s, int ms);
 static int read_directly(h2_session *s);
 
 static struct evbuffer *output(h2_session *s) {
@@ -181,6 +182,7 @@ bool h2_session_penalize(h2_session *s, unsigned cost) {
                       "header lists): GOAWAY ENHANCE_YOUR_CALM";
     nghttp2_session_terminate_session(s->ng, NGHTTP2_ENHANCE_YOUR_CALM);
     h2_session_schedule_send(s);
+    arm_linger(s, 2 * LINGER_MS); /* a peer that reads nothing cannot keep it open */
     return false;
 }
 
@@ -362,23 +364,30 @@ static void on_linger_end(evutil_socket_t fd, short what, void *arg) {
     h2_session_close(arg, "connection finished");
 }
 
+/* Closes |s| in |ms| at the latest (re-arming moves the deadline). */
+static void arm_linger(h2_session *s, int ms) {
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    if (!s->linger_ev) {
+        s->linger_ev = evtimer_new(bufferevent_get_base(s->bev), on_linger_end, s);
+    }
+    if (!s->linger_ev || evtimer_add(s->linger_ev, &tv) != 0) {
+        h2_session_close(s, "connection finished");
+    }
+}
+
 /* nghttp2 is done and everything was written. A peer we sent GOAWAY(ENHANCE_YOUR_CALM) is
  * usually still sending: closing now, with its bytes unread, would make the kernel answer
  * with a reset that can destroy the GOAWAY before the peer reads it. So the write side is
  * shut (FIN after the GOAWAY) and input is discarded until the peer closes or LINGER_MS. */
 static void finish(h2_session *s) {
     evutil_socket_t fd = bufferevent_getfd(s->bev);
-    struct timeval linger = {0, LINGER_MS * 1000};
     if (!s->calmed || s->lingering || fd < 0) {
         h2_session_close(s, "connection finished");
         return;
     }
     s->lingering = true;
     shutdown(fd, SHUT_WR);
-    s->linger_ev = evtimer_new(bufferevent_get_base(s->bev), on_linger_end, s);
-    if (!s->linger_ev || evtimer_add(s->linger_ev, &linger) != 0) {
-        h2_session_close(s, "connection finished");
-    }
+    arm_linger(s, LINGER_MS);
 }
 
 static void send_now(h2_session *s) {
@@ -403,6 +412,12 @@ static void send_now(h2_session *s) {
 /* Feeds received bytes to nghttp2. Returns false when the session was closed. */
 static bool feed(h2_session *s, const uint8_t *data, size_t len) {
     ssize_t rv = nghttp2_session_mem_recv(s->ng, data, len);
+    if (rv == NGHTTP2_ERR_FLOODED && s->role == H2_ROLE_SERVER) {
+        /* SETTINGS/PING (or similar) floods: the peer gets ENHANCE_YOUR_CALM like any other
+         * abuser, if it reads at all; the linger bounds how long it is given. */
+        h2_session_penalize(s, H2_ABUSE_BURST + 1);
+        return false;
+    }
     if (rv < 0) {
         h2_session_close(s, nghttp2_strerror((int)rv));
         return false;

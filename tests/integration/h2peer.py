@@ -43,6 +43,7 @@ class Peer:
         self.headers = {}  # stream id -> list of header lists (response headers, trailers)
         self.ended = set()
         self.data_bytes = 0
+        self.stream_data = {}  # stream id -> DATA bytes received
         self.closed = False
         self._decoder = hpack.Decoder()
         self._decoder.max_allowed_table_size = 1 << 16
@@ -149,6 +150,7 @@ class Peer:
                 self.rst[sid] = struct.unpack(">I", payload)[0]
             elif ftype == w.DATA:
                 self.data_bytes += len(payload)
+                self.stream_data[sid] = self.stream_data.get(sid, 0) + len(payload)
                 if flags & w.END_STREAM:
                     self.ended.add(sid)
             elif ftype in (w.HEADERS, CONTINUATION):

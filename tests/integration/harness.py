@@ -332,6 +332,48 @@ class Etcd:
             _procs.remove(self.proc)
 
 
+class Member(Etcd):
+    """One member of a cluster; |cluster| returns the --initial-cluster value once every
+    member exists. Restartable on its data dir (launch() again after kill())."""
+
+    def __init__(self, d, name, cluster):
+        super().__init__(d)
+        self.name, self.cluster = name, cluster
+        self.data_dir = os.path.join(d, name + "-data")
+        self.log = os.path.join(d, name + ".log")
+
+    def args(self):
+        peer = "http://127.0.0.1:%d" % self.peer_port
+        return [ETCD, "--name", self.name, "--data-dir", self.data_dir, "--logger", "zap",
+                "--log-outputs", "stderr", "--listen-client-urls", self.url,
+                "--advertise-client-urls", self.url, "--listen-peer-urls", peer,
+                "--initial-advertise-peer-urls", peer, "--initial-cluster", self.cluster(),
+                "--initial-cluster-state", "new", "--initial-cluster-token", "ep-it-cluster",
+                "--snapshot-count", "100000"]
+
+    def launch(self):
+        self.proc = spawn(self.args(), self.log)
+
+
+def start_cluster(d, n=3, logs=None):
+    """|n| members started at once (none is healthy before a quorum is up); returns them."""
+    members = []
+
+    def initial_cluster():
+        return ",".join("%s=http://127.0.0.1:%d" % (m.name, m.peer_port) for m in members)
+
+    for i in range(n):
+        members.append(Member(d, "m%d" % i, initial_cluster))
+        if logs is not None:
+            logs.append(members[-1].log)
+    for m in members:
+        m.launch()
+    for m in members:
+        if not wait_for(m.healthy, 30, 0.2):
+            raise RuntimeError("cluster member %s not healthy:\n%s" % (m.name, log_tail(m.log)))
+    return members
+
+
 # ---------------------------------------------------------------------------------------------
 # EncryptionConfiguration and the CLI
 

@@ -314,6 +314,61 @@ def reset_floods():
         victim_ok(proxy, "after " + name)
 
 
+def control_floods():
+    """SETTINGS and PING floods from a peer that never reads the acknowledgements, and a frame
+    larger than the SETTINGS_MAX_FRAME_SIZE the proxy allows."""
+    for name, frame in (("SETTINGS", w.h2_frame(w.SETTINGS, 0, 0)),
+                        ("PING", w.h2_frame(w.PING, 0, 0, b"12345678"))):
+        s = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # and never read
+        started, closed = time.monotonic(), False
+        try:
+            s.sendall(w.PREFACE + w.h2_frame(w.SETTINGS, 0, 0))
+            while time.monotonic() - started < 15:
+                s.sendall(frame * 1000)
+        except OSError:
+            closed = True
+        s.close()
+        suite.check("%s flood: the connection is closed (%.1f s)" % (name, time.monotonic() - started),
+                    closed)
+        victim_ok(proxy, "after a %s flood" % name)
+
+    peer = h2peer.Peer(proxy.port)
+    peer.open(1, "/etcdserverpb.KV/Range")
+    peer.send(struct.pack(">I", 20000)[1:] + struct.pack(">BBI", w.DATA, 0, 1) + b"x" * 20000)
+    peer.wait_closed(5)
+    suite.check("a 20,000-byte frame: GOAWAY FRAME_SIZE_ERROR and closed",
+                peer.goaway is not None and peer.goaway[1] == 6 and peer.closed, peer.goaway)
+    peer.close()
+
+
+def abandoned_streams():
+    """10,000 streams opened (a Range each, its message never sent) on 10 connections, then the
+    connections vanish: the proxy lets go of all of them (memory and etcd's streams)."""
+    base_rss, base_fds = rss(proxy), len(os.listdir("/proc/%d/fd" % proxy.proc.pid))
+    peers = []
+    for _ in range(10):
+        p = h2peer.Peer(proxy.port)
+        batch = b""
+        for i in range(1000):
+            batch += w.h2_frame(w.HEADERS, w.END_HEADERS, 1 + 2 * i,
+                                w.grpc_request_headers("/etcdserverpb.KV/Range"))
+        p.send(batch)
+        peers.append(p)
+    time.sleep(2)
+    held = rss(proxy)
+    victim_ok(proxy, "while 10,000 streams are open")
+    for p in peers:
+        p.close()
+    harness.wait_for(lambda: rss(proxy) < held, 10, 0.5)
+    time.sleep(2)
+    fds = len(os.listdir("/proc/%d/fd" % proxy.proc.pid))
+    suite.check("10,000 abandoned streams: held +%.1f MB, +%.1f MB once they left; fds %d -> %d"
+                % ((held - base_rss) / MB, (rss(proxy) - base_rss) / MB, base_fds, fds),
+                fds <= base_fds and rss(proxy) - base_rss < rss_bound(24))
+    victim_ok(proxy, "after 10,000 abandoned streams")
+
+
 # ---------------------------------------------------------------------------------------------
 # connection-level limits, on a proxy of their own
 
@@ -434,6 +489,8 @@ suite.run("HPACK bomb and CONTINUATION flood", hpack_bomb)
 suite.run("5-byte gRPC headers", five_byte_headers)
 suite.run("empty DATA frames", empty_data_flood)
 suite.run("reset floods", reset_floods)
+suite.run("SETTINGS/PING floods, oversized frame", control_floods)
+suite.run("10,000 abandoned streams", abandoned_streams)
 suite.run("limits and timeouts", limits)
 suite.run("out of file descriptors", out_of_descriptors)
 suite.check("proxy still running", proxy.alive())

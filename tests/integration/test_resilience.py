@@ -164,26 +164,6 @@ def dead_first_endpoint():
 # 1b. a 3-member cluster, the connected member killed
 
 
-class Member(harness.Etcd):
-    def __init__(self, d, name, cluster):
-        super().__init__(d)
-        self.name, self.cluster = name, cluster
-        self.data_dir = os.path.join(d, name + "-data")
-        self.log = os.path.join(d, name + ".log")
-
-    def args(self):
-        peer = "http://127.0.0.1:%d" % self.peer_port
-        return [harness.ETCD, "--name", self.name, "--data-dir", self.data_dir, "--logger", "zap",
-                "--log-outputs", "stderr", "--listen-client-urls", self.url,
-                "--advertise-client-urls", self.url, "--listen-peer-urls", peer,
-                "--initial-advertise-peer-urls", peer, "--initial-cluster", self.cluster(),
-                "--initial-cluster-state", "new", "--initial-cluster-token", "ep-it-cluster",
-                "--snapshot-count", "100000"]
-
-    def launch(self):
-        self.proc = harness.spawn(self.args(), self.log)
-
-
 def cluster_leader(members):
     """The member that is raft leader, or None."""
     for m in members:
@@ -237,19 +217,7 @@ def leader_killed(members, proxy):
 def cluster_member_killed():
     t0 = time.monotonic()
     d, config, key = new_workdir()
-    members = []
-
-    def initial_cluster():
-        return ",".join("%s=http://127.0.0.1:%d" % (m.name, m.peer_port) for m in members)
-
-    for i in range(3):
-        members.append(Member(d, "m%d" % i, initial_cluster))
-        suite.logs.append(members[-1].log)
-    for m in members:  # all at once: none is healthy before a quorum is up
-        m.launch()
-    for m in members:
-        if not harness.wait_for(m.healthy, 30, 0.2):
-            raise RuntimeError("cluster member %s not healthy:\n%s" % (m.name, harness.log_tail(m.log)))
+    members = harness.start_cluster(d, 3, suite.logs)
     suite.check("3-member cluster up (%.1f s)" % (time.monotonic() - t0), True)
     # A follower goes first in --endpoints, so the member the proxy connects to (and that we
     # kill) is not the leader: a leader's death stalls writes in etcd itself for an election
