@@ -412,9 +412,10 @@ static void send_now(h2_session *s) {
 /* Feeds received bytes to nghttp2. Returns false when the session was closed. */
 static bool feed(h2_session *s, const uint8_t *data, size_t len) {
     ssize_t rv = nghttp2_session_mem_recv(s->ng, data, len);
-    if (rv == NGHTTP2_ERR_FLOODED && s->role == H2_ROLE_SERVER) {
-        /* SETTINGS/PING (or similar) floods: the peer gets ENHANCE_YOUR_CALM like any other
-         * abuser, if it reads at all; the linger bounds how long it is given. */
+    if ((rv == NGHTTP2_ERR_FLOODED || rv == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS) &&
+        s->role == H2_ROLE_SERVER) {
+        /* SETTINGS/PING floods, CONTINUATION floods: the peer gets ENHANCE_YOUR_CALM like any
+         * other abuser, if it reads at all; the linger bounds how long it is given. */
         h2_session_penalize(s, H2_ABUSE_BURST + 1);
         return false;
     }

@@ -689,6 +689,16 @@ int proxy_stream_on_request_header(proxy_stream *st, str name, str value) {
     return hdrs_add(&st->request_headers, name, value) == 0 ? 0 : NGHTTP2_ERR_CALLBACK_FAILURE;
 }
 
+/* Starts the etcd side once the request carries something (its first DATA bytes or its end):
+ * every etcd method reads a request message first, and a client that opens streams and sends
+ * nothing on them (or resets them at once: Rapid Reset, MadeYouReset) never costs etcd one. */
+static void start_upstream(proxy_stream *st) {
+    if (st->start_deferred && !st->status_sent) {
+        st->start_deferred = false;
+        upstream_start(st->upstream, st);
+    }
+}
+
 static void log_unimplemented(proxy_stream *st, char *msg, size_t cap) {
     int len = st->path.len > 200 ? 200 : (int)st->path.len;
     snprintf(msg, cap, "method %.*s is not supported through etcd-encrypt-proxy", len,
@@ -719,7 +729,10 @@ int proxy_stream_on_request_headers_end(proxy_stream *st, bool end_stream) {
         proxy_stream_fail(st, GRPC_STATUS_UNIMPLEMENTED, msg);
         return 0;
     }
-    upstream_start(st->upstream, st);
+    st->start_deferred = true;
+    if (end_stream) {
+        start_upstream(st);
+    }
     return 0;
 }
 
@@ -741,6 +754,7 @@ static void fail_request_framing(proxy_stream *st, int rv, const ep_err *err) {
 }
 
 int proxy_stream_on_request_data(proxy_stream *st, str data) {
+    start_upstream(st);
     if (st->status_sent || st->up_state == UP_DONE) {
         ack_request(st, data.len);
         return 0;
@@ -779,6 +793,7 @@ int proxy_stream_on_request_data(proxy_stream *st, str data) {
 }
 
 int proxy_stream_on_request_end(proxy_stream *st) {
+    start_upstream(st);
     st->request_ended = true;
     if (st->status_sent) {
         return 0;

@@ -127,6 +127,7 @@ struct proxy_stream {
     size_t header_count;
     bool headers_too_large; /* the request's header list went over the limit */
     bool counted_active;    /* counted in conn->active */
+    bool start_deferred;    /* headers done, etcd side not started until DATA or the end */
     buf scratch;            /* rewritten message */
     proxy_kms_wait request_wait;
     proxy_kms_wait response_wait;

@@ -204,10 +204,13 @@ def hpack_bomb():
     flood.frame(w.HEADERS, 0, 1, w.grpc_request_headers("/etcdserverpb.KV/Range"))
     try:
         for _ in range(200):
-            flood.frame(h2peer.CONTINUATION, 0, 1, b"\xbe" * 100)
+            flood.frame(h2peer.CONTINUATION, 0, 1, b"\x82" * 100)  # a valid static index
     except OSError:
         pass
-    suite.check("CONTINUATION flood: the connection is closed", flood.wait_closed(10))
+    suite.check("CONTINUATION flood: GOAWAY (nghttp2's PROTOCOL_ERROR or ENHANCE_YOUR_CALM) and "
+                "closed", flood.wait_closed(10) and flood.goaway is not None
+                and flood.goaway[1] in (h2peer.ENHANCE_YOUR_CALM, h2peer.PROTOCOL_ERROR),
+                flood.goaway)
     flood.close()
     victim_ok(proxy, "after a CONTINUATION flood")
 
@@ -306,10 +309,13 @@ def reset_floods():
         peer.wait_closed(5)
         time.sleep(1)
         started = etcd_watch_streams_started() - before
-        suite.check("%s: GOAWAY ENHANCE_YOUR_CALM after %d streams" % (name, sid // 2),
-                    peer.goaway is not None and peer.goaway[1] == h2peer.ENHANCE_YOUR_CALM,
-                    peer.goaway)
-        suite.check("%s: few calls reached etcd (%d)" % (name, started), started < 3000)
+        # nghttp2 may stop resetting first and refuse the connection for opening streams past
+        # SETTINGS_MAX_CONCURRENT_STREAMS (PROTOCOL_ERROR): that closes the offender too
+        suite.check("%s: GOAWAY ENHANCE_YOUR_CALM (or PROTOCOL_ERROR) after %d streams"
+                    % (name, sid // 2), peer.goaway is not None and peer.goaway[1] in
+                    (h2peer.ENHANCE_YOUR_CALM, h2peer.PROTOCOL_ERROR), peer.goaway)
+        suite.check("%s: no call reached etcd (%d): streams that carry nothing never start"
+                    % (name, started), started < 10)
         peer.close()
         victim_ok(proxy, "after " + name)
 
