@@ -17,7 +17,7 @@
 
 #include <event2/event.h>
 
-#include "proxy/grpc_client.h"
+#include "net/grpc_client.h"
 
 #define MAX_RESPONSE 4096
 

@@ -12,7 +12,7 @@
 #include <string.h>
 
 #include "common/buf.h"
-#include "proxy/grpc_frame.h"
+#include "net/grpc_frame.h"
 
 #define MAX_MESSAGE 65536
 

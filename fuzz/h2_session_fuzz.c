@@ -20,7 +20,7 @@
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 
-#include "proxy/h2_session.h"
+#include "net/h2_session.h"
 
 typedef struct {
     h2_session *s;

@@ -13,13 +13,13 @@
 
 #include <event2/event.h>
 
+#include "common/log.h"
 #include "kmsplugin/kek.h"
 #include "kmsplugin/kek_file.h"
 #include "kmsplugin/kek_pkcs11.h"
 #include "kmsplugin/plugin_api.h"
 #include "kmsplugin/plugin_server.h"
 
-#define LOG_PREFIX "etcd-encrypt-kms-plugin: "
 #define MAX_OLD_KEYS 32
 
 typedef struct {
@@ -175,18 +175,18 @@ static void on_reload(evutil_socket_t sig, short what, void *arg) {
     char before[KEK_ID_MAX + 1];
     snprintf(before, sizeof(before), "%s", p->ring.current->id);
     if (load_current(p, &err) != 0) {
-        fprintf(stderr, LOG_PREFIX "SIGHUP: reload failed, key_id stays %s: %s\n", before, err.msg);
+        ep_log(EP_LOG_WARN, "SIGHUP: reload failed, key_id stays %s: %s", before, err.msg);
     } else if (strcmp(before, p->ring.current->id) != 0) {
-        fprintf(stderr, LOG_PREFIX "SIGHUP: KEK rotated: key_id %s -> %s (%zu KEKs can decrypt)\n",
-                before, p->ring.current->id, p->ring.count);
+        ep_log(EP_LOG_INFO, "SIGHUP: KEK rotated: key_id %s -> %s (%zu KEKs can decrypt)", before,
+               p->ring.current->id, p->ring.count);
     } else {
-        fprintf(stderr, LOG_PREFIX "SIGHUP: KEK unchanged, key_id %s\n", before);
+        ep_log(EP_LOG_INFO, "SIGHUP: KEK unchanged, key_id %s", before);
     }
 }
 
 static void on_stop(evutil_socket_t sig, short what, void *arg) {
     plugin *p = arg;
-    fprintf(stderr, LOG_PREFIX "signal %d: stopping\n", (int)sig);
+    ep_log(EP_LOG_INFO, "signal %d: stopping", (int)sig);
     event_base_loopexit(p->base, NULL);
 }
 
@@ -200,10 +200,9 @@ static int serve(plugin *p, ep_err *err) {
         event_add(intr, NULL)) {
         rv = ep_err_set(err, EP_ERR_NOMEM, "cannot install signal handlers");
     } else {
-        fprintf(stderr,
-                LOG_PREFIX "serving v1beta1 and v2 on %s, key_id %s (%s), %zu KEKs can decrypt\n",
-                p->opt.listen, p->ring.current->id, p->token ? "PKCS#11 token" : "key file",
-                p->ring.count);
+        ep_log(EP_LOG_INFO, "serving v1beta1 and v2 on %s, key_id %s (%s), %zu KEKs can decrypt",
+               p->opt.listen, p->ring.current->id, p->token ? "PKCS#11 token" : "key file",
+               p->ring.count);
         event_base_dispatch(p->base);
     }
     if (hup) {
@@ -236,6 +235,7 @@ int main(int argc, char **argv) {
     plugin p;
     ep_err err;
     memset(&p, 0, sizeof(p));
+    ep_log_set_logger("etcd-encrypt-kms-plugin");
     kek_ring_init(&p.ring);
     signal(SIGPIPE, SIG_IGN);
     int rv = parse_args(argc, argv, &p.opt, &err);
@@ -247,7 +247,7 @@ int main(int argc, char **argv) {
         rv = run(&p, &err);
     }
     if (rv != 0) {
-        fprintf(stderr, LOG_PREFIX "%s\n", err.msg);
+        ep_log(EP_LOG_ERROR, "%s", err.msg);
     }
     plugin_server_free(p.server);
     kek_ring_free(&p.ring);
@@ -256,7 +256,7 @@ int main(int argc, char **argv) {
         event_base_free(p.base);
     }
     if (rv == 0) {
-        fprintf(stderr, LOG_PREFIX "stopped\n");
+        ep_log(EP_LOG_INFO, "stopped");
     }
     return rv == 0 ? 0 : (rv == EP_ERR_CONFIG ? 2 : 1);
 }

@@ -13,9 +13,9 @@
 #include <string.h>
 
 #include "common/alloc.h"
-#include "proxy/grpc.h"
-#include "proxy/kms_v1beta1.pb-c.h"
-#include "proxy/kms_v2.pb-c.h"
+#include "net/grpc.h"
+#include "net/kms_v1beta1.pb-c.h"
+#include "net/kms_v2.pb-c.h"
 
 #define V1_VERSION "v1beta1"
 

@@ -13,6 +13,7 @@
  * queued by reference and wiped when the socket took them.
  */
 #include "kmsplugin/plugin_server.h"
+#include "common/log.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -25,11 +26,10 @@
 #include <event2/listener.h>
 
 #include "common/alloc.h"
-#include "proxy/grpc.h"
-#include "proxy/grpc_frame.h"
-#include "proxy/h2_session.h"
+#include "net/grpc.h"
+#include "net/grpc_frame.h"
+#include "net/h2_session.h"
 
-#define LOG_PREFIX "etcd-encrypt-kms-plugin: "
 #define MAX_PATH_LEN 256
 
 typedef struct plugin_conn plugin_conn;
@@ -131,16 +131,13 @@ static void answer_error(plugin_call *call, int code, const ep_err *msg) {
     nghttp2_submit_response(h2_session_ng(call->conn->h2), call->stream_id, headers,
                             rv == 0 ? 4 : 3, NULL);
     buf_free(&encoded);
-    fprintf(stderr, LOG_PREFIX "%s: %s: %s\n", call->path, grpc_status_name(code), msg->msg);
+    ep_log(EP_LOG_WARN, "%s: %s: %s", call->path, grpc_status_name(code), msg->msg);
 }
 
 /* Queues |message| framed, by reference. Returns 0 or EP_ERR_NOMEM. */
 static int answer_ok(plugin_call *call, buf *message) {
-    uint8_t hdr[GRPC_FRAME_HEADER_LEN] = {0, (uint8_t)(message->len >> 24),
-                                          (uint8_t)(message->len >> 16),
-                                          (uint8_t)(message->len >> 8), (uint8_t)message->len};
     buf framed = BUF_INIT;
-    if (buf_append(&framed, hdr, sizeof(hdr)) != 0 ||
+    if (grpc_frame_write_header(&framed, 0, (uint32_t)message->len) != 0 ||
         buf_append(&framed, message->data, message->len) != 0 ||
         evbuffer_add_reference(call->body.queue, framed.data, framed.len, release_response, NULL) !=
             0) {
@@ -315,7 +312,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
     if (!bev) {
         ep_free(conn);
         evutil_closesocket(fd);
-        fprintf(stderr, LOG_PREFIX "out of memory accepting a connection\n");
+        ep_log(EP_LOG_WARN, "out of memory accepting a connection");
         return;
     }
     conn->server = srv;
@@ -325,7 +322,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
                        conn, &err) != 0) {
         TAILQ_REMOVE(&srv->conns, conn, link);
         ep_free(conn);
-        fprintf(stderr, LOG_PREFIX "%s\n", err.msg);
+        ep_log(EP_LOG_WARN, "%s", err.msg);
     }
 }
 

@@ -32,7 +32,7 @@
 #include "proxy/etcd_msg.h"
 
 #include "common/pbwire.h"
-#include "proxy/grpc.h"
+#include "net/grpc.h"
 
 #define TXN_MAX_DEPTH 64
 

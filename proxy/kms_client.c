@@ -39,12 +39,13 @@
 #include <protobuf-c/protobuf-c.h>
 
 #include "common/alloc.h"
+#include "common/log.h"
 #include "common/secret.h"
 #include "crypto/random.h"
-#include "proxy/grpc.h"
-#include "proxy/grpc_client.h"
-#include "proxy/kms_v1beta1.pb-c.h"
-#include "proxy/kms_v2.pb-c.h"
+#include "net/grpc.h"
+#include "net/grpc_client.h"
+#include "net/kms_v1beta1.pb-c.h"
+#include "net/kms_v2.pb-c.h"
 
 #define V1_VERSION "v1beta1"
 #define NS_PER_S 1000000000ull
@@ -140,10 +141,12 @@ static const char *client_name(const kms_client *c) {
     return crypto_kms_provider_name(c->provider);
 }
 
+/* One line per event: "kms provider "NAME": " and |fmt| with |a| and |b|. */
 static void log_line(const kms_client *c, const char *fmt, const char *a, const char *b) {
-    fprintf(stderr, "etcd-encrypt-proxy: kms provider \"%s\": ", client_name(c));
-    fprintf(stderr, fmt, a, b);
-    fputc('\n', stderr);
+    char what[EP_ERR_MSG_MAX];
+    snprintf(what, sizeof(what), fmt, a, b);
+    ep_log(strstr(fmt, "unhealthy") ? EP_LOG_WARN : EP_LOG_INFO, "kms provider \"%s\": %s",
+           client_name(c), what);
 }
 
 static void *pb_alloc(void *data, size_t size) {

@@ -29,9 +29,10 @@
 #include <event2/thread.h>
 
 #include "common/alloc.h"
+#include "common/log.h"
 #include "crypto/transformer_set.h"
+#include "net/tls.h"
 #include "proxy/kms_client.h"
-#include "proxy/tls.h"
 #include "proxy/upstream.h"
 #include "proxy/worker.h"
 
@@ -70,6 +71,8 @@ static const char usage[] =
     "  --max-streams N                  client calls open at once (default 20000)\n"
     "  --max-concurrent-streams N       calls per client connection (default 4096)\n"
     "  --handshake-timeout-ms N         TLS handshake and HTTP/2 preface (default 10000)\n"
+    "  --log-level L                    debug, info (default), warn or error\n"
+    "  --log-format F                   text (default) or json (one object per line)\n"
     "  --idle-timeout-ms N              close connections without a call for this long\n"
     "                                   (default 300000; 0: never)\n"
     "  --cert-file F --key-file F       serve TLS (ALPN h2) with this certificate\n"
@@ -102,6 +105,8 @@ enum {
     OPT_MAX_CONCURRENT_STREAMS,
     OPT_HANDSHAKE_TIMEOUT,
     OPT_IDLE_TIMEOUT,
+    OPT_LOG_LEVEL,
+    OPT_LOG_FORMAT,
     OPT_HELP,
 };
 
@@ -126,6 +131,8 @@ static const struct option options[] = {
     {"max-concurrent-streams", required_argument, NULL, OPT_MAX_CONCURRENT_STREAMS},
     {"handshake-timeout-ms", required_argument, NULL, OPT_HANDSHAKE_TIMEOUT},
     {"idle-timeout-ms", required_argument, NULL, OPT_IDLE_TIMEOUT},
+    {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
+    {"log-format", required_argument, NULL, OPT_LOG_FORMAT},
     {"help", no_argument, NULL, OPT_HELP},
     {NULL, 0, NULL, 0},
 };
@@ -243,6 +250,19 @@ static int apply(int opt, const char *arg, proxy_serve_opts *o, ep_err *err) {
         rv = parse_number("idle-timeout-ms", arg, 0, 86400000, &n, err);
         o->idle_timeout_ms = (int)n;
         return rv;
+    case OPT_LOG_LEVEL:
+        o->log_level = arg;
+        return ep_log_set_level(arg) == 0 ? 0
+                                          : ep_err_set(err, EP_ERR_CONFIG,
+                                                       "--log-level: \"%s\" is not debug, info, "
+                                                       "warn or error",
+                                                       arg);
+    case OPT_LOG_FORMAT:
+        o->log_format = arg;
+        return ep_log_set_format(arg) == 0
+                   ? 0
+                   : ep_err_set(err, EP_ERR_CONFIG, "--log-format: \"%s\" is not text or json",
+                                arg);
     case OPT_HELP:
         o->help = true;
         return 0;
@@ -349,16 +369,16 @@ static bool any_tls_endpoint(const server *sv) {
 static int setup_tls(server *sv, ep_err *err) {
     const proxy_serve_opts *o = &sv->opts;
     if (o->cert_file || o->key_file || o->client_cert_auth) {
-        proxy_tls_server_opts so = {o->cert_file, o->key_file, o->trusted_ca_file,
-                                    o->client_cert_auth};
-        int rv = proxy_tls_server_ctx(&so, &sv->server_tls, err);
+        net_tls_server_opts so = {o->cert_file, o->key_file, o->trusted_ca_file,
+                                  o->client_cert_auth};
+        int rv = net_tls_server_ctx(&so, &sv->server_tls, err);
         if (rv != 0) {
             return rv;
         }
     }
     if (any_tls_endpoint(sv) || o->cacert || o->cert || o->key) {
-        proxy_tls_client_opts co = {o->cacert, o->cert, o->key};
-        return proxy_tls_client_ctx(&co, &sv->client_tls, err);
+        net_tls_client_opts co = {o->cacert, o->cert, o->key};
+        return net_tls_client_ctx(&co, &sv->client_tls, err);
     }
     return 0;
 }
@@ -389,10 +409,10 @@ static size_t per_worker(long total, int n) {
 static int setup_workers(server *sv, ep_err *err) {
     long conns = connection_budget();
     if (sv->opts.max_connections > conns) {
-        fprintf(stderr,
-                "etcd-encrypt-proxy: warning: --max-connections %ld is above what the open-file "
-                "limit leaves for clients (%ld): accept() may run out of descriptors\n",
-                sv->opts.max_connections, conns);
+        ep_log(EP_LOG_WARN,
+               "--max-connections %ld is above what the open-file limit leaves for clients "
+               "(%ld): accept() may run out of descriptors",
+               sv->opts.max_connections, conns);
     }
     if (sv->opts.max_connections > 0) {
         conns = sv->opts.max_connections; /* the operator's number wins */
@@ -469,6 +489,19 @@ static bool same_health(const char *a, const char *b) {
     return *a == *b;
 }
 
+/* One line per provider of the kms_set_describe |text| (left as it is). */
+static void log_health(const char *text) {
+    const char *line = text;
+    while (*line) {
+        const char *end = strchr(line, '\n');
+        int len = end ? (int)(end - line) : (int)strlen(line);
+        char one[512];
+        snprintf(one, sizeof(one), "%.*s", len, line);
+        ep_log(strstr(one, "unhealthy") ? EP_LOG_WARN : EP_LOG_INFO, "KMS provider: %s", one);
+        line += len + (end != NULL);
+    }
+}
+
 /* Logs the providers' health when it differs from what was logged last. Runs on worker 0. */
 static void log_kms_health(server *sv) {
     char *text = NULL;
@@ -480,7 +513,7 @@ static void log_kms_health(server *sv) {
     kms_set_describe(proxy_worker_kms(sv->workers[0]), f);
     fclose(f);
     if (len > 0 && (!sv->last_health || !same_health(text, sv->last_health))) {
-        fprintf(stderr, "etcd-encrypt-proxy: KMS providers:\n%s", text);
+        log_health(text);
         free(sv->last_health);
         sv->last_health = text;
         return;
@@ -526,10 +559,10 @@ static void wait_primed(server *sv) {
     pthread_mutex_lock(&sv->prime_lock);
     while (!sv->primed) {
         if (pthread_cond_timedwait(&sv->primed_cond, &sv->prime_lock, &until) != 0) {
-            fprintf(stderr,
-                    "etcd-encrypt-proxy: KMS providers not primed after %d ms; serving "
-                    "anyway (kms v2 writes fail until their plugin answers)\n",
-                    KMS_PRIME_WAIT_MS);
+            ep_log(EP_LOG_WARN,
+                   "KMS providers not primed after %d ms; serving anyway (kms v2 writes fail "
+                   "until their plugin answers)",
+                   KMS_PRIME_WAIT_MS);
             break;
         }
     }
@@ -557,12 +590,12 @@ static int run(server *sv, const sigset_t *stop_signals) {
     ep_err err;
     bool kms = proxy_uses_kms(sv->set, 0);
     if (kms && start_kms(sv, &err) != 0) {
-        fprintf(stderr, "etcd-encrypt-proxy: %s\n", err.msg);
+        ep_log(EP_LOG_ERROR, "%s", err.msg);
         return 1;
     }
     for (int i = 0; i < sv->n_workers; i++) {
         if (proxy_worker_start(sv->workers[i], &err) != 0) {
-            fprintf(stderr, "etcd-encrypt-proxy: %s\n", err.msg);
+            ep_log(EP_LOG_ERROR, "%s", err.msg);
             for (int j = 0; j < i; j++) {
                 proxy_worker_stop(sv->workers[j]);
             }
@@ -575,13 +608,12 @@ static int run(server *sv, const sigset_t *stop_signals) {
     for (int i = 0; i < sv->n_workers; i++) {
         proxy_worker_accept(sv->workers[i]);
     }
-    fprintf(stderr, "etcd-encrypt-proxy: serving on %s port %s (%s), %d workers, etcd %s\n",
-            sv->opts.listen_host, sv->opts.listen_port, sv->server_tls ? "TLS" : "h2c",
-            sv->n_workers, sv->opts.endpoints);
+    ep_log(EP_LOG_INFO, "serving on %s port %s (%s), %d workers, etcd %s", sv->opts.listen_host,
+           sv->opts.listen_port, sv->server_tls ? "TLS" : "h2c", sv->n_workers, sv->opts.endpoints);
     int sig = 0;
     sigwait(stop_signals, &sig);
-    fprintf(stderr, "etcd-encrypt-proxy: %s received, draining (up to %d ms)\n",
-            sig == SIGINT ? "SIGINT" : "SIGTERM", sv->opts.drain_ms);
+    ep_log(EP_LOG_INFO, "%s received, draining (up to %d ms)", sig == SIGINT ? "SIGINT" : "SIGTERM",
+           sv->opts.drain_ms);
     for (int i = 0; i < sv->n_workers; i++) {
         proxy_worker_stop(sv->workers[i]);
     }
@@ -619,7 +651,7 @@ int proxy_serve_main(int argc, char **argv) {
     }
     teardown(&sv);
     if (status == 0) {
-        fprintf(stderr, "etcd-encrypt-proxy: stopped\n");
+        ep_log(EP_LOG_INFO, "stopped");
     }
     return status;
 }

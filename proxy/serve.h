@@ -26,6 +26,8 @@ typedef struct {
     long max_concurrent_streams; /* per client connection (SETTINGS_MAX_CONCURRENT_STREAMS) */
     int handshake_timeout_ms;    /* 0: none */
     int idle_timeout_ms;         /* a connection without a call for this long is closed; 0: never */
+    const char *log_level;       /* as given (applied to the log module while parsing) */
+    const char *log_format;
     const char *cert_file, *key_file, *trusted_ca_file;
     bool client_cert_auth;
     const char *cacert, *cert, *key;

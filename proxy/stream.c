@@ -46,7 +46,8 @@
 #include <time.h>
 
 #include "common/alloc.h"
-#include "proxy/grpc.h"
+#include "common/log.h"
+#include "net/grpc.h"
 #include "proxy/upstream.h"
 
 #define QUEUE_HIGH (256 * 1024)
@@ -131,8 +132,8 @@ static nghttp2_session *down_ng(proxy_stream *st) {
 
 /* Appends one uncompressed gRPC message to |queue|. Returns 0 or EP_ERR_NOMEM. */
 static int queue_message(struct evbuffer *queue, str msg) {
-    uint8_t hdr[GRPC_FRAME_HEADER_LEN] = {0, (uint8_t)(msg.len >> 24), (uint8_t)(msg.len >> 16),
-                                          (uint8_t)(msg.len >> 8), (uint8_t)msg.len};
+    uint8_t hdr[GRPC_FRAME_HEADER_LEN];
+    grpc_frame_header(hdr, 0, (uint32_t)msg.len);
     if (evbuffer_add(queue, hdr, sizeof(hdr)) != 0 || evbuffer_add(queue, msg.ptr, msg.len) != 0) {
         return EP_ERR_NOMEM;
     }
@@ -160,9 +161,7 @@ static int begin_rewrite(buf *out, size_t expected_len) {
  * then unchanged). */
 static int queue_rewritten(struct evbuffer *queue, buf *out) {
     size_t len = out->len - GRPC_FRAME_HEADER_LEN;
-    uint8_t hdr[GRPC_FRAME_HEADER_LEN] = {0, (uint8_t)(len >> 24), (uint8_t)(len >> 16),
-                                          (uint8_t)(len >> 8), (uint8_t)len};
-    memcpy(out->data, hdr, sizeof(hdr));
+    grpc_frame_header(out->data, 0, (uint32_t)len);
     if (evbuffer_add_reference(queue, out->data, out->len, release_message, NULL) != 0) {
         return EP_ERR_NOMEM;
     }
@@ -430,8 +429,8 @@ void proxy_stream_fail(proxy_stream *st, int code, const char *message) {
 
 static void on_undecryptable(void *arg, str key, const ep_err *err) {
     int len = key.len > 300 ? 300 : (int)key.len;
-    fprintf(stderr, "etcd-encrypt-proxy: cannot decrypt value of key %.*s: %s\n", len,
-            (const char *)key.ptr, err->msg);
+    ep_log(EP_LOG_WARN, "cannot decrypt value of key %.*s: %s", len, (const char *)key.ptr,
+           err->msg);
 }
 
 static proxy_kms_wait *wait_of(proxy_stream *st, bool request) {
@@ -572,8 +571,7 @@ static int run_held(proxy_stream *st, bool request) {
             return 0;
         }
         uint8_t flag = rest.ptr[0];
-        size_t len = (size_t)rest.ptr[1] << 24 | (size_t)rest.ptr[2] << 16 |
-                     (size_t)rest.ptr[3] << 8 | rest.ptr[4];
+        size_t len = grpc_frame_length(rest.ptr);
         str msg = str_make(rest.ptr + GRPC_FRAME_HEADER_LEN, len);
         rest = str_skip(rest, GRPC_FRAME_HEADER_LEN + len);
         code = process_message(st, request, flag, msg);

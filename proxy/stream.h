@@ -24,9 +24,9 @@
 #include "common/buf.h"
 #include "common/err.h"
 #include "common/str.h"
+#include "net/grpc_frame.h"
+#include "net/h2_session.h"
 #include "proxy/etcd_msg.h"
-#include "proxy/grpc_frame.h"
-#include "proxy/h2_session.h"
 #include "proxy/kms_client.h"
 #include "proxy/value_codec.h"
 

@@ -18,8 +18,9 @@
 #include <string.h>
 
 #include "common/alloc.h"
-#include "proxy/grpc.h"
-#include "proxy/h2_client.h"
+#include "common/log.h"
+#include "net/grpc.h"
+#include "net/h2_client.h"
 
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
@@ -47,9 +48,9 @@ static const h2_settings client_settings = {
 };
 
 static void log_event(const upstream *u, const char *what, const char *detail) {
-    fprintf(stderr, "etcd-encrypt-proxy: worker %d: etcd %s: %s%s%s\n", u->cfg.worker_id,
-            u->cfg.endpoints[h2_client_target_index(u->conn)].authority, what, detail ? ": " : "",
-            detail ? detail : "");
+    ep_log(strcmp(what, "connected") == 0 ? EP_LOG_INFO : EP_LOG_WARN, "worker %d: etcd %s: %s%s%s",
+           u->cfg.worker_id, u->cfg.endpoints[h2_client_target_index(u->conn)].authority, what,
+           detail ? ": " : "", detail ? detail : "");
 }
 
 /* ---- endpoints ---- */

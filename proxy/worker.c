@@ -30,7 +30,8 @@
 #include <event2/listener.h>
 
 #include "common/alloc.h"
-#include "proxy/grpc.h"
+#include "common/log.h"
+#include "net/grpc.h"
 
 #define ACCEPT_RETRY_MS 200
 #define LOG_EVERY_MS 10000
@@ -72,8 +73,8 @@ static void log_refusal(proxy_worker *w, const char *what) {
     if (w->refusal_logged_ms != 0 && now - w->refusal_logged_ms < LOG_EVERY_MS) {
         return;
     }
-    fprintf(stderr, "etcd-encrypt-proxy: worker %d: %s (%zu refusals in the last %d s)\n", w->id,
-            what, w->refusals, LOG_EVERY_MS / 1000);
+    ep_log(EP_LOG_WARN, "worker %d: %s (%zu refusals in the last %d s)", w->id, what, w->refusals,
+           LOG_EVERY_MS / 1000);
     w->refusal_logged_ms = now;
     w->refusals = 0;
 }
@@ -339,8 +340,7 @@ static void on_accept_start(evutil_socket_t fd, short what, void *arg) {
 
 static void on_drain_timeout(evutil_socket_t fd, short what, void *arg) {
     proxy_worker *w = arg;
-    fprintf(stderr, "etcd-encrypt-proxy: worker %d: drain time over, closing %zu connections\n",
-            w->id, w->n_conns);
+    ep_log(EP_LOG_WARN, "worker %d: drain time over, closing %zu connections", w->id, w->n_conns);
     event_base_loopexit(w->base, NULL);
 }
 

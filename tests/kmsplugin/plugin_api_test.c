@@ -10,7 +10,7 @@
 #include "common/pbwire.h"
 #include "kmsplugin/kek_file.h"
 #include "kmsplugin/plugin_api.h"
-#include "proxy/grpc.h"
+#include "net/grpc.h"
 
 #define V1 "/v1beta1.KeyManagementService/"
 #define V2 "/v2.KeyManagementService/"

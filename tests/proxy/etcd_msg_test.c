@@ -10,8 +10,8 @@
 
 #include "common/alloc.h"
 #include "common/pbwire.h"
+#include "net/grpc.h"
 #include "proxy/etcd_msg.h"
-#include "proxy/grpc.h"
 
 #define S(lit) STR_LIT(lit)
 

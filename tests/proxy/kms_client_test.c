@@ -17,11 +17,11 @@
 #include <cmocka.h>
 
 #include "common/alloc.h"
+#include "net/kms_v1beta1.pb-c.h"
+#include "net/kms_v2.pb-c.h"
 #include "proxy/kms_client.h"
-#include "proxy/kms_v1beta1.pb-c.h"
-#include "proxy/kms_v2.pb-c.h"
 
-#include "grpc_test_server.h"
+#include "tests/net/grpc_test_server.h"
 
 #define MS 1000000ull
 

@@ -16,8 +16,8 @@
  * Closing is always deferred to a fresh event-loop callback so that the owner's on_close, which
  * frees the session, never runs inside an nghttp2 or bufferevent callback of the same session.
  */
-#ifndef EP_PROXY_H2_SESSION_H
-#define EP_PROXY_H2_SESSION_H
+#ifndef EP_NET_H2_SESSION_H
+#define EP_NET_H2_SESSION_H
 
 #include <stdbool.h>
 #include <stddef.h>

@@ -11,8 +11,8 @@
  * reset with CANCEL. A call the connection lost before any response HEADERS is sent again once
  * on the next connection (gRPC's transparent retry), still within its deadline.
  */
-#ifndef EP_PROXY_GRPC_CLIENT_H
-#define EP_PROXY_GRPC_CLIENT_H
+#ifndef EP_NET_GRPC_CLIENT_H
+#define EP_NET_GRPC_CLIENT_H
 
 #include <stdbool.h>
 #include <stddef.h>

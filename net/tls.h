@@ -3,8 +3,8 @@
  * selects ALPN "h2" and refuses a handshake offering anything else (grpc-go >= 1.67 requires
  * it), the upstream context offers "h2" and verifies etcd's certificate and host name.
  */
-#ifndef EP_PROXY_TLS_H
-#define EP_PROXY_TLS_H
+#ifndef EP_NET_TLS_H
+#define EP_NET_TLS_H
 
 #include <stdbool.h>
 
@@ -17,24 +17,24 @@ typedef struct {
     const char *key_file;        /* required with cert_file */
     const char *trusted_ca_file; /* clients' CA (with client_cert_auth) */
     bool client_cert_auth;       /* require and verify a client certificate */
-} proxy_tls_server_opts;
+} net_tls_server_opts;
 
 typedef struct {
     const char *ca_file;   /* etcd's CA; NULL: the system store */
     const char *cert_file; /* client certificate for etcd (optional) */
     const char *key_file;
-} proxy_tls_client_opts;
+} net_tls_client_opts;
 
 /* Builds the listener context. Returns 0, or EP_ERR_CONFIG naming the file that could not be
  * loaded or the missing flag, or EP_ERR_NOMEM; |*out| is set only on success. */
-int proxy_tls_server_ctx(const proxy_tls_server_opts *opts, SSL_CTX **out, ep_err *err);
+int net_tls_server_ctx(const net_tls_server_opts *opts, SSL_CTX **out, ep_err *err);
 
 /* Builds the upstream context. Returns 0, or EP_ERR_CONFIG naming the file that could not be
  * loaded, or EP_ERR_NOMEM; |*out| is set only on success. */
-int proxy_tls_client_ctx(const proxy_tls_client_opts *opts, SSL_CTX **out, ep_err *err);
+int net_tls_client_ctx(const net_tls_client_opts *opts, SSL_CTX **out, ep_err *err);
 
 /* A new SSL for one upstream connection to |host| (SNI and certificate host check). Returns
  * NULL when out of memory. */
-SSL *proxy_tls_client_ssl(SSL_CTX *ctx, const char *host);
+SSL *net_tls_client_ssl(SSL_CTX *ctx, const char *host);
 
 #endif

@@ -3,8 +3,8 @@
  * a connection: status codes and their names, the grpc-message percent-encoding, grpc-timeout
  * values, grpc-status parsing and the RST_STREAM -> status mapping.
  */
-#ifndef EP_PROXY_GRPC_H
-#define EP_PROXY_GRPC_H
+#ifndef EP_NET_GRPC_H
+#define EP_NET_GRPC_H
 
 #include <stddef.h>
 #include <stdint.h>

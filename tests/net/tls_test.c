@@ -1,5 +1,5 @@
 /* Includes the module to reach select_h2 (ALPN choice). */
-#include "../../proxy/tls.c"
+#include "net/tls.c"
 
 #include <setjmp.h>
 #include <stdarg.h>
@@ -32,14 +32,14 @@ static void test_alpn_select(void **state) {
 static void test_server_ctx_refusals(void **state) {
     SSL_CTX *ctx = NULL;
     ep_err err = {{0}};
-    proxy_tls_server_opts no_key = {"s.crt", NULL, NULL, false};
-    assert_int_equal(proxy_tls_server_ctx(&no_key, &ctx, &err), EP_ERR_CONFIG);
+    net_tls_server_opts no_key = {"s.crt", NULL, NULL, false};
+    assert_int_equal(net_tls_server_ctx(&no_key, &ctx, &err), EP_ERR_CONFIG);
     assert_non_null(strstr(err.msg, "--key-file"));
-    proxy_tls_server_opts no_ca = {"s.crt", "s.key", NULL, true};
-    assert_int_equal(proxy_tls_server_ctx(&no_ca, &ctx, &err), EP_ERR_CONFIG);
+    net_tls_server_opts no_ca = {"s.crt", "s.key", NULL, true};
+    assert_int_equal(net_tls_server_ctx(&no_ca, &ctx, &err), EP_ERR_CONFIG);
     assert_non_null(strstr(err.msg, "--trusted-ca-file"));
-    proxy_tls_server_opts missing = {"/nonexistent/s.crt", "/nonexistent/s.key", NULL, false};
-    assert_int_equal(proxy_tls_server_ctx(&missing, &ctx, &err), EP_ERR_CONFIG);
+    net_tls_server_opts missing = {"/nonexistent/s.crt", "/nonexistent/s.key", NULL, false};
+    assert_int_equal(net_tls_server_ctx(&missing, &ctx, &err), EP_ERR_CONFIG);
     assert_non_null(strstr(err.msg, "/nonexistent/s.crt"));
     assert_null(ctx);
 }
@@ -47,17 +47,17 @@ static void test_server_ctx_refusals(void **state) {
 static void test_client_ctx(void **state) {
     SSL_CTX *ctx = NULL;
     ep_err err = {{0}};
-    proxy_tls_client_opts half = {NULL, "c.crt", NULL};
-    assert_int_equal(proxy_tls_client_ctx(&half, &ctx, &err), EP_ERR_CONFIG);
+    net_tls_client_opts half = {NULL, "c.crt", NULL};
+    assert_int_equal(net_tls_client_ctx(&half, &ctx, &err), EP_ERR_CONFIG);
     assert_non_null(strstr(err.msg, "--cert and --key"));
-    proxy_tls_client_opts bad_ca = {"/nonexistent/ca.crt", NULL, NULL};
-    assert_int_equal(proxy_tls_client_ctx(&bad_ca, &ctx, &err), EP_ERR_CONFIG);
+    net_tls_client_opts bad_ca = {"/nonexistent/ca.crt", NULL, NULL};
+    assert_int_equal(net_tls_client_ctx(&bad_ca, &ctx, &err), EP_ERR_CONFIG);
     assert_non_null(strstr(err.msg, "/nonexistent/ca.crt"));
     assert_null(ctx);
-    proxy_tls_client_opts system_store = {NULL, NULL, NULL};
-    assert_int_equal(proxy_tls_client_ctx(&system_store, &ctx, &err), 0);
-    SSL *ip = proxy_tls_client_ssl(ctx, "127.0.0.1");
-    SSL *name = proxy_tls_client_ssl(ctx, "etcd.example");
+    net_tls_client_opts system_store = {NULL, NULL, NULL};
+    assert_int_equal(net_tls_client_ctx(&system_store, &ctx, &err), 0);
+    SSL *ip = net_tls_client_ssl(ctx, "127.0.0.1");
+    SSL *name = net_tls_client_ssl(ctx, "etcd.example");
     assert_non_null(ip);
     assert_non_null(name);
     assert_null(SSL_get_servername(ip, TLSEXT_NAMETYPE_host_name)); /* no SNI for addresses */
@@ -85,14 +85,14 @@ static void test_server_ctx_loads_pair(void **state) {
     snprintf(other, sizeof(other), "%s/b.key", dir);
     SSL_CTX *ctx = NULL;
     ep_err err = {{0}};
-    proxy_tls_server_opts good = {crt, key, crt, true};
-    assert_int_equal(proxy_tls_server_ctx(&good, &ctx, &err), 0);
+    net_tls_server_opts good = {crt, key, crt, true};
+    assert_int_equal(net_tls_server_ctx(&good, &ctx, &err), 0);
     assert_int_equal(SSL_CTX_get_verify_mode(ctx),
                      SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT);
     SSL_CTX_free(ctx);
     ctx = NULL;
-    proxy_tls_server_opts mismatch = {crt, other, NULL, false};
-    assert_int_equal(proxy_tls_server_ctx(&mismatch, &ctx, &err), EP_ERR_CONFIG);
+    net_tls_server_opts mismatch = {crt, other, NULL, false};
+    assert_int_equal(net_tls_server_ctx(&mismatch, &ctx, &err), EP_ERR_CONFIG);
     assert_non_null(strstr(err.msg, other)); /* OpenSSL 3 refuses it on load already */
     snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
     assert_int_equal(system(cmd), 0);

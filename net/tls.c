@@ -1,4 +1,4 @@
-#include "proxy/tls.h"
+#include "net/tls.h"
 
 #include <arpa/inet.h>
 #include <string.h>
@@ -56,7 +56,7 @@ static int load_pair(SSL_CTX *ctx, const char *cert, const char *key, ep_err *er
 }
 
 /* Returns 0 or EP_ERR_CONFIG. */
-static int setup_server(SSL_CTX *ctx, const proxy_tls_server_opts *o, ep_err *err) {
+static int setup_server(SSL_CTX *ctx, const net_tls_server_opts *o, ep_err *err) {
     if (!o->cert_file || !o->key_file) {
         return ep_err_set(err, EP_ERR_CONFIG, "--cert-file and --key-file go together");
     }
@@ -77,7 +77,7 @@ static int setup_server(SSL_CTX *ctx, const proxy_tls_server_opts *o, ep_err *er
     return 0;
 }
 
-int proxy_tls_server_ctx(const proxy_tls_server_opts *opts, SSL_CTX **out, ep_err *err) {
+int net_tls_server_ctx(const net_tls_server_opts *opts, SSL_CTX **out, ep_err *err) {
     SSL_CTX *ctx = new_ctx(TLS_server_method());
     if (!ctx) {
         return ep_err_set(err, EP_ERR_NOMEM, "out of memory for a TLS context");
@@ -92,7 +92,7 @@ int proxy_tls_server_ctx(const proxy_tls_server_opts *opts, SSL_CTX **out, ep_er
 }
 
 /* Returns 0 or EP_ERR_CONFIG. */
-static int setup_client(SSL_CTX *ctx, const proxy_tls_client_opts *o, ep_err *err) {
+static int setup_client(SSL_CTX *ctx, const net_tls_client_opts *o, ep_err *err) {
     if (!o->cert_file != !o->key_file) {
         return ep_err_set(err, EP_ERR_CONFIG, "--cert and --key go together");
     }
@@ -116,7 +116,7 @@ static int setup_client(SSL_CTX *ctx, const proxy_tls_client_opts *o, ep_err *er
     return 0;
 }
 
-int proxy_tls_client_ctx(const proxy_tls_client_opts *opts, SSL_CTX **out, ep_err *err) {
+int net_tls_client_ctx(const net_tls_client_opts *opts, SSL_CTX **out, ep_err *err) {
     SSL_CTX *ctx = new_ctx(TLS_client_method());
     if (!ctx) {
         return ep_err_set(err, EP_ERR_NOMEM, "out of memory for a TLS context");
@@ -135,7 +135,7 @@ static bool is_ip_literal(const char *host) {
     return inet_pton(AF_INET, host, addr) == 1 || inet_pton(AF_INET6, host, addr) == 1;
 }
 
-SSL *proxy_tls_client_ssl(SSL_CTX *ctx, const char *host) {
+SSL *net_tls_client_ssl(SSL_CTX *ctx, const char *host) {
     SSL *ssl = SSL_new(ctx);
     if (!ssl) {
         return NULL;

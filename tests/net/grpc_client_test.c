@@ -9,9 +9,9 @@
 #include <cmocka.h>
 
 #include "common/alloc.h"
-#include "proxy/grpc_client.h"
+#include "net/grpc_client.h"
 
-#include "grpc_test_server.h"
+#include "tests/net/grpc_test_server.h"
 
 #define MS 1000000ull
 

@@ -7,7 +7,7 @@
 #include <cmocka.h>
 
 #include "common/alloc.h"
-#include "proxy/grpc_frame.h"
+#include "net/grpc_frame.h"
 
 /* Records every delivered message, and whether it was a view into the fed chunk. */
 typedef struct {
@@ -51,6 +51,15 @@ static size_t build_stream(uint8_t *stream) {
     size_t n = b.len;
     buf_free(&b);
     return n;
+}
+
+static void test_header_and_length(void **state) {
+    uint8_t hdr[GRPC_FRAME_HEADER_LEN];
+    grpc_frame_header(hdr, 1, 0xfedcba98);
+    assert_memory_equal(hdr, "\x01\xfe\xdc\xba\x98", 5);
+    assert_int_equal(grpc_frame_length(hdr), 0xfedcba98);
+    grpc_frame_header(hdr, 0, 0);
+    assert_int_equal(grpc_frame_length(hdr), 0);
 }
 
 static void test_write_header(void **state) {
@@ -228,6 +237,7 @@ static void test_announced_length_is_not_reserved(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_announced_length_is_not_reserved),
+        cmocka_unit_test(test_header_and_length),
         cmocka_unit_test(test_write_header),
         cmocka_unit_test(test_whole_chunk_is_zero_copy),
         cmocka_unit_test(test_every_split_point),

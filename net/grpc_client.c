@@ -17,7 +17,7 @@
  * itself goes away every call on it is freed. Callbacks run from timer, stream-close and
  * session-close events only, never from grpc_call_start.
  */
-#include "proxy/grpc_client.h"
+#include "net/grpc_client.h"
 
 #include <stddef.h>
 #include <stdio.h>
@@ -31,10 +31,11 @@
 
 #include "common/alloc.h"
 #include "common/buf.h"
-#include "proxy/grpc.h"
-#include "proxy/grpc_frame.h"
-#include "proxy/h2_client.h"
-#include "proxy/h2_session.h"
+#include "common/log.h"
+#include "net/grpc.h"
+#include "net/grpc_frame.h"
+#include "net/h2_client.h"
+#include "net/h2_session.h"
 
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 1000
@@ -89,8 +90,8 @@ static const h2_settings client_settings = {
 };
 
 static void log_event(const grpc_channel *ch, const char *what, const char *detail) {
-    fprintf(stderr, "etcd-encrypt-proxy: %s (%s): %s%s%s\n", ch->log_name, ch->socket_path, what,
-            detail ? ": " : "", detail ? detail : "");
+    ep_log(EP_LOG_WARN, "%s (%s): %s%s%s", ch->log_name, ch->socket_path, what, detail ? ": " : "",
+           detail ? detail : "");
 }
 
 static int64_t now_ms(void) {
@@ -240,11 +241,7 @@ static int frame_request(grpc_call *c) {
     if (!block) {
         return EP_ERR_NOMEM;
     }
-    block[0] = 0;
-    block[1] = (uint8_t)(request.len >> 24);
-    block[2] = (uint8_t)(request.len >> 16);
-    block[3] = (uint8_t)(request.len >> 8);
-    block[4] = (uint8_t)request.len;
+    grpc_frame_header(block, 0, (uint32_t)request.len);
     if (request.len) {
         memcpy(block + GRPC_FRAME_HEADER_LEN, request.ptr, request.len);
     }

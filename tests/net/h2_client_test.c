@@ -10,9 +10,9 @@
 #include <cmocka.h>
 
 #include "common/alloc.h"
-#include "proxy/h2_client.h"
+#include "net/h2_client.h"
 
-#include "grpc_test_server.h"
+#include "tests/net/grpc_test_server.h"
 
 /* What the owner callbacks saw. */
 typedef struct {

@@ -3,7 +3,7 @@
  * function of its input; the HTTP/2 server and the upstream client share it so that both sides
  * speak the same dialect (one grpc-message encoder, one timeout parser).
  */
-#include "proxy/grpc.h"
+#include "net/grpc.h"
 
 #include <stdbool.h>
 #include <stdio.h>

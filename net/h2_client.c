@@ -10,7 +10,7 @@
  * Every session event arrives with this client as the session's arg; stream events are passed
  * on unchanged with the owner's arg, so owners see the same calls as with a bare h2_session.
  */
-#include "proxy/h2_client.h"
+#include "net/h2_client.h"
 
 #include <netdb.h>
 #include <stddef.h>
@@ -20,7 +20,7 @@
 #include <event2/bufferevent_ssl.h>
 
 #include "common/alloc.h"
-#include "proxy/tls.h"
+#include "net/tls.h"
 
 #define CONNECT_TIMEOUT_S 3
 
@@ -111,7 +111,7 @@ static struct bufferevent *new_bev(h2_client *c, const h2_client_target *t) {
     if (t->unix_path || !t->tls) {
         return bufferevent_socket_new(c->base, -1, opts);
     }
-    SSL *ssl = c->cfg.tls ? proxy_tls_client_ssl(c->cfg.tls, t->host) : NULL;
+    SSL *ssl = c->cfg.tls ? net_tls_client_ssl(c->cfg.tls, t->host) : NULL;
     if (!ssl) {
         return NULL;
     }

@@ -21,7 +21,7 @@
  * SETTINGS/PING acknowledgements. A client that has not sent its preface and SETTINGS within
  * handshake_timeout_ms is closed.
  */
-#include "proxy/h2_session.h"
+#include "net/h2_session.h"
 
 #include <errno.h>
 #include <netinet/in.h>

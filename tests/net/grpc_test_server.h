@@ -22,8 +22,8 @@
 
 #include "common/alloc.h"
 #include "common/buf.h"
-#include "proxy/grpc.h"
-#include "proxy/h2_session.h"
+#include "net/grpc.h"
+#include "net/h2_session.h"
 
 typedef struct {
     int status;

@@ -7,7 +7,7 @@
 #include <cmocka.h>
 
 #include "common/alloc.h"
-#include "proxy/grpc.h"
+#include "net/grpc.h"
 
 #define S(lit) STR_LIT(lit)
 

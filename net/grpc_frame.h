@@ -5,8 +5,8 @@
  * messages across chunks. A message that lies entirely inside one chunk is handed out as a view
  * of that chunk (no copy); only messages split across chunks are buffered.
  */
-#ifndef EP_PROXY_GRPC_FRAME_H
-#define EP_PROXY_GRPC_FRAME_H
+#ifndef EP_NET_GRPC_FRAME_H
+#define EP_NET_GRPC_FRAME_H
 
 #include <stddef.h>
 #include <stdint.h>
@@ -40,5 +40,12 @@ void grpc_frame_reader_free(grpc_frame_reader *r);
 
 /* Appends the 5-byte header for a message of |len| bytes. Returns 0 or EP_ERR_NOMEM. */
 int grpc_frame_write_header(buf *out, uint8_t compressed, uint32_t len);
+
+/* Writes the 5-byte header for a message of |len| bytes at |out|. Never fails. */
+void grpc_frame_header(uint8_t out[GRPC_FRAME_HEADER_LEN], uint8_t compressed, uint32_t len);
+
+/* The message length a complete 5-byte header announces (flag byte not checked). Never
+ * fails. */
+uint32_t grpc_frame_length(const uint8_t hdr[GRPC_FRAME_HEADER_LEN]);
 
 #endif

@@ -9,7 +9,7 @@
  * peer that sends a 5-byte header claiming megabytes costs a few bytes, not megabytes of pages
  * reserved and then wiped.
  */
-#include "proxy/grpc_frame.h"
+#include "net/grpc_frame.h"
 
 #include "common/alloc.h"
 
@@ -144,8 +144,20 @@ int grpc_frame_feed(grpc_frame_reader *r, str data, grpc_frame_cb cb, void *arg,
     return rv;
 }
 
+void grpc_frame_header(uint8_t out[GRPC_FRAME_HEADER_LEN], uint8_t compressed, uint32_t len) {
+    out[0] = compressed;
+    out[1] = (uint8_t)(len >> 24);
+    out[2] = (uint8_t)(len >> 16);
+    out[3] = (uint8_t)(len >> 8);
+    out[4] = (uint8_t)len;
+}
+
+uint32_t grpc_frame_length(const uint8_t hdr[GRPC_FRAME_HEADER_LEN]) {
+    return read_be32(hdr + 1);
+}
+
 int grpc_frame_write_header(buf *out, uint8_t compressed, uint32_t len) {
-    uint8_t hdr[GRPC_FRAME_HEADER_LEN] = {compressed, (uint8_t)(len >> 24), (uint8_t)(len >> 16),
-                                          (uint8_t)(len >> 8), (uint8_t)len};
+    uint8_t hdr[GRPC_FRAME_HEADER_LEN];
+    grpc_frame_header(hdr, compressed, len);
     return buf_append(out, hdr, sizeof(hdr));
 }

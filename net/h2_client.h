@@ -12,8 +12,8 @@
  * wants_connection says whether a (re)connect is worth making. Stream events of every session
  * are forwarded to the owner's h2_session_handler with the owner's |arg|.
  */
-#ifndef EP_PROXY_H2_CLIENT_H
-#define EP_PROXY_H2_CLIENT_H
+#ifndef EP_NET_H2_CLIENT_H
+#define EP_NET_H2_CLIENT_H
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -24,7 +24,7 @@
 #include <sys/un.h>
 
 #include "common/err.h"
-#include "proxy/h2_session.h"
+#include "net/h2_session.h"
 
 typedef struct h2_client h2_client;
 
