@@ -75,7 +75,6 @@ typedef struct {
     bool legacy_kind;   /* apiVersion v1 / kind EncryptionConfig */
     config_rule *rules; /* >= 1, in file order */
     size_t nrules;
-    uint8_t sha256[32]; /* of the whole file, for the config-hash metric later */
 } config_encryption;
 
 /* Loads and validates |path|. On success stores a new config in |*out| and returns 0.

@@ -68,10 +68,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
     int peer = -1;
     size_t off = 0;
-    for (int turn = 0; turn < 64 && res.calls == 0; turn++) {
+    int after_end = 0; /* turns since the server side shut down: the client's reaction to EOF */
+    for (int turn = 0; turn < 64 && res.calls == 0 && after_end < 4; turn++) {
+        after_end += off > size;
         event_base_loop(base, EVLOOP_NONBLOCK);
-        if (peer < 0) {
-            peer = accept4(listener, NULL, NULL, SOCK_NONBLOCK);
+        if (peer < 0 && (peer = accept4(listener, NULL, NULL, SOCK_NONBLOCK)) < 0) {
             continue;
         }
         char sink[65536];
@@ -80,7 +81,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (off < size) {
             ssize_t n = write(peer, data + off, size - off);
             off += n > 0 ? (size_t)n : 0;
-        } else if (off == size) {
+        }
+        if (off == size) {
             shutdown(peer, SHUT_WR);
             off++;
         }
