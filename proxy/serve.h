@@ -34,6 +34,9 @@ typedef struct {
     bool help;
 } proxy_serve_opts;
 
+/* The --help text. */
+extern const char proxy_serve_usage[];
+
 /* Parses serve's flags (argv[0] is the subcommand name). Returns 0, or EP_ERR_CONFIG with a
  * message naming the flag, or EP_ERR_NOMEM. Free with proxy_serve_opts_free either way. */
 int proxy_serve_parse(int argc, char **argv, proxy_serve_opts *opts, ep_err *err);
