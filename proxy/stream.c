@@ -22,17 +22,9 @@
  * connection, which every client of the worker shares, and held back only on the stream's own
  * window (see upstream.c), so a client that stops reading stalls only its own streams.
  *
- * Waiting for the KMS plugin. A rewrite that answers ETCD_MSG_RETRY has recorded the plugin
- * calls its values need in the direction's proxy_kms_wait. The message is copied, the calls go
- * to the worker's kms_set all at once, and the direction pauses: messages that complete
- * meanwhile are appended to |held| (Watch events and any message order stay as etcd sent them),
- * an end of the direction (request END_STREAM, etcd's trailers) is deferred, and the bytes held
- * count against QUEUE_HIGH like queued ones, so a client or etcd that keeps sending sees its
- * window close. When the calls are done the message is rewritten once more with the answers in
- * the caches; that second pass is final (value_codec's |last_attempt|): a value still missing
- * fails a write with UNAVAILABLE or passes a read through as undecryptable. Then the held
- * messages run, each of which may pause the direction again. A stream freed while waiting
- * cancels its request.
+ * Waiting for the KMS plugin: see kms_wait.h. This file decides when a direction waits
+ * (a rewrite answered ETCD_MSG_RETRY), runs the final rewrite when the calls are done, and
+ * applies an end of the direction that arrived meanwhile.
  *
  * Ending. Exactly one status reaches the client: etcd's trailers, or one made here by
  * proxy_stream_fail (which also cancels the upstream stream). The stream is freed once the
@@ -196,7 +188,7 @@ static void ack_response(proxy_stream *st, size_t n) {
 
 /* Bytes of one direction received but not yet sent on: queued, or waiting for the plugin. */
 static size_t backlog(const h2_body *b, const proxy_kms_wait *w) {
-    return evbuffer_get_length(b->queue) + w->kept.len + w->held.len;
+    return evbuffer_get_length(b->queue) + proxy_kms_wait_bytes(w);
 }
 
 /* The most incomplete request bytes one client connection may hold: room for several requests
@@ -270,31 +262,9 @@ static void send_trailers(h2_body *b, int32_t stream_id, void *arg) {
 
 /* ---- lifetime ---- */
 
-static void kms_wait_init(proxy_kms_wait *w, const proxy_stream_env *env) {
-    w->pending = (crypto_kms_pending)CRYPTO_KMS_PENDING_INIT;
-    value_codec_bind(&w->vc, env->set, env->kms ? &w->pending : NULL);
-}
-
-/* Abandons a wait: cancels its plugin calls and drops what it kept. */
-static void stop_waiting(proxy_kms_wait *w) {
-    if (w->req) {
-        kms_request_cancel(w->req);
-        w->req = NULL;
-    }
-    w->waiting = false;
-    crypto_kms_pending_reset(&w->pending);
-    buf_free_secure(&w->kept);
-    buf_free_secure(&w->held);
-}
-
-static void kms_wait_free(proxy_kms_wait *w) {
-    stop_waiting(w);
-    crypto_kms_pending_free(&w->pending);
-}
-
 static void stream_free(proxy_stream *st) {
-    kms_wait_free(&st->request_wait);
-    kms_wait_free(&st->response_wait);
+    proxy_kms_wait_free(&st->request_wait);
+    proxy_kms_wait_free(&st->response_wait);
     hdrs_free(&st->request_headers);
     hdrs_free(&st->response_headers);
     hdrs_free(&st->trailers);
@@ -332,8 +302,8 @@ proxy_stream *proxy_stream_new(const proxy_stream_env *env, proxy_conn *conn, up
     st->to_down = (h2_body){evbuffer_new(), false, false, to_down_drained, send_trailers, st};
     grpc_frame_reader_init(&st->request_reader, env->max_request_bytes);
     grpc_frame_reader_init(&st->response_reader, MAX_RESPONSE_MESSAGE);
-    kms_wait_init(&st->request_wait, env);
-    kms_wait_init(&st->response_wait, env);
+    proxy_kms_wait_init(&st->request_wait, env->set, env->kms);
+    proxy_kms_wait_init(&st->response_wait, env->set, env->kms);
     if (!st->to_up.queue || !st->to_down.queue ||
         nghttp2_session_set_stream_user_data(h2_session_ng(conn->h2), stream_id, st) != 0) {
         stream_free(st);
@@ -403,8 +373,8 @@ void proxy_stream_fail(proxy_stream *st, int code, const char *message) {
     }
     st->status_sent = true;
     cancel_upstream(st);
-    stop_waiting(&st->request_wait);
-    stop_waiting(&st->response_wait);
+    proxy_kms_wait_stop(&st->request_wait);
+    proxy_kms_wait_stop(&st->response_wait);
     if (!st->conn) {
         return;
     }
@@ -486,33 +456,11 @@ static int finish(proxy_stream *st, bool request, str msg, int code, bool unchan
 static void on_request_calls_done(void *arg);
 static void on_response_calls_done(void *arg);
 
-/* Fails every call of |p|: the plugin cannot be asked. */
-static void fail_calls(crypto_kms_pending *p, const char *reason) {
-    for (size_t i = 0; i < p->ncalls; i++) {
-        crypto_kms_call_fail(p->calls[i], reason);
-    }
-}
-
-/* Keeps a copy of |msg| and sends the plugin calls its rewrite recorded. Returns 0 (the
- * direction now waits), or EP_ERR_NOMEM / EP_ERR_CONFIG with every call failed, so that the
- * caller's final rewrite fails the values that needed them. */
+/* Makes the direction wait for the plugin calls its last rewrite recorded. Returns what
+ * proxy_kms_wait_start returns. */
 static int start_wait(proxy_stream *st, bool request, uint8_t flag, str msg) {
-    proxy_kms_wait *w = wait_of(st, request);
-    buf_reset(&w->kept);
-    int rv = buf_append_str(&w->kept, msg);
-    if (rv == 0) {
-        rv = kms_set_perform(st->env->kms, &w->pending,
-                             request ? on_request_calls_done : on_response_calls_done, st, &w->req);
-    }
-    if (rv != 0) {
-        buf_free_secure(&w->kept);
-        fail_calls(&w->pending, rv == EP_ERR_NOMEM ? "out of memory calling the KMS plugin"
-                                                   : "no KMS plugin client for this provider");
-        return rv;
-    }
-    w->kept_flag = flag;
-    w->waiting = true;
-    return 0;
+    return proxy_kms_wait_start(wait_of(st, request), st->env->kms, flag, msg,
+                                request ? on_request_calls_done : on_response_calls_done, st);
 }
 
 /* Rewrites and queues one complete message, or starts waiting for the plugin calls it needs.
@@ -544,40 +492,26 @@ static int process_message(proxy_stream *st, bool request, uint8_t compressed, s
 /* Appends a message that completed while its direction waits. Returns 0 or the gRPC code
  * sent. */
 static int hold_message(proxy_stream *st, bool request, uint8_t flag, str msg) {
-    buf *held = &wait_of(st, request)->held;
-    if (grpc_frame_write_header(held, flag, (uint32_t)msg.len) != 0 ||
-        buf_append_str(held, msg) != 0) {
+    if (proxy_kms_wait_hold(wait_of(st, request), flag, msg) != 0) {
         fail_message(st, request, GRPC_STATUS_INTERNAL, "out of memory");
         return GRPC_STATUS_INTERNAL;
     }
     return 0;
 }
 
+static int process_held_request(void *arg, uint8_t flag, str msg) {
+    return process_message(arg, true, flag, msg);
+}
+
+static int process_held_response(void *arg, uint8_t flag, str msg) {
+    return process_message(arg, false, flag, msg);
+}
+
 /* Runs the held messages of a direction until it has to wait again; the rest stays held.
  * Returns 0 or the gRPC code sent. */
 static int run_held(proxy_stream *st, bool request) {
-    proxy_kms_wait *w = wait_of(st, request);
-    buf held = w->held;
-    w->held = (buf)BUF_INIT;
-    str rest = buf_str(&held);
-    int code = 0;
-    while (code == 0 && rest.len >= GRPC_FRAME_HEADER_LEN) {
-        if (w->waiting) {
-            size_t old_len = held.len;
-            memmove(held.data, rest.ptr, rest.len);
-            held.len = rest.len;
-            explicit_bzero(held.data + held.len, old_len - held.len);
-            w->held = held;
-            return 0;
-        }
-        uint8_t flag = rest.ptr[0];
-        size_t len = grpc_frame_length(rest.ptr);
-        str msg = str_make(rest.ptr + GRPC_FRAME_HEADER_LEN, len);
-        rest = str_skip(rest, GRPC_FRAME_HEADER_LEN + len);
-        code = process_message(st, request, flag, msg);
-    }
-    buf_free_secure(&held);
-    return code;
+    return proxy_kms_wait_run_held(wait_of(st, request),
+                                   request ? process_held_request : process_held_response, st);
 }
 
 /* True when nothing more can be sent in this direction. */
@@ -607,10 +541,9 @@ static void wake_direction(proxy_stream *st, bool request) {
  * ones, then a deferred end. */
 static void resume(proxy_stream *st, bool request) {
     proxy_kms_wait *w = wait_of(st, request);
-    w->req = NULL;
-    w->waiting = false;
+    proxy_kms_wait_settled(w);
     if (direction_over(st, request)) {
-        stop_waiting(w);
+        proxy_kms_wait_stop(w);
         return;
     }
     ep_err err = {{0}};
@@ -626,7 +559,7 @@ static void resume(proxy_stream *st, bool request) {
         code = run_held(st, request);
     }
     if (code != 0) {
-        stop_waiting(w);
+        proxy_kms_wait_stop(w);
     } else if (!w->waiting && w->end_deferred) {
         w->end_deferred = false;
         if (request) {

@@ -28,6 +28,7 @@
 #include "net/h2_session.h"
 #include "proxy/etcd_msg.h"
 #include "proxy/kms_client.h"
+#include "proxy/kms_wait.h"
 #include "proxy/value_codec.h"
 
 /* Bounds of one decoded header list (HPACK size: name + value + 32 per field), for requests
@@ -76,20 +77,6 @@ typedef enum {
     UP_ACTIVE,  /* submitted on an upstream session */
     UP_DONE,    /* upstream side closed */
 } proxy_stream_up_state;
-
-/* One direction's wait for KMS plugin calls. While |waiting|, |kept| holds the message being
- * rewritten (a copy: frame reader views do not outlive the chunk) and |held| every later
- * message of the direction, framed as on the wire, in arrival order. */
-typedef struct {
-    crypto_kms_pending pending;
-    value_codec vc; /* bound to |pending| when the worker has KMS clients */
-    kms_request *req;
-    bool waiting;
-    bool end_deferred; /* the direction ended while waiting: apply it after the held messages */
-    uint8_t kept_flag;
-    buf kept;
-    buf held;
-} proxy_kms_wait;
 
 /* Fields are private to stream.c, except |up_link| and |up_state|, which upstream.c maintains.
  * (Public only so that one allocation holds a whole call.) */
