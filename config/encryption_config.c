@@ -18,6 +18,7 @@
  * across-rules masking rule runs last, as kube-apiserver checks it when building transformers.
  */
 #include "config/encryption_config.h"
+#include "config/encryption_config_internal.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -35,15 +36,6 @@
 #include "config/yaml_doc.h"
 
 #define MAX_FILE_SIZE (4 << 20)
-#define DEFAULT_CACHESIZE 1000
-#define DEFAULT_TIMEOUT_NS 3000000000ull
-
-typedef struct {
-    const char *file;
-    ep_err *err;
-    char path[256]; /* the object being decoded, for messages */
-    config_encryption *cfg;
-} loader;
 
 typedef struct {
     const char *field;
@@ -58,10 +50,7 @@ static const provider_field provider_fields[] = {
     {"kms", CONFIG_PROVIDER_KMS},
 };
 
-static int fail(loader *ld, config_mark m, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int fail(loader *ld, config_mark m, const char *fmt, ...) {
+int cfg_fail(loader *ld, config_mark m, const char *fmt, ...) {
     char what[EP_ERR_MSG_MAX];
     va_list ap;
     va_start(ap, fmt);
@@ -71,7 +60,7 @@ static int fail(loader *ld, config_mark m, const char *fmt, ...) {
                       ld->path[0] ? ": " : "", what);
 }
 
-static int nomem(loader *ld) {
+int cfg_nomem(loader *ld) {
     return ep_err_set(ld->err, EP_ERR_NOMEM, "%s: out of memory loading the configuration",
                       ld->file);
 }
@@ -104,15 +93,16 @@ static const char *printable_key(const config_yaml_node *key) {
 }
 
 /* |n| must be a mapping; null stands for an empty one. Returns 0 or EP_ERR_CONFIG. */
-static int want_mapping(loader *ld, const config_yaml_node *n, const char *what) {
+int cfg_want_mapping(loader *ld, const config_yaml_node *n, const char *what) {
     if (n == NULL || config_yaml_doc_is_null(n) || n->kind == CONFIG_YAML_MAPPING) {
         return EP_OK;
     }
-    return fail(ld, n->mark, "%s must be a mapping, got %s", what, config_yaml_doc_type_name(n));
+    return cfg_fail(ld, n->mark, "%s must be a mapping, got %s", what,
+                    config_yaml_doc_type_name(n));
 }
 
 /* Refuses keys of |map| not in |allowed| (NULL-terminated). Returns 0 or EP_ERR_CONFIG. */
-static int check_fields(loader *ld, const config_yaml_node *map, const char *const *allowed) {
+int cfg_check_fields(loader *ld, const config_yaml_node *map, const char *const *allowed) {
     for (size_t i = 0; map != NULL && i < map->npairs; i++) {
         const config_yaml_node *key = map->pairs[i].key;
         const char *const *a = allowed;
@@ -120,33 +110,33 @@ static int check_fields(loader *ld, const config_yaml_node *map, const char *con
             a++;
         }
         if (*a == NULL) {
-            return fail(ld, key->mark, "unknown field \"%s\"", printable_key(key));
+            return cfg_fail(ld, key->mark, "unknown field \"%s\"", printable_key(key));
         }
     }
     return EP_OK;
 }
 
 /* The value of |field|, or NULL when absent or null (Go leaves the field unset for both). */
-static const config_yaml_node *field_of(const config_yaml_node *map, const char *field) {
+const config_yaml_node *cfg_field_of(const config_yaml_node *map, const char *field) {
     const config_yaml_node *v = config_yaml_doc_get(map, field);
     return config_yaml_doc_is_null(v) ? NULL : v;
 }
 
 /* Stores the string |field| of |map| in |*out| (NULL when absent). Returns 0 or EP_ERR_CONFIG
  * for another type or an embedded NUL. */
-static int get_string(loader *ld, const config_yaml_node *map, const char *field,
-                      const config_yaml_node **out) {
-    const config_yaml_node *v = field_of(map, field);
+int cfg_get_string(loader *ld, const config_yaml_node *map, const char *field,
+                   const config_yaml_node **out) {
+    const config_yaml_node *v = cfg_field_of(map, field);
     *out = NULL;
     if (v == NULL) {
         return EP_OK;
     }
     if (v->kind != CONFIG_YAML_SCALAR || v->type != CONFIG_YAML_STRING) {
-        return fail(ld, v->mark, "%s must be a string, got %s (quote it if it is text)", field,
-                    config_yaml_doc_type_name(v));
+        return cfg_fail(ld, v->mark, "%s must be a string, got %s (quote it if it is text)", field,
+                        config_yaml_doc_type_name(v));
     }
     if (memchr(v->value, '\0', v->len) != NULL) {
-        return fail(ld, v->mark, "%s must not contain NUL characters", field);
+        return cfg_fail(ld, v->mark, "%s must not contain NUL characters", field);
     }
     *out = v;
     return EP_OK;
@@ -155,11 +145,12 @@ static int get_string(loader *ld, const config_yaml_node *map, const char *field
 /* Stores the list |field| of |map| in |*out| (NULL when absent). Returns 0 or EP_ERR_CONFIG. */
 static int get_list(loader *ld, const config_yaml_node *map, const char *field,
                     const config_yaml_node **out) {
-    const config_yaml_node *v = field_of(map, field);
+    const config_yaml_node *v = cfg_field_of(map, field);
     *out = v;
     if (v != NULL && v->kind != CONFIG_YAML_SEQUENCE) {
         *out = NULL;
-        return fail(ld, v->mark, "%s must be a list, got %s", field, config_yaml_doc_type_name(v));
+        return cfg_fail(ld, v->mark, "%s must be a list, got %s", field,
+                        config_yaml_doc_type_name(v));
     }
     return EP_OK;
 }
@@ -170,14 +161,14 @@ static int get_nonempty_list(loader *ld, const config_yaml_node *map, const char
     int rv = get_list(ld, map, field, out);
     if (rv == EP_OK && (*out == NULL || (*out)->nitems == 0)) {
         const config_yaml_node *at = *out ? *out : map;
-        return fail(ld, at->mark, "%s must list at least one %s", field, what);
+        return cfg_fail(ld, at->mark, "%s must list at least one %s", field, what);
     }
     return rv;
 }
 
-static int dup_string(loader *ld, const config_yaml_node *v, char **out) {
+int cfg_dup_string(loader *ld, const config_yaml_node *v, char **out) {
     *out = ep_strndup(v->value, v->len);
-    return *out ? EP_OK : nomem(ld);
+    return *out ? EP_OK : cfg_nomem(ld);
 }
 
 /*
@@ -191,11 +182,13 @@ static int dup_string(loader *ld, const config_yaml_node *v, char **out) {
 static int check_key_size(loader *ld, const config_yaml_node *v, const char *name,
                           config_provider_type type, size_t n) {
     if (type == CONFIG_PROVIDER_SECRETBOX && n != 32) {
-        return fail(ld, v->mark, "secret for key \"%s\" must decode to 32 bytes, got %zu", name, n);
+        return cfg_fail(ld, v->mark, "secret for key \"%s\" must decode to 32 bytes, got %zu", name,
+                        n);
     }
     if (type != CONFIG_PROVIDER_SECRETBOX && n != 16 && n != 24 && n != 32) {
-        return fail(ld, v->mark, "secret for key \"%s\" must decode to 16, 24 or 32 bytes, got %zu",
-                    name, n);
+        return cfg_fail(ld, v->mark,
+                        "secret for key \"%s\" must decode to 16, 24 or 32 bytes, got %zu", name,
+                        n);
     }
     return EP_OK;
 }
@@ -203,23 +196,23 @@ static int check_key_size(loader *ld, const config_yaml_node *v, const char *nam
 static int decode_secret(loader *ld, const config_yaml_node *key_map, config_provider_type type,
                          config_key *key) {
     const config_yaml_node *v;
-    int rv = get_string(ld, key_map, "secret", &v);
+    int rv = cfg_get_string(ld, key_map, "secret", &v);
     if (rv != EP_OK) {
         return rv;
     }
     if (v == NULL || v->len == 0) {
-        return fail(ld, v ? v->mark : key_map->mark, "secret for key \"%s\" is required",
-                    key->name);
+        return cfg_fail(ld, v ? v->mark : key_map->mark, "secret for key \"%s\" is required",
+                        key->name);
     }
     buf plain = BUF_INIT;
     rv = base64_decode(str_make(v->value, v->len), &plain);
     if (rv == EP_ERR_NOMEM) {
-        rv = nomem(ld);
+        rv = cfg_nomem(ld);
     } else if (rv != EP_OK) {
-        rv = fail(ld, v->mark, "secret for key \"%s\" is not valid padded standard base64",
-                  key->name);
+        rv = cfg_fail(ld, v->mark, "secret for key \"%s\" is not valid padded standard base64",
+                      key->name);
     } else if ((rv = check_key_size(ld, v, key->name, type, plain.len)) == EP_OK) {
-        rv = secret_set(&key->secret, plain.data, plain.len) == EP_OK ? EP_OK : nomem(ld);
+        rv = secret_set(&key->secret, plain.data, plain.len) == EP_OK ? EP_OK : cfg_nomem(ld);
     }
     buf_free_secure(&plain);
     return rv;
@@ -229,30 +222,30 @@ static int decode_key(loader *ld, const config_yaml_node *n, config_provider_typ
                       config_key *key) {
     static const char *const fields[] = {"name", "secret", NULL};
     const config_yaml_node *name;
-    int rv = want_mapping(ld, n, "a key");
+    int rv = cfg_want_mapping(ld, n, "a key");
     if (rv == EP_OK) {
-        rv = check_fields(ld, n, fields);
+        rv = cfg_check_fields(ld, n, fields);
     }
     if (rv == EP_OK) {
-        rv = get_string(ld, n, "name", &name);
+        rv = cfg_get_string(ld, n, "name", &name);
     }
     if (rv != EP_OK) {
         return rv;
     }
     key->mark = n->mark;
     if (name == NULL || name->len == 0) {
-        return fail(ld, name ? name->mark : n->mark, "key name is required");
+        return cfg_fail(ld, name ? name->mark : n->mark, "key name is required");
     }
-    rv = dup_string(ld, name, &key->name);
+    rv = cfg_dup_string(ld, name, &key->name);
     return rv == EP_OK ? decode_secret(ld, n, type, key) : rv;
 }
 
 static int decode_keys(loader *ld, const config_yaml_node *n, config_provider *p) {
     static const char *const fields[] = {"keys", NULL};
     const config_yaml_node *keys;
-    int rv = want_mapping(ld, n, config_provider_type_name(p->type));
+    int rv = cfg_want_mapping(ld, n, config_provider_type_name(p->type));
     if (rv == EP_OK) {
-        rv = check_fields(ld, n, fields);
+        rv = cfg_check_fields(ld, n, fields);
     }
     if (rv == EP_OK) {
         rv = get_nonempty_list(ld, n, "keys", "key", &keys);
@@ -262,7 +255,7 @@ static int decode_keys(loader *ld, const config_yaml_node *n, config_provider *p
     }
     p->keys = ep_calloc(keys->nitems, sizeof(p->keys[0]));
     if (p->keys == NULL) {
-        return nomem(ld);
+        return cfg_nomem(ld);
     }
     p->nkeys = keys->nitems;
     for (size_t i = 0; i < keys->nitems && rv == EP_OK; i++) {
@@ -271,241 +264,6 @@ static int decode_keys(loader *ld, const config_yaml_node *n, config_provider *p
         pop(ld, old);
     }
     return rv;
-}
-
-/* ---- kms ---- */
-
-static int hex_value(char c) {
-    if (c >= '0' && c <= '9') {
-        return c - '0';
-    }
-    c = (char)(c | 0x20);
-    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-}
-
-/* Percent-decodes |in| into |out| (at least as long). Returns 0 or EP_ERR_INVALID. */
-static int unescape(const char *in, size_t len, char *out) {
-    size_t o = 0;
-    for (size_t i = 0; i < len; i++) {
-        if (in[i] != '%') {
-            out[o++] = in[i];
-            continue;
-        }
-        int hi = i + 2 < len ? hex_value(in[i + 1]) : -1;
-        int lo = i + 2 < len ? hex_value(in[i + 2]) : -1;
-        if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
-            return EP_ERR_INVALID;
-        }
-        out[o++] = (char)(hi << 4 | lo);
-        i += 2;
-    }
-    out[o] = '\0';
-    return EP_OK;
-}
-
-/*
- * The socket path of a "unix:" endpoint, as Go's url.Parse + kms ParseEndpoint derive it: the
- * URL path, percent-decoded, with "/@name" meaning the abstract socket "@name". One deliberate
- * difference: Go silently drops a host part, so "unix://tmp/x.sock" would dial "/x.sock"; that
- * is almost always a typo for "unix:///tmp/x.sock", so we refuse it rather than dial the wrong
- * socket. Queries and fragments, which Go would also drop, are refused for the same reason.
- * Returns 0, EP_ERR_NOMEM, or EP_ERR_INVALID with |*why| set.
- */
-static int endpoint_socket_path(const char *ep, char **out, const char **why) {
-    size_t slen = strspn(ep, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-.");
-    *why = "must be a URL with the unix scheme, e.g. unix:///var/run/kms.sock";
-    if (ep[slen] != ':' || slen != 4 || strncasecmp(ep, "unix", 4) != 0) {
-        return EP_ERR_INVALID;
-    }
-    const char *rest = ep + 5;
-    for (const char *c = ep; *c; c++) {
-        if ((unsigned char)*c < 0x20 || *c == 0x7f) {
-            *why = "must not contain control characters";
-            return EP_ERR_INVALID;
-        }
-    }
-    if (strpbrk(rest, "?#") != NULL) {
-        *why = "must not have a query or fragment";
-        return EP_ERR_INVALID;
-    }
-    if (strncmp(rest, "//", 2) == 0) {
-        rest += 2;
-        if (*rest != '/' && *rest != '\0') {
-            *why = "has a host part (unix://HOST/...); write unix:///absolute/path.sock";
-            return EP_ERR_INVALID;
-        }
-    }
-    if (*rest != '/') {
-        *why = "has no socket path";
-        return EP_ERR_INVALID;
-    }
-    char *path = ep_malloc(strlen(rest) + 1);
-    if (path == NULL) {
-        return EP_ERR_NOMEM;
-    }
-    *why = "has an invalid %-escape";
-    int rv = unescape(rest, strlen(rest), path);
-    if (rv == EP_OK && strcmp(path, "/@") == 0) {
-        *why = "has no socket path";
-        rv = EP_ERR_INVALID;
-    }
-    if (rv != EP_OK) {
-        ep_free(path);
-        return rv;
-    }
-    if (path[1] == '@') { /* abstract: drop the leading '/' */
-        memmove(path, path + 1, strlen(path));
-    }
-    *out = path;
-    return EP_OK;
-}
-
-static int decode_kms_version(loader *ld, const config_yaml_node *n, config_kms *kms) {
-    const config_yaml_node *v;
-    int rv = get_string(ld, n, "apiVersion", &v);
-    if (rv != EP_OK) {
-        return rv;
-    }
-    if (v == NULL || v->len == 0 || strcmp(v->value, "v1") == 0) {
-        kms->api_version = 1;
-    } else if (strcmp(v->value, "v2") == 0) {
-        kms->api_version = 2;
-    } else {
-        return fail(ld, v->mark, "apiVersion \"%.64s\" is not supported (only v1 and v2)",
-                    v->value);
-    }
-    return EP_OK;
-}
-
-/* The first kms provider decoded so far named |name|, or NULL. */
-static const config_kms *earlier_kms(loader *ld, const char *name) {
-    for (size_t r = 0; r < ld->cfg->nrules; r++) {
-        const config_rule *rule = &ld->cfg->rules[r];
-        for (size_t p = 0; p < rule->nproviders; p++) {
-            const config_provider *prov = &rule->providers[p];
-            if (prov->type == CONFIG_PROVIDER_KMS && prov->kms.name != NULL &&
-                strcmp(prov->kms.name, name) == 0) {
-                return &prov->kms;
-            }
-        }
-    }
-    return NULL;
-}
-
-static int decode_kms_name(loader *ld, const config_yaml_node *n, config_kms *kms) {
-    const config_yaml_node *v;
-    int rv = get_string(ld, n, "name", &v);
-    if (rv != EP_OK) {
-        return rv;
-    }
-    if (v == NULL || v->len == 0) {
-        return fail(ld, v ? v->mark : n->mark, "name is required");
-    }
-    if (kms->api_version == 2 && strchr(v->value, ':') != NULL) {
-        return fail(ld, v->mark, "name \"%s\" must not contain ':' with apiVersion v2", v->value);
-    }
-    const config_kms *dup = kms->api_version == 2 ? earlier_kms(ld, v->value) : NULL;
-    if (dup != NULL) {
-        return fail(ld, v->mark, "duplicate kms provider name \"%s\" (first at line %d)", v->value,
-                    dup->mark.line);
-    }
-    return dup_string(ld, v, &kms->name);
-}
-
-static int decode_kms_endpoint(loader *ld, const config_yaml_node *n, config_kms *kms) {
-    const config_yaml_node *v;
-    const char *why;
-    int rv = get_string(ld, n, "endpoint", &v);
-    if (rv != EP_OK) {
-        return rv;
-    }
-    if (v == NULL || v->len == 0) {
-        return fail(ld, v ? v->mark : n->mark, "endpoint is required");
-    }
-    rv = endpoint_socket_path(v->value, &kms->socket_path, &why);
-    if (rv == EP_ERR_INVALID) {
-        return fail(ld, v->mark, "endpoint \"%s\" %s", v->value, why);
-    }
-    return rv == EP_OK ? dup_string(ld, v, &kms->endpoint) : nomem(ld);
-}
-
-static int parse_int32(const config_yaml_node *v, int32_t *out) {
-    const char *s = v->value;
-    const char *digits = (*s == '-' || *s == '+') ? s + 1 : s;
-    if (v->type != CONFIG_YAML_INT || strspn(digits, "0123456789") != strlen(digits)) {
-        return EP_ERR_INVALID;
-    }
-    errno = 0;
-    long long x = strtoll(s, NULL, 10);
-    if (errno != 0 || x < INT32_MIN || x > INT32_MAX) {
-        return EP_ERR_INVALID;
-    }
-    *out = (int32_t)x;
-    return EP_OK;
-}
-
-static int decode_kms_cachesize(loader *ld, const config_yaml_node *n, config_kms *kms) {
-    const config_yaml_node *v = field_of(n, "cachesize");
-    if (kms->api_version == 2) {
-        return v ? fail(ld, v->mark, "cachesize is not supported in v2") : EP_OK;
-    }
-    kms->cachesize = DEFAULT_CACHESIZE;
-    if (v == NULL) {
-        return EP_OK;
-    }
-    if (v->kind != CONFIG_YAML_SCALAR || v->type != CONFIG_YAML_INT) {
-        return fail(ld, v->mark, "cachesize must be an integer, got %s",
-                    config_yaml_doc_type_name(v));
-    }
-    if (parse_int32(v, &kms->cachesize) != EP_OK) {
-        return fail(ld, v->mark, "cachesize must be a decimal 32-bit integer");
-    }
-    if (kms->cachesize == 0) {
-        return fail(ld, v->mark, "cachesize must not be 0 (a negative value disables the cache)");
-    }
-    return EP_OK;
-}
-
-static int decode_kms_timeout(loader *ld, const config_yaml_node *n, config_kms *kms) {
-    const config_yaml_node *v;
-    int rv = get_string(ld, n, "timeout", &v);
-    kms->timeout_ns = DEFAULT_TIMEOUT_NS;
-    if (rv != EP_OK || v == NULL) {
-        return rv;
-    }
-    int64_t ns;
-    const char *why;
-    if (config_duration_parse(v->value, v->len, &ns, &why) != EP_OK) {
-        return fail(ld, v->mark, "timeout \"%.64s\" is not a duration: %s", v->value, why);
-    }
-    if (ns <= 0) {
-        return fail(ld, v->mark, "timeout must be greater than 0");
-    }
-    kms->timeout_ns = (uint64_t)ns;
-    return EP_OK;
-}
-
-static int decode_kms(loader *ld, const config_yaml_node *n, config_provider *p) {
-    static const char *const fields[] = {"apiVersion", "name",    "endpoint",
-                                         "cachesize",  "timeout", NULL};
-    int rv = want_mapping(ld, n, "kms");
-    if (rv == EP_OK) {
-        rv = check_fields(ld, n, fields);
-    }
-    p->kms.mark = n->mark;
-    if (rv == EP_OK) {
-        rv = decode_kms_version(ld, n, &p->kms);
-    }
-    if (rv == EP_OK) {
-        rv = decode_kms_name(ld, n, &p->kms);
-    }
-    if (rv == EP_OK) {
-        rv = decode_kms_endpoint(ld, n, &p->kms);
-    }
-    if (rv == EP_OK) {
-        rv = decode_kms_cachesize(ld, n, &p->kms);
-    }
-    return rv == EP_OK ? decode_kms_timeout(ld, n, &p->kms) : rv;
 }
 
 /* ---- providers ---- */
@@ -526,9 +284,9 @@ static int pick_provider(loader *ld, const config_yaml_node *n, const provider_f
             continue;
         }
         if (*which != NULL) {
-            return fail(ld, n->pairs[i].key->mark,
-                        "a provider must set exactly one type, found both \"%s\" and \"%s\"",
-                        (*which)->field, f->field);
+            return cfg_fail(ld, n->pairs[i].key->mark,
+                            "a provider must set exactly one type, found both \"%s\" and \"%s\"",
+                            (*which)->field, f->field);
         }
         *which = f;
         *value = v;
@@ -540,9 +298,9 @@ static int decode_provider(loader *ld, const config_yaml_node *n, config_provide
     static const char *const fields[] = {"aesgcm", "aescbc", "secretbox", "identity", "kms", NULL};
     const provider_field *which;
     const config_yaml_node *v = NULL;
-    int rv = want_mapping(ld, n, "a provider");
+    int rv = cfg_want_mapping(ld, n, "a provider");
     if (rv == EP_OK) {
-        rv = check_fields(ld, n, fields);
+        rv = cfg_check_fields(ld, n, fields);
     }
     if (rv == EP_OK) {
         rv = pick_provider(ld, n, &which, &v);
@@ -552,20 +310,21 @@ static int decode_provider(loader *ld, const config_yaml_node *n, config_provide
     }
     p->mark = n->mark;
     if (which == NULL) {
-        return fail(ld, n->mark,
-                    "a provider must set exactly one of aesgcm, aescbc, secretbox, identity or kms"
-                    " (write \"identity: {}\", not \"identity:\")");
+        return cfg_fail(
+            ld, n->mark,
+            "a provider must set exactly one of aesgcm, aescbc, secretbox, identity or kms"
+            " (write \"identity: {}\", not \"identity:\")");
     }
     static const char *const no_fields[] = {NULL};
     size_t old = push(ld, ".%s", which->field);
     p->type = which->type;
     switch (p->type) {
     case CONFIG_PROVIDER_IDENTITY:
-        rv = want_mapping(ld, v, "identity");
-        rv = rv == EP_OK ? check_fields(ld, v, no_fields) : rv;
+        rv = cfg_want_mapping(ld, v, "identity");
+        rv = rv == EP_OK ? cfg_check_fields(ld, v, no_fields) : rv;
         break;
     case CONFIG_PROVIDER_KMS:
-        rv = decode_kms(ld, v, p);
+        rv = cfg_decode_kms(ld, v, p);
         break;
     default:
         rv = decode_keys(ld, v, p);
@@ -580,30 +339,31 @@ static int decode_provider(loader *ld, const config_yaml_node *n, config_provide
 static int add_resource(loader *ld, const config_yaml_node *v, config_rule *rule, size_t i) {
     if (v->kind != CONFIG_YAML_SCALAR ||
         (v->type != CONFIG_YAML_STRING && v->type != CONFIG_YAML_NULL)) {
-        return fail(ld, v->mark, "resource must be a string, got %s", config_yaml_doc_type_name(v));
+        return cfg_fail(ld, v->mark, "resource must be a string, got %s",
+                        config_yaml_doc_type_name(v));
     }
     if (memchr(v->value, '\0', v->len) != NULL) {
-        return fail(ld, v->mark, "resource must not contain NUL characters");
+        return cfg_fail(ld, v->mark, "resource must not contain NUL characters");
     }
     config_resource *r = &rule->resources[i];
     const char *text = v->type == CONFIG_YAML_NULL ? "" : v->value;
     if (config_resource_parse(text, v->mark, r) != EP_OK) {
-        return nomem(ld);
+        return cfg_nomem(ld);
     }
     const char *why = config_resource_refusal(r);
     if (why != NULL) {
-        return fail(ld, v->mark, "resource \"%s\" %s", r->text, why);
+        return cfg_fail(ld, v->mark, "resource \"%s\" %s", r->text, why);
     }
     for (size_t j = 0; j < i; j++) {
         const config_resource *e = &rule->resources[j];
         if (strcmp(e->text, r->text) == 0) {
-            return fail(ld, v->mark, "duplicate resource \"%s\" (first at line %d)", r->text,
-                        e->mark.line);
+            return cfg_fail(ld, v->mark, "duplicate resource \"%s\" (first at line %d)", r->text,
+                            e->mark.line);
         }
         if (config_resource_overlaps(e, r)) {
-            return fail(ld, v->mark,
-                        "resource \"%s\" overlaps with \"%s\" (line %d) in the same list", r->text,
-                        e->text, e->mark.line);
+            return cfg_fail(ld, v->mark,
+                            "resource \"%s\" overlaps with \"%s\" (line %d) in the same list",
+                            r->text, e->text, e->mark.line);
         }
     }
     return EP_OK;
@@ -617,7 +377,7 @@ static int decode_resources(loader *ld, const config_yaml_node *n, config_rule *
     }
     rule->resources = ep_calloc(list->nitems, sizeof(rule->resources[0]));
     if (rule->resources == NULL) {
-        return nomem(ld);
+        return cfg_nomem(ld);
     }
     rule->nresources = list->nitems;
     for (size_t i = 0; i < list->nitems && rv == EP_OK; i++) {
@@ -636,7 +396,7 @@ static int decode_providers(loader *ld, const config_yaml_node *n, config_rule *
     }
     rule->providers = ep_calloc(list->nitems, sizeof(rule->providers[0]));
     if (rule->providers == NULL) {
-        return nomem(ld);
+        return cfg_nomem(ld);
     }
     rule->nproviders = list->nitems;
     for (size_t i = 0; i < list->nitems && rv == EP_OK; i++) {
@@ -649,9 +409,9 @@ static int decode_providers(loader *ld, const config_yaml_node *n, config_rule *
 
 static int decode_rule(loader *ld, const config_yaml_node *n, config_rule *rule) {
     static const char *const fields[] = {"resources", "providers", NULL};
-    int rv = want_mapping(ld, n, "a rule");
+    int rv = cfg_want_mapping(ld, n, "a rule");
     if (rv == EP_OK) {
-        rv = check_fields(ld, n, fields);
+        rv = cfg_check_fields(ld, n, fields);
     }
     rule->mark = n->mark;
     if (rv == EP_OK) {
@@ -671,9 +431,10 @@ static int check_masking(loader *ld) {
                     const config_resource *earlier = &cfg->rules[e].resources[j];
                     if (config_resource_masks(earlier, later)) {
                         size_t old = push(ld, "resources[%zu].resources[%zu]", r, i);
-                        int rv = fail(ld, later->mark,
-                                      "resource \"%s\" is masked by earlier rule \"%s\" (line %d)",
-                                      later->text, earlier->text, earlier->mark.line);
+                        int rv =
+                            cfg_fail(ld, later->mark,
+                                     "resource \"%s\" is masked by earlier rule \"%s\" (line %d)",
+                                     later->text, earlier->text, earlier->mark.line);
                         pop(ld, old);
                         return rv;
                     }
@@ -688,20 +449,20 @@ static int check_masking(loader *ld) {
 
 static int check_envelope(loader *ld, const config_yaml_node *root) {
     const config_yaml_node *kind, *version;
-    int rv = get_string(ld, root, "kind", &kind);
+    int rv = cfg_get_string(ld, root, "kind", &kind);
     if (rv == EP_OK) {
-        rv = get_string(ld, root, "apiVersion", &version);
+        rv = cfg_get_string(ld, root, "apiVersion", &version);
     }
     if (rv != EP_OK) {
         return rv;
     }
     if (kind == NULL || kind->len == 0) {
-        return fail(ld, kind ? kind->mark : root->mark,
-                    "kind is required (EncryptionConfiguration)");
+        return cfg_fail(ld, kind ? kind->mark : root->mark,
+                        "kind is required (EncryptionConfiguration)");
     }
     if (version == NULL || version->len == 0) {
-        return fail(ld, version ? version->mark : root->mark,
-                    "apiVersion is required (apiserver.config.k8s.io/v1)");
+        return cfg_fail(ld, version ? version->mark : root->mark,
+                        "apiVersion is required (apiserver.config.k8s.io/v1)");
     }
     const char *want;
     if (strcmp(kind->value, "EncryptionConfiguration") == 0) {
@@ -710,12 +471,13 @@ static int check_envelope(loader *ld, const config_yaml_node *root) {
         want = "v1";
         ld->cfg->legacy_kind = true;
     } else {
-        return fail(ld, kind->mark, "kind \"%.64s\" is not supported; use EncryptionConfiguration",
-                    kind->value);
+        return cfg_fail(ld, kind->mark,
+                        "kind \"%.64s\" is not supported; use EncryptionConfiguration",
+                        kind->value);
     }
     if (strcmp(version->value, want) != 0) {
-        return fail(ld, version->mark, "apiVersion \"%.64s\" does not serve kind %s; use %s",
-                    version->value, kind->value, want);
+        return cfg_fail(ld, version->mark, "apiVersion \"%.64s\" does not serve kind %s; use %s",
+                        version->value, kind->value, want);
     }
     return EP_OK;
 }
@@ -725,22 +487,22 @@ static int decode_root(loader *ld, const config_yaml_node *root) {
     const config_yaml_node *rules;
     if (root == NULL) {
         config_mark start = {1, 1};
-        return fail(ld, start, "the configuration is empty");
+        return cfg_fail(ld, start, "the configuration is empty");
     }
     if (root->kind != CONFIG_YAML_MAPPING) {
-        return fail(ld, root->mark, "the document must be a mapping, got %s",
-                    config_yaml_doc_type_name(root));
+        return cfg_fail(ld, root->mark, "the document must be a mapping, got %s",
+                        config_yaml_doc_type_name(root));
     }
     /* The envelope first: a file of another kind should say so, not list its fields. */
     int rv = check_envelope(ld, root);
-    rv = rv == EP_OK ? check_fields(ld, root, fields) : rv;
+    rv = rv == EP_OK ? cfg_check_fields(ld, root, fields) : rv;
     rv = rv == EP_OK ? get_nonempty_list(ld, root, "resources", "rule", &rules) : rv;
     if (rv != EP_OK) {
         return rv;
     }
     ld->cfg->rules = ep_calloc(rules->nitems, sizeof(ld->cfg->rules[0]));
     if (ld->cfg->rules == NULL) {
-        return nomem(ld);
+        return cfg_nomem(ld);
     }
     ld->cfg->nrules = rules->nitems;
     for (size_t i = 0; i < rules->nitems && rv == EP_OK; i++) {
@@ -756,12 +518,12 @@ static int decode_root(loader *ld, const config_yaml_node *root) {
 static int new_config(loader *ld, const void *data, size_t len) {
     config_encryption *cfg = ep_calloc(1, sizeof(*cfg));
     if (cfg == NULL) {
-        return nomem(ld);
+        return cfg_nomem(ld);
     }
     ld->cfg = cfg;
     cfg->path = ep_strdup(ld->file);
     if (cfg->path == NULL) {
-        return nomem(ld);
+        return cfg_nomem(ld);
     }
     return EP_OK;
 }

@@ -1,0 +1,251 @@
+/*
+ * encryption_config_kms: the fields of a `kms` provider (apiVersion, name, endpoint, cachesize,
+ * timeout) with kube-apiserver's defaults and validation (spec 3.3), including the unix
+ * endpoint's percent-decoding and the v2 rule that names are unique across the file.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/alloc.h"
+#include "config/duration.h"
+#include "config/encryption_config_internal.h"
+
+/* ---- kms ---- */
+
+static int hex_value(char c) {
+    if (c >= '0' && c <= '9') {
+        return c - '0';
+    }
+    c = (char)(c | 0x20);
+    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* Percent-decodes |in| into |out| (at least as long). Returns 0 or EP_ERR_INVALID. */
+static int unescape(const char *in, size_t len, char *out) {
+    size_t o = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (in[i] != '%') {
+            out[o++] = in[i];
+            continue;
+        }
+        int hi = i + 2 < len ? hex_value(in[i + 1]) : -1;
+        int lo = i + 2 < len ? hex_value(in[i + 2]) : -1;
+        if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
+            return EP_ERR_INVALID;
+        }
+        out[o++] = (char)(hi << 4 | lo);
+        i += 2;
+    }
+    out[o] = '\0';
+    return EP_OK;
+}
+
+/*
+ * The socket path of a "unix:" endpoint, as Go's url.Parse + kms ParseEndpoint derive it: the
+ * URL path, percent-decoded, with "/@name" meaning the abstract socket "@name". One deliberate
+ * difference: Go silently drops a host part, so "unix://tmp/x.sock" would dial "/x.sock"; that
+ * is almost always a typo for "unix:///tmp/x.sock", so we refuse it rather than dial the wrong
+ * socket. Queries and fragments, which Go would also drop, are refused for the same reason.
+ * Returns 0, EP_ERR_NOMEM, or EP_ERR_INVALID with |*why| set.
+ */
+static int endpoint_socket_path(const char *ep, char **out, const char **why) {
+    size_t slen = strspn(ep, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-.");
+    *why = "must be a URL with the unix scheme, e.g. unix:///var/run/kms.sock";
+    if (ep[slen] != ':' || slen != 4 || strncasecmp(ep, "unix", 4) != 0) {
+        return EP_ERR_INVALID;
+    }
+    const char *rest = ep + 5;
+    for (const char *c = ep; *c; c++) {
+        if ((unsigned char)*c < 0x20 || *c == 0x7f) {
+            *why = "must not contain control characters";
+            return EP_ERR_INVALID;
+        }
+    }
+    if (strpbrk(rest, "?#") != NULL) {
+        *why = "must not have a query or fragment";
+        return EP_ERR_INVALID;
+    }
+    if (strncmp(rest, "//", 2) == 0) {
+        rest += 2;
+        if (*rest != '/' && *rest != '\0') {
+            *why = "has a host part (unix://HOST/...); write unix:///absolute/path.sock";
+            return EP_ERR_INVALID;
+        }
+    }
+    if (*rest != '/') {
+        *why = "has no socket path";
+        return EP_ERR_INVALID;
+    }
+    char *path = ep_malloc(strlen(rest) + 1);
+    if (path == NULL) {
+        return EP_ERR_NOMEM;
+    }
+    *why = "has an invalid %-escape";
+    int rv = unescape(rest, strlen(rest), path);
+    if (rv == EP_OK && strcmp(path, "/@") == 0) {
+        *why = "has no socket path";
+        rv = EP_ERR_INVALID;
+    }
+    if (rv != EP_OK) {
+        ep_free(path);
+        return rv;
+    }
+    if (path[1] == '@') { /* abstract: drop the leading '/' */
+        memmove(path, path + 1, strlen(path));
+    }
+    *out = path;
+    return EP_OK;
+}
+
+static int decode_kms_version(loader *ld, const config_yaml_node *n, config_kms *kms) {
+    const config_yaml_node *v;
+    int rv = cfg_get_string(ld, n, "apiVersion", &v);
+    if (rv != EP_OK) {
+        return rv;
+    }
+    if (v == NULL || v->len == 0 || strcmp(v->value, "v1") == 0) {
+        kms->api_version = 1;
+    } else if (strcmp(v->value, "v2") == 0) {
+        kms->api_version = 2;
+    } else {
+        return cfg_fail(ld, v->mark, "apiVersion \"%.64s\" is not supported (only v1 and v2)",
+                        v->value);
+    }
+    return EP_OK;
+}
+
+/* The first kms provider decoded so far named |name|, or NULL. */
+static const config_kms *earlier_kms(loader *ld, const char *name) {
+    for (size_t r = 0; r < ld->cfg->nrules; r++) {
+        const config_rule *rule = &ld->cfg->rules[r];
+        for (size_t p = 0; p < rule->nproviders; p++) {
+            const config_provider *prov = &rule->providers[p];
+            if (prov->type == CONFIG_PROVIDER_KMS && prov->kms.name != NULL &&
+                strcmp(prov->kms.name, name) == 0) {
+                return &prov->kms;
+            }
+        }
+    }
+    return NULL;
+}
+
+static int decode_kms_name(loader *ld, const config_yaml_node *n, config_kms *kms) {
+    const config_yaml_node *v;
+    int rv = cfg_get_string(ld, n, "name", &v);
+    if (rv != EP_OK) {
+        return rv;
+    }
+    if (v == NULL || v->len == 0) {
+        return cfg_fail(ld, v ? v->mark : n->mark, "name is required");
+    }
+    if (kms->api_version == 2 && strchr(v->value, ':') != NULL) {
+        return cfg_fail(ld, v->mark, "name \"%s\" must not contain ':' with apiVersion v2",
+                        v->value);
+    }
+    const config_kms *dup = kms->api_version == 2 ? earlier_kms(ld, v->value) : NULL;
+    if (dup != NULL) {
+        return cfg_fail(ld, v->mark, "duplicate kms provider name \"%s\" (first at line %d)",
+                        v->value, dup->mark.line);
+    }
+    return cfg_dup_string(ld, v, &kms->name);
+}
+
+static int decode_kms_endpoint(loader *ld, const config_yaml_node *n, config_kms *kms) {
+    const config_yaml_node *v;
+    const char *why;
+    int rv = cfg_get_string(ld, n, "endpoint", &v);
+    if (rv != EP_OK) {
+        return rv;
+    }
+    if (v == NULL || v->len == 0) {
+        return cfg_fail(ld, v ? v->mark : n->mark, "endpoint is required");
+    }
+    rv = endpoint_socket_path(v->value, &kms->socket_path, &why);
+    if (rv == EP_ERR_INVALID) {
+        return cfg_fail(ld, v->mark, "endpoint \"%s\" %s", v->value, why);
+    }
+    return rv == EP_OK ? cfg_dup_string(ld, v, &kms->endpoint) : cfg_nomem(ld);
+}
+
+static int parse_int32(const config_yaml_node *v, int32_t *out) {
+    const char *s = v->value;
+    const char *digits = (*s == '-' || *s == '+') ? s + 1 : s;
+    if (v->type != CONFIG_YAML_INT || strspn(digits, "0123456789") != strlen(digits)) {
+        return EP_ERR_INVALID;
+    }
+    errno = 0;
+    long long x = strtoll(s, NULL, 10);
+    if (errno != 0 || x < INT32_MIN || x > INT32_MAX) {
+        return EP_ERR_INVALID;
+    }
+    *out = (int32_t)x;
+    return EP_OK;
+}
+
+static int decode_kms_cachesize(loader *ld, const config_yaml_node *n, config_kms *kms) {
+    const config_yaml_node *v = cfg_field_of(n, "cachesize");
+    if (kms->api_version == 2) {
+        return v ? cfg_fail(ld, v->mark, "cachesize is not supported in v2") : EP_OK;
+    }
+    kms->cachesize = DEFAULT_CACHESIZE;
+    if (v == NULL) {
+        return EP_OK;
+    }
+    if (v->kind != CONFIG_YAML_SCALAR || v->type != CONFIG_YAML_INT) {
+        return cfg_fail(ld, v->mark, "cachesize must be an integer, got %s",
+                        config_yaml_doc_type_name(v));
+    }
+    if (parse_int32(v, &kms->cachesize) != EP_OK) {
+        return cfg_fail(ld, v->mark, "cachesize must be a decimal 32-bit integer");
+    }
+    if (kms->cachesize == 0) {
+        return cfg_fail(ld, v->mark,
+                        "cachesize must not be 0 (a negative value disables the cache)");
+    }
+    return EP_OK;
+}
+
+static int decode_kms_timeout(loader *ld, const config_yaml_node *n, config_kms *kms) {
+    const config_yaml_node *v;
+    int rv = cfg_get_string(ld, n, "timeout", &v);
+    kms->timeout_ns = DEFAULT_TIMEOUT_NS;
+    if (rv != EP_OK || v == NULL) {
+        return rv;
+    }
+    int64_t ns;
+    const char *why;
+    if (config_duration_parse(v->value, v->len, &ns, &why) != EP_OK) {
+        return cfg_fail(ld, v->mark, "timeout \"%.64s\" is not a duration: %s", v->value, why);
+    }
+    if (ns <= 0) {
+        return cfg_fail(ld, v->mark, "timeout must be greater than 0");
+    }
+    kms->timeout_ns = (uint64_t)ns;
+    return EP_OK;
+}
+
+int cfg_decode_kms(loader *ld, const config_yaml_node *n, config_provider *p) {
+    static const char *const fields[] = {"apiVersion", "name",    "endpoint",
+                                         "cachesize",  "timeout", NULL};
+    int rv = cfg_want_mapping(ld, n, "kms");
+    if (rv == EP_OK) {
+        rv = cfg_check_fields(ld, n, fields);
+    }
+    p->kms.mark = n->mark;
+    if (rv == EP_OK) {
+        rv = decode_kms_version(ld, n, &p->kms);
+    }
+    if (rv == EP_OK) {
+        rv = decode_kms_name(ld, n, &p->kms);
+    }
+    if (rv == EP_OK) {
+        rv = decode_kms_endpoint(ld, n, &p->kms);
+    }
+    if (rv == EP_OK) {
+        rv = decode_kms_cachesize(ld, n, &p->kms);
+    }
+    return rv == EP_OK ? decode_kms_timeout(ld, n, &p->kms) : rv;
+}
