@@ -1,5 +1,5 @@
 /*
- * stream: moves one gRPC call between a client and etcd.
+ * stream: moves one gRPC call between a client and etcd (headers: stream_headers.c).
  *
  * Data flow. Request: downstream HEADERS are filtered into |request_headers| (pseudo and
  * hop-by-hop fields dropped, the rest kept verbatim) and the call is handed to the upstream
@@ -31,6 +31,7 @@
  * downstream side is closed and the upstream side is not active.
  */
 #include "proxy/stream.h"
+#include "proxy/stream_internal.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -48,52 +49,6 @@
 #define CONN_QUEUE_LOW (2u << 20)
 #define CONN_PARTIAL_MIN (64u << 20)
 #define MAX_RESPONSE_MESSAGE 0xffffffffu
-#define MAX_NV 128
-
-/* ---- header lists ---- */
-
-static int hdrs_add(proxy_hdrs *h, str name, str value) {
-    size_t entry[4] = {h->bytes.len, name.len, h->bytes.len + name.len, value.len};
-    if (buf_reserve(&h->bytes, name.len + value.len) != 0 ||
-        buf_append(&h->index, entry, sizeof(entry)) != 0) {
-        return EP_ERR_NOMEM;
-    }
-    buf_append_str(&h->bytes, name);
-    buf_append_str(&h->bytes, value);
-    h->count++;
-    return 0;
-}
-
-static void hdrs_clear(proxy_hdrs *h) {
-    buf_reset(&h->bytes);
-    buf_reset(&h->index);
-    h->count = 0;
-}
-
-static void hdrs_free(proxy_hdrs *h) {
-    buf_free(&h->bytes);
-    buf_free(&h->index);
-    h->count = 0;
-}
-
-static nghttp2_nv make_nv(str name, str value) {
-    nghttp2_nv nv = {(uint8_t *)name.ptr, (uint8_t *)value.ptr, name.len, value.len,
-                     NGHTTP2_NV_FLAG_NONE};
-    return nv;
-}
-
-/* Appends the fields of |h| to |nv| (holding |*n| of |cap|). Returns 0 or EP_ERR_RANGE. */
-static int hdrs_to_nv(const proxy_hdrs *h, nghttp2_nv *nv, size_t *n, size_t cap) {
-    const size_t *idx = (const size_t *)h->index.data;
-    for (size_t i = 0; i < h->count; i++, idx += 4) {
-        if (*n == cap) {
-            return EP_ERR_RANGE;
-        }
-        nv[(*n)++] = make_nv(str_make(h->bytes.data + idx[0], idx[1]),
-                             str_make(h->bytes.data + idx[2], idx[3]));
-    }
-    return 0;
-}
 
 /* ---- small helpers ---- */
 
@@ -101,25 +56,6 @@ int64_t proxy_now_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static bool is_hop_by_hop(str name) {
-    static const char *const names[] = {"connection",        "keep-alive", "proxy-connection",
-                                        "transfer-encoding", "upgrade",    "host",
-                                        "content-length"};
-    if (name.len > 0 && name.ptr[0] == ':') {
-        return true;
-    }
-    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-        if (str_eq(name, str_cstr(names[i]))) {
-            return true;
-        }
-    }
-    return false;
-}
-
-static nghttp2_session *down_ng(proxy_stream *st) {
-    return h2_session_ng(st->conn->h2);
 }
 
 /* Appends one uncompressed gRPC message to |queue|. Returns 0 or EP_ERR_NOMEM. */
@@ -252,22 +188,14 @@ static void to_down_drained(h2_body *b, void *arg) {
     }
 }
 
-static void send_trailers(h2_body *b, int32_t stream_id, void *arg) {
-    proxy_stream *st = arg;
-    nghttp2_nv nv[MAX_NV];
-    size_t n = 0;
-    hdrs_to_nv(&st->trailers, nv, &n, MAX_NV);
-    nghttp2_submit_trailer(down_ng(st), stream_id, nv, n);
-}
-
 /* ---- lifetime ---- */
 
 static void stream_free(proxy_stream *st) {
     proxy_kms_wait_free(&st->request_wait);
     proxy_kms_wait_free(&st->response_wait);
-    hdrs_free(&st->request_headers);
-    hdrs_free(&st->response_headers);
-    hdrs_free(&st->trailers);
+    proxy_hdrs_free(&st->request_headers);
+    proxy_hdrs_free(&st->response_headers);
+    proxy_hdrs_free(&st->trailers);
     buf_free(&st->path);
     buf_free(&st->scratch);
     grpc_frame_reader_free(&st->request_reader);
@@ -299,7 +227,8 @@ proxy_stream *proxy_stream_new(const proxy_stream_env *env, proxy_conn *conn, up
     st->upstream = up;
     st->deadline_ms = -1;
     st->to_up = (h2_body){evbuffer_new(), false, false, to_up_drained, NULL, st};
-    st->to_down = (h2_body){evbuffer_new(), false, false, to_down_drained, send_trailers, st};
+    st->to_down =
+        (h2_body){evbuffer_new(), false, false, to_down_drained, proxy_stream_send_trailers, st};
     grpc_frame_reader_init(&st->request_reader, env->max_request_bytes);
     grpc_frame_reader_init(&st->response_reader, MAX_RESPONSE_MESSAGE);
     proxy_kms_wait_init(&st->request_wait, env->set, env->kms);
@@ -341,32 +270,6 @@ static void cancel_upstream(proxy_stream *st) {
     }
 }
 
-/* Replaces the trailers with our own status. Returns 0 or EP_ERR_NOMEM. */
-static int set_status(proxy_stream *st, int code, const char *message) {
-    char num[12];
-    int numlen = snprintf(num, sizeof(num), "%d", code);
-    buf enc = BUF_INIT;
-    int rv = grpc_message_encode(str_cstr(message), &enc);
-    hdrs_clear(&st->trailers);
-    if (rv != 0 ||
-        hdrs_add(&st->trailers, STR_LIT("grpc-status"), str_make(num, (size_t)numlen)) != 0 ||
-        hdrs_add(&st->trailers, STR_LIT("grpc-message"), buf_str(&enc)) != 0) {
-        rv = EP_ERR_NOMEM;
-    }
-    buf_free(&enc);
-    return rv;
-}
-
-/* Sends the trailers as a Trailers-Only response. Returns 0 or an nghttp2 error. */
-static int send_trailers_only(proxy_stream *st) {
-    nghttp2_nv nv[MAX_NV];
-    size_t n = 0;
-    nv[n++] = make_nv(STR_LIT(":status"), STR_LIT("200"));
-    nv[n++] = make_nv(STR_LIT("content-type"), STR_LIT("application/grpc"));
-    hdrs_to_nv(&st->trailers, nv, &n, MAX_NV);
-    return nghttp2_submit_response(down_ng(st), st->down_id, nv, n, NULL);
-}
-
 void proxy_stream_fail(proxy_stream *st, int code, const char *message) {
     if (st->status_sent) {
         return;
@@ -382,12 +285,12 @@ void proxy_stream_fail(proxy_stream *st, int code, const char *message) {
     /* Nothing more will be forwarded: let the client's window reopen. */
     ack_request(st, st->down_unconsumed);
     st->down_unconsumed = 0;
-    if (set_status(st, code, message) != 0) {
+    if (proxy_stream_set_status(st, code, message) != 0) {
         nghttp2_submit_rst_stream(down_ng(st), NGHTTP2_FLAG_NONE, st->down_id,
                                   NGHTTP2_INTERNAL_ERROR);
     } else if (!st->response_begun) {
         st->response_begun = true;
-        send_trailers_only(st);
+        proxy_stream_send_trailers_only(st);
     } else {
         st->to_down.eof = true;
         st->to_down.trailers = true;
@@ -582,44 +485,6 @@ static void on_response_calls_done(void *arg) {
 
 /* ---- request direction ---- */
 
-/* Counts one decoded header field as HPACK does (name + value + 32). Returns true once the
- * block is over the limits: a few bytes on the wire can reference a large dynamic-table entry
- * thousands of times, so what is kept is bounded by the decoded size, not the wire size. */
-static bool header_list_over(proxy_stream *st, str name, str value) {
-    if (!st->headers_too_large) {
-        st->header_bytes += name.len + value.len + 32;
-        st->header_count++;
-        st->headers_too_large =
-            st->header_bytes > PROXY_MAX_HEADER_LIST || st->header_count > PROXY_MAX_HEADER_FIELDS;
-    }
-    return st->headers_too_large;
-}
-
-int proxy_stream_on_request_header(proxy_stream *st, str name, str value) {
-    if (header_list_over(st, name, value)) {
-        return 0; /* answered at the end of the block */
-    }
-    if (str_eq(name, STR_LIT(":path"))) {
-        buf_reset(&st->path);
-        return buf_append_str(&st->path, value) == 0 ? 0 : NGHTTP2_ERR_CALLBACK_FAILURE;
-    }
-    if (is_hop_by_hop(name)) {
-        return 0;
-    }
-    if (str_eq(name, STR_LIT("grpc-timeout"))) {
-        uint64_t nanos;
-        if (grpc_timeout_parse(value, &nanos, NULL) == 0) {
-            uint64_t ms = nanos / 1000000 + (nanos % 1000000 != 0);
-            st->deadline_ms = proxy_now_ms() + (ms > INT32_MAX ? INT32_MAX : (int64_t)ms);
-        }
-        return 0; /* regenerated with the time left when submitted */
-    }
-    if (str_eq(name, STR_LIT("grpc-accept-encoding"))) {
-        return 0; /* etcd must answer uncompressed: we rewrite responses */
-    }
-    return hdrs_add(&st->request_headers, name, value) == 0 ? 0 : NGHTTP2_ERR_CALLBACK_FAILURE;
-}
-
 /* Starts the etcd side once the request carries something (its first DATA bytes or its end):
  * every etcd method reads a request message first, and a client that opens streams and sends
  * nothing on them (or resets them at once: Rapid Reset, MadeYouReset) never costs etcd one. */
@@ -766,79 +631,7 @@ void proxy_stream_on_downstream_close(proxy_stream *st, uint32_t error_code) {
     maybe_free(st);
 }
 
-/* ---- upstream submission ---- */
-
-static str format_timeout(const proxy_stream *st, char out[GRPC_TIMEOUT_BUF_LEN]) {
-    int64_t ms = proxy_stream_remaining_ms(st);
-    return str_make(out, grpc_timeout_format((uint64_t)(ms ? ms : 1) * 1000000, out));
-}
-
-int proxy_stream_submit_upstream(proxy_stream *st, h2_session *h2, const upstream_endpoint *ep,
-                                 ep_err *err) {
-    nghttp2_nv nv[MAX_NV];
-    char timeout[GRPC_TIMEOUT_BUF_LEN];
-    size_t n = 0;
-    nv[n++] = make_nv(STR_LIT(":method"), STR_LIT("POST"));
-    nv[n++] = make_nv(STR_LIT(":scheme"), ep->tls ? STR_LIT("https") : STR_LIT("http"));
-    nv[n++] = make_nv(STR_LIT(":path"), buf_str(&st->path));
-    nv[n++] = make_nv(STR_LIT(":authority"), str_cstr(ep->authority));
-    if (st->deadline_ms >= 0) {
-        nv[n++] = make_nv(STR_LIT("grpc-timeout"), format_timeout(st, timeout));
-    }
-    if (hdrs_to_nv(&st->request_headers, nv, &n, MAX_NV) != 0) {
-        return ep_err_set(err, EP_ERR_RANGE, "too many request header fields");
-    }
-    nghttp2_data_provider dp = h2_body_provider(&st->to_up);
-    int32_t id = nghttp2_submit_request(h2_session_ng(h2), NULL, nv, n, &dp, st);
-    if (id < 0) {
-        return ep_err_set(err, EP_ERR_UNAVAILABLE, "cannot open a stream to etcd: %s",
-                          nghttp2_strerror(id));
-    }
-    st->up = h2;
-    st->up_id = id;
-    st->up_state = UP_ACTIVE;
-    h2_session_schedule_send(h2);
-    return 0;
-}
-
 /* ---- response direction ---- */
-
-int proxy_stream_on_response_header(proxy_stream *st, const nghttp2_frame *frame, str name,
-                                    str value) {
-    proxy_hdrs *h = st->upstream_headers ? &st->trailers : &st->response_headers;
-    if (st->status_sent) {
-        return 0; /* a status is already decided: etcd's headers are not forwarded */
-    }
-    if (header_list_over(st, name, value)) {
-        char msg[160];
-        snprintf(msg, sizeof(msg), "etcd sent a header list over %d bytes or %d fields",
-                 PROXY_MAX_HEADER_LIST, PROXY_MAX_HEADER_FIELDS);
-        proxy_stream_fail(st, GRPC_STATUS_INTERNAL, msg);
-        return 0;
-    }
-    if (str_eq(name, STR_LIT(":status"))) {
-        return hdrs_add(h, name, value) == 0 ? 0 : NGHTTP2_ERR_CALLBACK_FAILURE;
-    }
-    if (is_hop_by_hop(name) ||
-        (st->value_method && str_eq(name, STR_LIT("grpc-accept-encoding")))) {
-        return 0;
-    }
-    return hdrs_add(h, name, value) == 0 ? 0 : NGHTTP2_ERR_CALLBACK_FAILURE;
-}
-
-/* Submits etcd's response HEADERS downstream (as Trailers-Only when they end the stream). */
-static int forward_response_headers(proxy_stream *st, bool end_stream) {
-    nghttp2_nv nv[MAX_NV];
-    size_t n = 0;
-    hdrs_to_nv(&st->response_headers, nv, &n, MAX_NV);
-    st->response_begun = true;
-    if (end_stream) {
-        st->status_sent = true;
-        return nghttp2_submit_response(down_ng(st), st->down_id, nv, n, NULL);
-    }
-    nghttp2_data_provider dp = h2_body_provider(&st->to_down);
-    return nghttp2_submit_response(down_ng(st), st->down_id, nv, n, &dp);
-}
 
 int proxy_stream_on_response_headers_end(proxy_stream *st, const nghttp2_frame *frame) {
     bool end_stream = frame->hd.flags & NGHTTP2_FLAG_END_STREAM;
@@ -851,7 +644,7 @@ int proxy_stream_on_response_headers_end(proxy_stream *st, const nghttp2_frame *
         if (st->status_sent) {
             return 0;
         }
-        forward_response_headers(st, end_stream);
+        proxy_stream_forward_response_headers(st, end_stream);
     } else {
         if (st->value_method && !grpc_frame_reader_idle(&st->response_reader)) {
             proxy_stream_fail(st, GRPC_STATUS_INTERNAL, "etcd ended the response inside a message");
