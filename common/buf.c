@@ -47,6 +47,38 @@ int buf_append(buf *b, const void *p, size_t n) {
     return EP_OK;
 }
 
+static int hex_value(uint8_t c) {
+    if (c >= '0' && c <= '9') {
+        return c - '0';
+    }
+    c |= 0x20;
+    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+int buf_append_percent_decoded(buf *b, str in, bool strict) {
+    if (buf_reserve(b, in.len) != EP_OK) { /* decoding never grows */
+        return EP_ERR_NOMEM;
+    }
+    uint8_t *p = b->data + b->len;
+    for (size_t i = 0; i < in.len; i++) {
+        int hi = -1, lo = -1;
+        if (in.ptr[i] == '%' && i + 2 < in.len) {
+            hi = hex_value(in.ptr[i + 1]);
+            lo = hex_value(in.ptr[i + 2]);
+        }
+        if (hi >= 0 && lo >= 0) {
+            *p++ = (uint8_t)(hi << 4 | lo);
+            i += 2;
+        } else if (in.ptr[i] == '%' && strict) {
+            return EP_ERR_INVALID;
+        } else {
+            *p++ = in.ptr[i];
+        }
+    }
+    b->len = (size_t)(p - b->data);
+    return EP_OK;
+}
+
 void buf_free(buf *b) {
     ep_free(b->data);
     b->data = NULL;

@@ -5,6 +5,7 @@
 #ifndef EP_COMMON_BUF_H
 #define EP_COMMON_BUF_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -39,6 +40,12 @@ static inline void buf_reset(buf *b) {
 static inline str buf_str(const buf *b) {
     return str_make(b->data, b->len);
 }
+
+/* Appends |in| percent-decoded ("%41" -> "A", either case of hex digit). A '%' not followed by
+ * two hex digits is refused with EP_ERR_INVALID when |strict| (URL paths, as Go's url.Parse),
+ * else kept as it is (gRPC's grpc-message rule). Returns 0, EP_ERR_INVALID (|b| unchanged) or
+ * EP_ERR_NOMEM. */
+int buf_append_percent_decoded(buf *b, str in, bool strict);
 
 /* Releases the memory. Never fails. */
 void buf_free(buf *b);

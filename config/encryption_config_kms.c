@@ -10,38 +10,11 @@
 #include <string.h>
 
 #include "common/alloc.h"
+#include "common/buf.h"
 #include "config/duration.h"
 #include "config/encryption_config_internal.h"
 
 /* ---- kms ---- */
-
-static int hex_value(char c) {
-    if (c >= '0' && c <= '9') {
-        return c - '0';
-    }
-    c = (char)(c | 0x20);
-    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-}
-
-/* Percent-decodes |in| into |out| (at least as long). Returns 0 or EP_ERR_INVALID. */
-static int unescape(const char *in, size_t len, char *out) {
-    size_t o = 0;
-    for (size_t i = 0; i < len; i++) {
-        if (in[i] != '%') {
-            out[o++] = in[i];
-            continue;
-        }
-        int hi = i + 2 < len ? hex_value(in[i + 1]) : -1;
-        int lo = i + 2 < len ? hex_value(in[i + 2]) : -1;
-        if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
-            return EP_ERR_INVALID;
-        }
-        out[o++] = (char)(hi << 4 | lo);
-        i += 2;
-    }
-    out[o] = '\0';
-    return EP_OK;
-}
 
 /*
  * The socket path of a "unix:" endpoint, as Go's url.Parse + kms ParseEndpoint derive it: the
@@ -79,18 +52,22 @@ static int endpoint_socket_path(const char *ep, char **out, const char **why) {
         *why = "has no socket path";
         return EP_ERR_INVALID;
     }
-    char *path = ep_malloc(strlen(rest) + 1);
-    if (path == NULL) {
-        return EP_ERR_NOMEM;
-    }
+    buf decoded = BUF_INIT;
     *why = "has an invalid %-escape";
-    int rv = unescape(rest, strlen(rest), path);
+    int rv = buf_append_percent_decoded(&decoded, str_cstr(rest), true);
+    if (rv == EP_OK && memchr(decoded.data, '\0', decoded.len) != NULL) {
+        rv = EP_ERR_INVALID; /* %00: no socket path holds a NUL */
+    }
+    if (rv == EP_OK && buf_append(&decoded, "", 1) != EP_OK) {
+        rv = EP_ERR_NOMEM;
+    }
+    char *path = (char *)decoded.data;
     if (rv == EP_OK && strcmp(path, "/@") == 0) {
         *why = "has no socket path";
         rv = EP_ERR_INVALID;
     }
     if (rv != EP_OK) {
-        ep_free(path);
+        buf_free(&decoded);
         return rv;
     }
     if (path[1] == '@') { /* abstract: drop the leading '/' */

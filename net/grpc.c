@@ -98,35 +98,8 @@ int grpc_message_encode(str text, buf *out) {
     return EP_OK;
 }
 
-/* The value of hex digit |c| (either case), or -1. */
-static int hex_value(uint8_t c) {
-    if (is_digit(c)) {
-        return c - '0';
-    }
-    c |= 0x20;
-    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-}
-
 int grpc_message_decode(str value, buf *out) {
-    if (buf_reserve(out, value.len) != EP_OK) { /* decoding never grows */
-        return EP_ERR_NOMEM;
-    }
-    uint8_t *p = out->data + out->len;
-    for (size_t i = 0; i < value.len; i++) {
-        int hi = -1, lo = -1;
-        if (value.ptr[i] == '%' && i + 2 < value.len) {
-            hi = hex_value(value.ptr[i + 1]);
-            lo = hex_value(value.ptr[i + 2]);
-        }
-        if (hi >= 0 && lo >= 0) {
-            *p++ = (uint8_t)(hi << 4 | lo);
-            i += 2;
-        } else {
-            *p++ = value.ptr[i]; /* a malformed escape is kept as it is */
-        }
-    }
-    out->len = (size_t)(p - out->data);
-    return EP_OK;
+    return buf_append_percent_decoded(out, value, false);
 }
 
 /* Nanoseconds per unit of grpc-timeout, finest first. */

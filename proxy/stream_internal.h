@@ -7,8 +7,9 @@
 
 #include "proxy/stream.h"
 
-#define MAX_NV 128 /* header fields of one block we submit (the received lists are bounded lower)  \
-                    */
+#define MAX_NV                                                                                     \
+    128 /* header fields of one block we submit (the received lists are bounded lower)             \
+         */
 
 static inline nghttp2_session *down_ng(proxy_stream *st) {
     return h2_session_ng(st->conn->h2);

@@ -68,6 +68,23 @@ static void test_growth_wipes_the_old_block(void **state) {
     assert_int_equal(freed_dirty, 0);
 }
 
+static void test_percent_decoding(void **state) {
+    buf b = BUF_INIT;
+    assert_int_equal(buf_append_percent_decoded(&b, STR_LIT("a%41%7e%7E b"), true), EP_OK);
+    assert_true(str_eq(buf_str(&b), STR_LIT("aA~~ b")));
+    buf_reset(&b);
+    /* lenient (grpc-message): malformed escapes stay as they are */
+    assert_int_equal(buf_append_percent_decoded(&b, STR_LIT("100% %zz %4"), false), EP_OK);
+    assert_true(str_eq(buf_str(&b), STR_LIT("100% %zz %4")));
+    buf_reset(&b);
+    /* strict (URL paths): refused, and nothing appended */
+    assert_int_equal(buf_append(&b, "x", 1), EP_OK);
+    assert_int_equal(buf_append_percent_decoded(&b, STR_LIT("/a%4"), true), EP_ERR_INVALID);
+    assert_int_equal(buf_append_percent_decoded(&b, STR_LIT("/a%g1"), true), EP_ERR_INVALID);
+    assert_true(str_eq(buf_str(&b), STR_LIT("x")));
+    buf_free(&b);
+}
+
 static void test_failed_growth_keeps_contents(void **state) {
     buf b = BUF_INIT;
     assert_int_equal(buf_append(&b, "abc", 3), EP_OK);
@@ -131,6 +148,7 @@ int main(void) {
         cmocka_unit_test(test_failed_growth_keeps_contents),
         cmocka_unit_test(test_reserve_overflow_is_refused),
         cmocka_unit_test(test_growth_wipes_the_old_block),
+        cmocka_unit_test(test_percent_decoding),
         cmocka_unit_test(test_wipe_zeroes),
         cmocka_unit_test(test_secret),
         cmocka_unit_test(test_err_helpers),
