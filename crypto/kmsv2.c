@@ -26,6 +26,7 @@
 #include <string.h>
 
 #include "common/alloc.h"
+#include "common/pb_alloc.h"
 #include "common/pbwire.h"
 #include "crypto/aesgcm.h"
 #include "crypto/kmsv2.pb-c.h"
@@ -500,24 +501,6 @@ static int check_wire_format(str body, ep_err *err) {
     return EP_OK;
 }
 
-/* protobuf-c allocates through these so that allocation-failure injection reaches decode and
- * an allocation failure is told apart from malformed input. */
-typedef struct {
-    bool failed;
-} pb_alloc_probe;
-
-static void *pb_alloc(void *data, size_t size) {
-    void *p = ep_malloc(size);
-    if (p == NULL) {
-        ((pb_alloc_probe *)data)->failed = true;
-    }
-    return p;
-}
-
-static void pb_free(void *data, void *p) {
-    ep_free(p);
-}
-
 typedef struct {
     EpKmsv2__EncryptedObject *msg;
     crypto_kmsv2_annotation annotations[];
@@ -570,13 +553,13 @@ static size_t collect_annotations(decoded *d) {
 
 /* Returns 0, EP_ERR_NOMEM, or EP_ERR_INVALID when protobuf-c refuses |body|. */
 static int unpack(str body, EpKmsv2__EncryptedObject **msg, ep_err *err) {
-    pb_alloc_probe probe = {false};
-    ProtobufCAllocator allocator = {pb_alloc, pb_free, &probe};
+    bool failed = false;
+    ProtobufCAllocator allocator = ep_pb_allocator(&failed);
     *msg = ep_kmsv2__encrypted_object__unpack(&allocator, body.len, body.ptr);
     if (*msg != NULL) {
         return EP_OK;
     }
-    if (probe.failed) {
+    if (failed) {
         return ep_err_set(err, EP_ERR_NOMEM, "out of memory decoding an EncryptedObject");
     }
     return ep_err_set(err, EP_ERR_INVALID, "proto: cannot parse invalid wire-format data");
@@ -584,7 +567,7 @@ static int unpack(str body, EpKmsv2__EncryptedObject **msg, ep_err *err) {
 
 static void free_decoded(decoded *d) {
     if (d != NULL) {
-        ProtobufCAllocator allocator = {pb_alloc, pb_free, &(pb_alloc_probe){false}};
+        ProtobufCAllocator allocator = ep_pb_allocator(NULL);
         ep_kmsv2__encrypted_object__free_unpacked(d->msg, &allocator);
         ep_free(d);
     }
@@ -602,7 +585,7 @@ int crypto_kmsv2_decode(str body, crypto_kmsv2_object *out, ep_err *err) {
     }
     decoded *d = ep_malloc(sizeof(*d) + msg->n_annotations * sizeof(d->annotations[0]));
     if (d == NULL) {
-        ProtobufCAllocator allocator = {pb_alloc, pb_free, &(pb_alloc_probe){false}};
+        ProtobufCAllocator allocator = ep_pb_allocator(NULL);
         ep_kmsv2__encrypted_object__free_unpacked(msg, &allocator);
         return ep_err_set(err, EP_ERR_NOMEM, "out of memory decoding an EncryptedObject");
     }

@@ -13,21 +13,12 @@
 #include <string.h>
 
 #include "common/alloc.h"
+#include "common/pb_alloc.h"
 #include "net/grpc.h"
 #include "net/kms_v1beta1.pb-c.h"
 #include "net/kms_v2.pb-c.h"
 
 #define V1_VERSION "v1beta1"
-
-static void *pb_alloc(void *data, size_t size) {
-    return ep_malloc(size);
-}
-
-static void pb_free(void *data, void *p) {
-    ep_free(p);
-}
-
-static ProtobufCAllocator pb_allocator = {pb_alloc, pb_free, NULL};
 
 static str bytes_str(ProtobufCBinaryData b) {
     return str_make(b.data, b.len);
@@ -108,12 +99,12 @@ static int check_v1_version(const char *version, int *code, ep_err *err) {
 
 static int v1_version(const plugin_api *api, str request, buf *response, int *code, ep_err *err) {
     V1beta1__VersionRequest *req =
-        v1beta1__version_request__unpack(&pb_allocator, request.len, request.ptr);
+        v1beta1__version_request__unpack(&ep_pb_plain, request.len, request.ptr);
     if (!req) {
         return undecodable("VersionRequest", code, err);
     }
     int rv = check_v1_version(req->version, code, err);
-    v1beta1__version_request__free_unpacked(req, &pb_allocator);
+    v1beta1__version_request__free_unpacked(req, &ep_pb_plain);
     if (rv != 0) {
         return rv;
     }
@@ -126,7 +117,7 @@ static int v1_version(const plugin_api *api, str request, buf *response, int *co
 
 static int v1_encrypt(const plugin_api *api, str request, buf *response, int *code, ep_err *err) {
     V1beta1__EncryptRequest *req =
-        v1beta1__encrypt_request__unpack(&pb_allocator, request.len, request.ptr);
+        v1beta1__encrypt_request__unpack(&ep_pb_plain, request.len, request.ptr);
     if (!req) {
         return undecodable("EncryptRequest", code, err);
     }
@@ -136,7 +127,7 @@ static int v1_encrypt(const plugin_api *api, str request, buf *response, int *co
         rv = wrap(api, bytes_str(req->plain), &wrapped, code, err);
     }
     wipe_bytes(&req->plain);
-    v1beta1__encrypt_request__free_unpacked(req, &pb_allocator);
+    v1beta1__encrypt_request__free_unpacked(req, &ep_pb_plain);
     if (rv == 0) {
         V1beta1__EncryptResponse resp = V1BETA1__ENCRYPT_RESPONSE__INIT;
         resp.cipher.data = wrapped.data;
@@ -149,7 +140,7 @@ static int v1_encrypt(const plugin_api *api, str request, buf *response, int *co
 
 static int v1_decrypt(const plugin_api *api, str request, buf *response, int *code, ep_err *err) {
     V1beta1__DecryptRequest *req =
-        v1beta1__decrypt_request__unpack(&pb_allocator, request.len, request.ptr);
+        v1beta1__decrypt_request__unpack(&ep_pb_plain, request.len, request.ptr);
     if (!req) {
         return undecodable("DecryptRequest", code, err);
     }
@@ -158,7 +149,7 @@ static int v1_decrypt(const plugin_api *api, str request, buf *response, int *co
     if (rv == 0) {
         rv = unwrap(api, bytes_str(req->cipher), str_make(NULL, 0), &plain, code, err);
     }
-    v1beta1__decrypt_request__free_unpacked(req, &pb_allocator);
+    v1beta1__decrypt_request__free_unpacked(req, &ep_pb_plain);
     if (rv == 0) {
         V1beta1__DecryptResponse resp = V1BETA1__DECRYPT_RESPONSE__INIT;
         resp.plain.data = plain.data;
@@ -187,11 +178,11 @@ static void probe(const plugin_api *api, ep_err *health) {
 }
 
 static int v2_status(const plugin_api *api, str request, buf *response, int *code, ep_err *err) {
-    V2__StatusRequest *req = v2__status_request__unpack(&pb_allocator, request.len, request.ptr);
+    V2__StatusRequest *req = v2__status_request__unpack(&ep_pb_plain, request.len, request.ptr);
     if (!req) {
         return undecodable("StatusRequest", code, err);
     }
-    v2__status_request__free_unpacked(req, &pb_allocator);
+    v2__status_request__free_unpacked(req, &ep_pb_plain);
     ep_err health;
     probe(api, &health);
     V2__StatusResponse resp = V2__STATUS_RESPONSE__INIT;
@@ -205,7 +196,7 @@ static int v2_status(const plugin_api *api, str request, buf *response, int *cod
 }
 
 static int v2_encrypt(const plugin_api *api, str request, buf *response, int *code, ep_err *err) {
-    V2__EncryptRequest *req = v2__encrypt_request__unpack(&pb_allocator, request.len, request.ptr);
+    V2__EncryptRequest *req = v2__encrypt_request__unpack(&ep_pb_plain, request.len, request.ptr);
     if (!req) {
         return undecodable("EncryptRequest", code, err);
     }
@@ -218,7 +209,7 @@ static int v2_encrypt(const plugin_api *api, str request, buf *response, int *co
         rv = wrap(api, bytes_str(req->plaintext), &wrapped, code, err);
     }
     wipe_bytes(&req->plaintext);
-    v2__encrypt_request__free_unpacked(req, &pb_allocator);
+    v2__encrypt_request__free_unpacked(req, &ep_pb_plain);
     if (rv == 0) {
         V2__AnnotationEntry version = V2__ANNOTATION_ENTRY__INIT;
         V2__AnnotationEntry *annotations[1] = {&version};
@@ -255,7 +246,7 @@ static int check_annotations(const V2__DecryptRequest *req, int *code, ep_err *e
 }
 
 static int v2_decrypt(const plugin_api *api, str request, buf *response, int *code, ep_err *err) {
-    V2__DecryptRequest *req = v2__decrypt_request__unpack(&pb_allocator, request.len, request.ptr);
+    V2__DecryptRequest *req = v2__decrypt_request__unpack(&ep_pb_plain, request.len, request.ptr);
     if (!req) {
         return undecodable("DecryptRequest", code, err);
     }
@@ -268,7 +259,7 @@ static int v2_decrypt(const plugin_api *api, str request, buf *response, int *co
     if (rv == 0) {
         rv = unwrap(api, bytes_str(req->ciphertext), bytes_str(req->key_id), &plain, code, err);
     }
-    v2__decrypt_request__free_unpacked(req, &pb_allocator);
+    v2__decrypt_request__free_unpacked(req, &ep_pb_plain);
     if (rv == 0) {
         V2__DecryptResponse resp = V2__DECRYPT_RESPONSE__INIT;
         resp.plaintext.data = plain.data;

@@ -11,6 +11,7 @@
 
 #include "common/alloc.h"
 #include "common/log.h"
+#include "common/pb_alloc.h"
 #include "common/secret.h"
 #include "crypto/random.h"
 #include "net/grpc.h"
@@ -63,8 +64,7 @@ static void op_answer(kms_op *op, str response) {
         d = &v2__decrypt_response__descriptor;
         break;
     }
-    ProtobufCMessage *m =
-        protobuf_c_message_unpack(d, &kmsc_pb_allocator, response.len, response.ptr);
+    ProtobufCMessage *m = protobuf_c_message_unpack(d, &ep_pb_plain, response.len, response.ptr);
     if (!m) {
         op_fail(op, GRPC_STATUS_INTERNAL, "malformed response from the plugin");
         return;
@@ -78,7 +78,7 @@ static void op_answer(kms_op *op, str response) {
     if (answer->data) {
         explicit_bzero(answer->data, answer->len);
     }
-    protobuf_c_message_free_unpacked(m, &kmsc_pb_allocator);
+    protobuf_c_message_free_unpacked(m, &ep_pb_plain);
 }
 
 static void on_op_result(const grpc_call_result *r, void *arg) {
@@ -196,7 +196,7 @@ static int check_version(const grpc_call_result *r, char *msg, size_t len) {
         return r->status;
     }
     V1beta1__VersionResponse *m =
-        v1beta1__version_response__unpack(&kmsc_pb_allocator, r->response.len, r->response.ptr);
+        v1beta1__version_response__unpack(&ep_pb_plain, r->response.len, r->response.ptr);
     if (!m) {
         snprintf(msg, len, "Version: malformed response from the plugin");
         return GRPC_STATUS_INTERNAL;
@@ -208,7 +208,7 @@ static int check_version(const grpc_call_result *r, char *msg, size_t len) {
                  m->version, V1_VERSION);
         code = GRPC_STATUS_FAILED_PRECONDITION;
     }
-    v1beta1__version_response__free_unpacked(m, &kmsc_pb_allocator);
+    v1beta1__version_response__free_unpacked(m, &ep_pb_plain);
     return code;
 }
 

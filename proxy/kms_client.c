@@ -72,16 +72,6 @@ void kmsc_log(const kms_client *c, const char *fmt, const char *a, const char *b
            kmsc_client_name(c), what);
 }
 
-static void *pb_alloc(void *data, size_t size) {
-    return ep_malloc(size);
-}
-
-static void pb_free(void *data, void *ptr) {
-    ep_free(ptr);
-}
-
-ProtobufCAllocator kmsc_pb_allocator = {pb_alloc, pb_free, NULL};
-
 /* "sha256:" and the first 16 hex digits of SHA-256(|key_id|), as in the apiserver's metrics. */
 void kmsc_hash_key_id(str key_id, char out[KEY_ID_HASH_LEN]) {
     unsigned char md[32];

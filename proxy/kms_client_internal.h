@@ -95,9 +95,6 @@ struct kms_set {
 /* Encrypt calls of fresh seeds made by every poller (tests). */
 extern _Atomic uint64_t kmsc_seed_encrypt_calls;
 
-/* protobuf-c allocations go through ep_malloc (failure injection). */
-extern ProtobufCAllocator kmsc_pb_allocator;
-
 int64_t kmsc_now_ms(void);
 
 const char *kmsc_client_name(const kms_client *c);

@@ -10,6 +10,7 @@
 
 #include "common/alloc.h"
 #include "common/log.h"
+#include "common/pb_alloc.h"
 #include "common/secret.h"
 #include "crypto/random.h"
 #include "net/grpc.h"
@@ -95,7 +96,7 @@ static void on_seed_encrypted(const grpc_call_result *r, void *arg) {
         return;
     }
     V2__EncryptResponse *m =
-        v2__encrypt_response__unpack(&kmsc_pb_allocator, r->response.len, r->response.ptr);
+        v2__encrypt_response__unpack(&ep_pb_plain, r->response.len, r->response.ptr);
     crypto_kmsv2_annotation *anns = NULL;
     ep_err err = {{0}};
     int rv = !m ? EP_ERR_INVALID : view_annotations(m, &anns);
@@ -107,7 +108,7 @@ static void on_seed_encrypted(const grpc_call_result *r, void *arg) {
     }
     ep_free(anns);
     if (m) {
-        v2__encrypt_response__free_unpacked(m, &kmsc_pb_allocator);
+        v2__encrypt_response__free_unpacked(m, &ep_pb_plain);
     }
     if (rv != 0) {
         snprintf(reason, sizeof(reason), "Encrypt: %s",
@@ -185,7 +186,7 @@ static void on_status(const grpc_call_result *r, void *arg) {
         return;
     }
     V2__StatusResponse *m =
-        v2__status_response__unpack(&kmsc_pb_allocator, r->response.len, r->response.ptr);
+        v2__status_response__unpack(&ep_pb_plain, r->response.len, r->response.ptr);
     if (!m) {
         poll_failed(c, "Status: malformed response from the plugin");
         return;
@@ -198,7 +199,7 @@ static void on_status(const grpc_call_result *r, void *arg) {
     } else {
         rotate(c, kmsc_bytes_str(m->key_id));
     }
-    v2__status_response__free_unpacked(m, &kmsc_pb_allocator);
+    v2__status_response__free_unpacked(m, &ep_pb_plain);
 }
 
 void kmsc_on_poll(evutil_socket_t fd, short what, void *arg) {
