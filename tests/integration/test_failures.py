@@ -253,6 +253,15 @@ def value_compare():
     suite.check_encrypted("Txn with a VALUE compare on an encrypted key: FAILED_PRECONDITION",
                           outcome == "FAILED_PRECONDITION", outcome)
     suite.check_encrypted("and its success branch was not applied", c.get(other)[0] is None)
+    # etcd reads the enum as int32 (the low 32 bits): target 2^32 + 3 is VALUE to etcd, and a
+    # VALUE compare against stored ciphertext would be an ordering oracle on the value
+    compare = (w.field_varint(1, 0) + w.varint(2 << 3) + w.varint((1 << 32) + 3)
+               + w.field_bytes(3, key) + w.field_bytes(7, b"v"))
+    txn = w.field_bytes(1, compare) + w.field_bytes(2, w.field_bytes(2, w.put_request(other, b"x")))
+    code = rpc_code(channel().unary_unary("/etcdserverpb.KV/Txn"), txn, timeout=10)
+    suite.check_encrypted("a VALUE compare spelled 2^32 + 3 is refused too: FAILED_PRECONDITION",
+                          code == grpc.StatusCode.FAILED_PRECONDITION, code)
+    suite.check_encrypted("and its success branch was not applied either", c.get(other)[0] is None)
     pod = "/registry/pods/cmp/p"
     c.put(pod, b"plain")
     ok, _ = c.transaction(compare=[t.value(pod) == b"plain"], success=[t.put(pod, b"next")], failure=[])
