@@ -551,6 +551,46 @@ static size_t collect_annotations(decoded *d) {
     return kept;
 }
 
+/* Appends |body| re-encoded with minimal varints (tags, lengths, values; annotation entries
+ * too). Go reads a varint of up to 10 bytes anywhere, so a length of 0 spelled in 8 bytes is a
+ * valid empty field to kube-apiserver, while protobuf-c refuses length prefixes over 5 bytes:
+ * protobuf-c is handed the canonical form of what Go reads. A field that does not scan is copied
+ * as it is with the rest, for protobuf-c to refuse. Returns 0 or EP_ERR_NOMEM. */
+static int canonical(str body, buf *out, bool entry) {
+    while (body.len > 0) {
+        str rest = body;
+        pbwire_field f;
+        if (pbwire_scan(&body, &f) != EP_OK || f.type == PBWIRE_SGROUP || f.type == PBWIRE_EGROUP) {
+            return buf_append_str(out, rest);
+        }
+        int rv = pbwire_put_tag(out, f.number, f.type);
+        if (rv == EP_OK && f.type == PBWIRE_VARINT) {
+            rv = pbwire_put_varint(out, f.varint);
+        } else if (rv == EP_OK && f.type == PBWIRE_LEN && !entry && f.number == FIELD_ANNOTATION) {
+            buf inner = BUF_INIT;
+            rv = canonical(f.payload, &inner, true);
+            if (rv == EP_OK) {
+                rv = pbwire_put_varint(out, inner.len);
+            }
+            if (rv == EP_OK) {
+                rv = buf_append_str(out, buf_str(&inner));
+            }
+            buf_free(&inner);
+        } else if (rv == EP_OK && f.type == PBWIRE_LEN) {
+            rv = pbwire_put_varint(out, f.payload.len);
+            if (rv == EP_OK) {
+                rv = buf_append_str(out, f.payload);
+            }
+        } else if (rv == EP_OK) { /* fixed32 / fixed64: the bytes after the tag */
+            rv = buf_append(out, f.raw.ptr + f.tag_len, f.raw.len - f.tag_len);
+        }
+        if (rv != EP_OK) {
+            return rv;
+        }
+    }
+    return EP_OK;
+}
+
 /* Returns 0, EP_ERR_NOMEM, or EP_ERR_INVALID when protobuf-c refuses |body|. */
 static int unpack(str body, EpKmsv2__EncryptedObject **msg, ep_err *err) {
     bool failed = false;
@@ -577,9 +617,14 @@ int crypto_kmsv2_decode(str body, crypto_kmsv2_object *out, ep_err *err) {
     memset(out, 0, sizeof(*out));
     int rv = check_wire_format(body, err);
     EpKmsv2__EncryptedObject *msg = NULL;
-    if (rv == EP_OK) {
-        rv = unpack(body, &msg, err);
+    buf canon = BUF_INIT;
+    if (rv == EP_OK && canonical(body, &canon, false) != EP_OK) {
+        rv = ep_err_set(err, EP_ERR_NOMEM, "out of memory decoding an EncryptedObject");
     }
+    if (rv == EP_OK) {
+        rv = unpack(buf_str(&canon), &msg, err);
+    }
+    buf_free(&canon);
     if (rv != EP_OK) {
         return rv;
     }

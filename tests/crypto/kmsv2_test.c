@@ -165,6 +165,43 @@ static void expect_decode_error(const char *body, size_t len, int code, const ch
 
 #define DECODE_ERR(lit, code, msg) expect_decode_error(lit, sizeof(lit) - 1, code, msg)
 
+/* Go reads varints of up to 10 bytes everywhere; protobuf-c refuses over-long length prefixes.
+ * Found by fuzz/kmsv2_object: the full decoder once said "cannot parse invalid wire-format
+ * data" where kube-apiserver (and the view) read an empty field. */
+static void test_decode_overlong_varints_as_go(void **state) {
+    static const uint8_t empty_data[] = {0x0a, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x00};
+    crypto_kmsv2_object o;
+    crypto_kmsv2_annotation scratch[2];
+    ep_err err;
+    assert_int_equal(crypto_kmsv2_decode(str_make(empty_data, sizeof(empty_data)), &o, &err),
+                     EP_ERR_INVALID);
+    assert_string_equal(err.msg, "encrypted data is empty");
+    crypto_kmsv2_object_free(&o);
+    /* a whole object with every length and the type spelled in 10 bytes still decodes */
+    buf b = BUF_INIT;
+    const char *fields[] = {"data", "key-1", "0123456789abcdef"};
+    for (uint32_t i = 0; i < 3; i++) {
+        uint8_t tag = (uint8_t)((i + 1) << 3 | 2), len[10];
+        memset(len, 0x80, 9);
+        len[0] = 0x80 | (uint8_t)strlen(fields[i]);
+        len[9] = 0x00;
+        assert_int_equal(buf_append(&b, &tag, 1), EP_OK);
+        assert_int_equal(buf_append(&b, len, 10), EP_OK);
+        assert_int_equal(buf_append(&b, fields[i], strlen(fields[i])), EP_OK);
+    }
+    const uint8_t type[] = {0x28, 0x81, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x00};
+    assert_int_equal(buf_append(&b, type, sizeof(type)), EP_OK);
+    int full = crypto_kmsv2_decode(buf_str(&b), &o, &err);
+    assert_int_equal(full, EP_OK);
+    assert_true(str_eq(o.key_id, STR_LIT("key-1")));
+    assert_int_equal(o.type, 1);
+    crypto_kmsv2_object_free(&o);
+    assert_int_equal(crypto_kmsv2_decode_view(buf_str(&b), &o, scratch, 2, &err), EP_OK);
+    assert_true(str_eq(o.encrypted_data, STR_LIT("data")));
+    crypto_kmsv2_object_free(&o);
+    buf_free(&b);
+}
+
 static void test_decode_malformed(void **state) {
     DECODE_ERR("\x0a\x05"
                "abc",
@@ -756,6 +793,7 @@ int main(void) {
         cmocka_unit_test(test_encode_exact_bytes),
         cmocka_unit_test(test_encode_refuses_invalid),
         cmocka_unit_test(test_decode_any_order_unknown_fields_last_wins),
+        cmocka_unit_test(test_decode_overlong_varints_as_go),
         cmocka_unit_test(test_decode_malformed),
         cmocka_unit_test(test_validate_lengths),
         cmocka_unit_test(test_annotation_keys),
