@@ -12,7 +12,10 @@ mkdir -p "$artifacts"
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1}:abort_on_error=1:allocator_may_return_null=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 max_len=65536
-case $name in config_fuzz) max_len=8192 ;; esac # configs are small; long inputs only slow it
+case $name in
+config_fuzz) max_len=8192 ;;        # configs are small: long inputs only slow it
+stored_value_fuzz) max_len=4096 ;; # every decoder branch is reached by short values
+esac
 opts=(-artifact_prefix="$artifacts/$name-" -max_len=$max_len -rss_limit_mb=2048 -timeout=20
     -close_fd_mask="${EP_FUZZ_CLOSE_FD_MASK:-0}")
 [ -f "$dict" ] && opts+=(-dict="$dict")
