@@ -1,8 +1,15 @@
+/*
+ * Allocation wrappers. In the shipped binary they are malloc and friends with a size of 0
+ * rounded up to 1 (so NULL always means failure). The failure-injection and free hooks exist
+ * only where EP_ALLOC_HOOKS is defined: CMake compiles this file a second time with it into
+ * ep_alloc_hooks, which only the unit tests link, so no test hook is reachable in production.
+ */
 #include "common/alloc.h"
 
 #include <stdlib.h>
 #include <string.h>
 
+#ifdef EP_ALLOC_HOOKS
 static long fail_countdown = -1;
 static void (*free_hook)(void *p);
 
@@ -16,6 +23,23 @@ static int should_fail(void) {
     fail_countdown--;
     return 0;
 }
+
+void ep_alloc_set_free_hook(void (*hook)(void *p)) {
+    free_hook = hook;
+}
+
+void ep_alloc_fail_after(long n) {
+    fail_countdown = n;
+}
+
+void ep_alloc_fail_reset(void) {
+    fail_countdown = -1;
+}
+#else
+static inline int should_fail(void) {
+    return 0;
+}
+#endif
 
 void *ep_malloc(size_t n) {
     return should_fail() ? NULL : malloc(n ? n : 1);
@@ -38,20 +62,10 @@ char *ep_strndup(const char *s, size_t n) {
 }
 
 void ep_free(void *p) {
+#ifdef EP_ALLOC_HOOKS
     if (free_hook != NULL && p != NULL) {
         free_hook(p);
     }
+#endif
     free(p);
-}
-
-void ep_alloc_set_free_hook(void (*hook)(void *p)) {
-    free_hook = hook;
-}
-
-void ep_alloc_fail_after(long n) {
-    fail_countdown = n;
-}
-
-void ep_alloc_fail_reset(void) {
-    fail_countdown = -1;
 }

@@ -62,9 +62,10 @@ int kms_set_start_pollers(kms_set *s, kms_done_cb primed, void *arg);
  * is 1 per process start and per key_id rotation). Never fails. */
 uint64_t kms_set_encrypt_calls(void);
 
-/* Test hook: the poller's interval after a healthy cycle (60 s), after a failed one (10 s), and
- * the write-state validity it grants (3 min). Call before kms_set_start_pollers. */
-void kms_set_test_intervals(kms_set *s, uint64_t ok_ns, uint64_t retry_ns, uint64_t validity_ns);
+/* Sets the poller's interval after a healthy cycle (default 60 s), after a failed one (10 s), and
+ * the write-state validity it grants (3 min); --kms-status-interval-ms sets the first two. Call
+ * before kms_set_start_pollers. Never fails. */
+void kms_set_intervals(kms_set *s, uint64_t ok_ns, uint64_t retry_ns, uint64_t validity_ns);
 
 /* Issues every call of |pending| to its provider's plugin, concurrently. |done| runs once all
  * have finished (on this loop, never from inside this call). |*req| (may be NULL) lets the

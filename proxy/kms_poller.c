@@ -238,7 +238,7 @@ int kms_set_start_pollers(kms_set *s, kms_done_cb primed, void *arg) {
     return 0;
 }
 
-void kms_set_test_intervals(kms_set *s, uint64_t ok_ns, uint64_t retry_ns, uint64_t validity_ns) {
+void kms_set_intervals(kms_set *s, uint64_t ok_ns, uint64_t retry_ns, uint64_t validity_ns) {
     s->ok_interval_ns = ok_ns;
     s->retry_interval_ns = retry_ns;
     s->validity_ns = validity_ns;

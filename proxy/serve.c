@@ -269,8 +269,8 @@ static int start_kms(server *sv, ep_err *err) {
     kms_set *kms0 = proxy_worker_kms(sv->workers[0]);
     int every_ms = sv->opts.kms_status_interval_ms;
     if (every_ms > 0) { /* a failed cycle retries 6x sooner, as 60 s / 10 s upstream */
-        kms_set_test_intervals(kms0, (uint64_t)every_ms * 1000000, (uint64_t)every_ms * 1000000 / 6,
-                               KMS_STATE_VALIDITY_NS);
+        kms_set_intervals(kms0, (uint64_t)every_ms * 1000000, (uint64_t)every_ms * 1000000 / 6,
+                          KMS_STATE_VALIDITY_NS);
     }
     if (proxy_worker_every(sv->workers[0], KMS_HEALTH_CHECK_MS, on_health_check, sv) != 0 ||
         kms_set_start_pollers(kms0, on_primed, sv) != 0) {

@@ -567,7 +567,7 @@ static void test_set_alloc_failure(void **state) {
 /* ---- v2 ---- */
 
 static void poll_fast(fixture *f, uint64_t ok_ms, uint64_t retry_ms) {
-    kms_set_test_intervals(f->set, ok_ms * MS, retry_ms * MS, 180000 * MS);
+    kms_set_intervals(f->set, ok_ms * MS, retry_ms * MS, 180000 * MS);
     assert_int_equal(kms_set_start_pollers(f->set, on_primed, f), 0);
     assert_int_equal(f->primed, 0);
     ts_run_until(f->base, &f->primed, 1, 3000);
