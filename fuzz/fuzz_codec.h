@@ -35,9 +35,13 @@ static void fz_codec_init(void) {
     }
 }
 
-static bool fz_encrypts(void *ctx, str key) {
-    return str_has_prefix(key, STR_LIT("/s/")) ||
-           str_has_prefix(key, STR_LIT("/registry/secrets/"));
+static const char fz_writer_mark = 'w';
+
+/* Non-NULL (any pointer) for the keys the fuzz codec encrypts. */
+static const void *fz_writer(void *ctx, str key) {
+    bool enc =
+        str_has_prefix(key, STR_LIT("/s/")) || str_has_prefix(key, STR_LIT("/registry/secrets/"));
+    return enc ? &fz_writer_mark : NULL;
 }
 
 /* The marker every value the codec produced at |key| starts with. */
@@ -50,7 +54,7 @@ static size_t fz_marker(str key, char *out, size_t cap) {
     return (size_t)n;
 }
 
-static int fz_encrypt(void *ctx, str key, str plain, buf *out, ep_err *err) {
+static int fz_encrypt(void *ctx, const void *writer, str key, str plain, buf *out, ep_err *err) {
     if (str_has_prefix(key, STR_LIT("/s/fail"))) {
         return ep_err_set(err, EP_ERR_UNAVAILABLE, "fuzz: plugin unreachable");
     }
@@ -73,7 +77,7 @@ static int fz_decrypt(void *ctx, str key, str stored, buf *out, ep_err *err) {
     return buf_append_str(out, str_skip(stored, n));
 }
 
-static const etcd_value_codec fz_codec = {NULL, fz_encrypts, fz_encrypt, fz_decrypt};
+static const etcd_value_codec fz_codec = {NULL, fz_writer, fz_encrypt, fz_decrypt};
 
 /* The first byte of a corpus file picks the method; the rest is the message. */
 static etcd_method fz_method(uint8_t b) {

@@ -232,7 +232,8 @@ typedef struct {
     str key; /* empty when absent */
     pbwire_field value;
     bool has_value;
-    bool flag; /* last occurrence of the bool field asked for (PutRequest.ignore_value) */
+    bool flag;          /* last occurrence of the bool field asked for (PutRequest.ignore_value) */
+    const void *writer; /* scan_put_request: the codec's writer for |key|, NULL: plaintext */
 } kv_scan;
 
 /* Finds the key (|key_no|), value (|value_no|) and optional bool |flag_no| (0: none) of a
@@ -275,7 +276,7 @@ static int encrypt_status(int ep_code) {
 }
 
 /* Appends a value field (|tag|) holding the stored form of |plain| at |key|. */
-static int put_encrypted(rewriter *rw, str key, str tag, str plain) {
+static int put_encrypted(rewriter *rw, const void *writer, str key, str tag, str plain) {
     const etcd_value_codec *c = rw->codec;
     size_t mark = rw->out->len;
     len_mark m;
@@ -283,7 +284,7 @@ static int put_encrypted(rewriter *rw, str key, str tag, str plain) {
     if (rv != 0) {
         return rv;
     }
-    rv = c->encrypt(c->ctx, key, plain, rw->out, rw->err);
+    rv = c->encrypt(c->ctx, writer, key, plain, rw->out, rw->err);
     if (rv == EP_ERR_AGAIN) {
         /* Keep walking so one rewrite collects every plugin call of the message; the value is
          * left out of an output that is never sent. */
@@ -302,29 +303,29 @@ static int put_encrypted(rewriter *rw, str key, str tag, str plain) {
     return close_len(rw, &m);
 }
 
-/* Scans a PutRequest and sets |*encrypt| when its value must be encrypted. Returns 0 or the
+/* Scans a PutRequest; |s->writer| is set when its value must be encrypted. Returns 0 or the
  * malformed status. */
-static int scan_put_request(rewriter *rw, str msg, kv_scan *s, bool *encrypt) {
+static int scan_put_request(rewriter *rw, str msg, kv_scan *s) {
     int rv = scan_kv(rw, msg, 1, 2, 5, s); /* key, value, ignore_value */
-    *encrypt = rv == 0 && !s->flag && rw->codec->encrypts(rw->codec->ctx, s->key);
+    s->writer = rv == 0 && !s->flag ? rw->codec->writer(rw->codec->ctx, s->key) : NULL;
     return rv;
 }
 
 static int rewrite_put_request(rewriter *rw, str msg) {
     kv_scan s;
-    bool encrypt;
-    int rv = scan_put_request(rw, msg, &s, &encrypt);
-    if (rv != 0 || !encrypt) {
+    int rv = scan_put_request(rw, msg, &s);
+    if (rv != 0 || s.writer == NULL) {
         return rv != 0 ? rv : append_str(rw, msg);
     }
     if (!s.has_value) {
         rv = append_str(rw, msg);
-        return rv != 0 ? rv : put_encrypted(rw, s.key, STR_LIT("\x12"), str_make(NULL, 0));
+        return rv != 0 ? rv
+                       : put_encrypted(rw, s.writer, s.key, STR_LIT("\x12"), str_make(NULL, 0));
     }
     const pbwire_field *v = &s.value;
     rv = append(rw, msg.ptr, v->raw.ptr);
     if (rv == 0) {
-        rv = put_encrypted(rw, s.key, str_make(v->raw.ptr, v->tag_len), v->payload);
+        rv = put_encrypted(rw, s.writer, s.key, str_make(v->raw.ptr, v->tag_len), v->payload);
     }
     return rv != 0 ? rv : append(rw, v->raw.ptr + v->raw.len, msg.ptr + msg.len);
 }
@@ -351,7 +352,7 @@ static int check_compare(rewriter *rw, str msg) {
         if (f.number == 2) {
             target = pbwire_int32(f.varint); /* the last one wins, as etcd reads it */
         } else if (f.number == 3) {
-            key_encrypts |= rw->codec->encrypts(rw->codec->ctx, f.payload);
+            key_encrypts |= rw->codec->writer(rw->codec->ctx, f.payload) != NULL;
         } else if (f.number == 64) {
             has_range |= f.payload.len > 0;
         }
@@ -547,9 +548,8 @@ int etcd_msg_rewrite_request(etcd_method method, const etcd_value_codec *codec, 
                    NULL,  NULL, false};
     if (method == ETCD_METHOD_PUT) { /* most Puts to plaintext keys: decide without copying */
         kv_scan s;
-        bool encrypt;
-        int rv = scan_put_request(&rw, msg, &s, &encrypt);
-        if (rv != 0 || !encrypt) {
+        int rv = scan_put_request(&rw, msg, &s);
+        if (rv != 0 || s.writer == NULL) {
             *unchanged = rv == 0;
             return rv;
         }

@@ -42,11 +42,12 @@ etcd_method etcd_msg_classify(str path);
  * EP_ERR_AGAIN means "the plugin calls this value needs are recorded, ask again later". */
 typedef struct {
     void *ctx;
-    /* True when a value written at |key| must be encrypted (the write provider is not
-     * identity). Used to refuse VALUE compares and to skip work on plaintext prefixes. */
-    bool (*encrypts)(void *ctx, str key);
-    /* Appends the stored form of |plain| at |key| to |out|. */
-    int (*encrypt)(void *ctx, str key, str plain, buf *out, ep_err *err);
+    /* What a value written at |key| is encrypted with (opaque to etcd_msg), or NULL when it is
+     * written as plaintext (the write provider is identity). The one key lookup per value: used
+     * to refuse VALUE compares, to skip work on plaintext prefixes, and passed to encrypt. */
+    const void *(*writer)(void *ctx, str key);
+    /* Appends the stored form of |plain| at |key| to |out|, with |writer| from writer(). */
+    int (*encrypt)(void *ctx, const void *writer, str key, str plain, buf *out, ep_err *err);
     /* Appends the plaintext of |stored| at |key| to |out|. On failure the caller forwards the
      * stored value unchanged (kube-apiserver then reports that one object). */
     int (*decrypt)(void *ctx, str key, str stored, buf *out, ep_err *err);

@@ -7,14 +7,20 @@ static const crypto_transformer *transformer_for(void *ctx, str key) {
     return crypto_transformer_set_lookup((const crypto_transformer_set *)ctx, key);
 }
 
-/* A write is encrypted unless the key's first provider is identity. Never fails. */
-static bool codec_encrypts(void *ctx, str key) {
-    return !crypto_transformer_writes_plaintext(transformer_for(ctx, key));
+/* A write is encrypted unless the key's first provider is identity: then there is no writer.
+ * Never fails. */
+static const void *writer_of(const crypto_transformer_set *set, str key) {
+    const crypto_transformer *t = crypto_transformer_set_lookup(set, key);
+    return crypto_transformer_writes_plaintext(t) ? NULL : t;
+}
+
+static const void *codec_writer(void *ctx, str key) {
+    return writer_of(ctx, key);
 }
 
 /* Returns 0, or the transformer's EP_ERR_* (message in |err|). */
-static int codec_encrypt(void *ctx, str key, str plain, buf *out, ep_err *err) {
-    return crypto_transformer_encrypt(transformer_for(ctx, key), key, plain, out, NULL, err);
+static int codec_encrypt(void *ctx, const void *writer, str key, str plain, buf *out, ep_err *err) {
+    return crypto_transformer_encrypt(writer, key, plain, out, NULL, err);
 }
 
 /* Returns 0, or the transformer's EP_ERR_* (message in |err|); etcd_msg wipes partial output. */
@@ -24,7 +30,7 @@ static int codec_decrypt(void *ctx, str key, str stored, buf *out, ep_err *err) 
 
 void value_codec_init(etcd_value_codec *codec, const crypto_transformer_set *set) {
     codec->ctx = (void *)set; /* the callbacks only read through it */
-    codec->encrypts = codec_encrypts;
+    codec->writer = codec_writer;
     codec->encrypt = codec_encrypt;
     codec->decrypt = codec_decrypt;
 }
@@ -43,15 +49,14 @@ static int settle(const value_codec *vc, int rv, ep_err *err) {
                       "of plugin calls");
 }
 
-static bool bound_encrypts(void *ctx, str key) {
-    return codec_encrypts((void *)((value_codec *)ctx)->set, key);
+static const void *bound_writer(void *ctx, str key) {
+    return writer_of(((value_codec *)ctx)->set, key);
 }
 
 /* Returns 0, EP_ERR_AGAIN (calls recorded), or the transformer's EP_ERR_* (message in |err|). */
-static int bound_encrypt(void *ctx, str key, str plain, buf *out, ep_err *err) {
+static int bound_encrypt(void *ctx, const void *writer, str key, str plain, buf *out, ep_err *err) {
     value_codec *vc = ctx;
-    int rv = crypto_transformer_encrypt(crypto_transformer_set_lookup(vc->set, key), key, plain,
-                                        out, vc->pending, err);
+    int rv = crypto_transformer_encrypt(writer, key, plain, out, vc->pending, err);
     return settle(vc, rv, err);
 }
 
@@ -66,7 +71,7 @@ static int bound_decrypt(void *ctx, str key, str stored, buf *out, ep_err *err) 
 void value_codec_bind(value_codec *vc, const crypto_transformer_set *set,
                       crypto_kms_pending *pending) {
     vc->codec.ctx = vc;
-    vc->codec.encrypts = bound_encrypts;
+    vc->codec.writer = bound_writer;
     vc->codec.encrypt = bound_encrypt;
     vc->codec.decrypt = bound_decrypt;
     vc->set = set;

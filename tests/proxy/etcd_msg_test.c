@@ -23,8 +23,9 @@
 
 static const str secret_prefix = {(const uint8_t *)"/registry/secrets/", 18};
 
-static bool test_encrypts(void *ctx, str key) {
-    return str_has_prefix(key, secret_prefix);
+/* Any non-NULL pointer says "encrypt"; the fake encrypt ignores it. */
+static const void *test_writer(void *ctx, str key) {
+    return str_has_prefix(key, secret_prefix) ? &secret_prefix : NULL;
 }
 
 static void seal(str key, str plain, buf *out) {
@@ -36,7 +37,8 @@ static void seal(str key, str plain, buf *out) {
     }
 }
 
-static int test_encrypt(void *ctx, str key, str plain, buf *out, ep_err *err) {
+static int test_encrypt(void *ctx, const void *writer, str key, str plain, buf *out, ep_err *err) {
+    assert_ptr_equal(writer, &secret_prefix);
     if (str_eq(key, S("/registry/secrets/unavailable"))) {
         return ep_err_set(err, EP_ERR_UNAVAILABLE, "kms plugin unreachable");
     }
@@ -65,7 +67,7 @@ static int test_decrypt(void *ctx, str key, str stored, buf *out, ep_err *err) {
     return EP_OK;
 }
 
-static const etcd_value_codec codec = {NULL, test_encrypts, test_encrypt, test_decrypt};
+static const etcd_value_codec codec = {NULL, test_writer, test_encrypt, test_decrypt};
 
 /* ---- message builders ---- */
 
@@ -858,8 +860,8 @@ static bool needs_plugin(void *ctx, str key) {
     return true;
 }
 
-static int kms_encrypt(void *ctx, str key, str plain, buf *out, ep_err *err) {
-    return needs_plugin(ctx, key) ? EP_ERR_AGAIN : test_encrypt(ctx, key, plain, out, err);
+static int kms_encrypt(void *ctx, const void *writer, str key, str plain, buf *out, ep_err *err) {
+    return needs_plugin(ctx, key) ? EP_ERR_AGAIN : test_encrypt(ctx, writer, key, plain, out, err);
 }
 
 static int kms_decrypt(void *ctx, str key, str stored, buf *out, ep_err *err) {
@@ -870,7 +872,7 @@ static void test_response_collects_every_kms_miss(void **state) {
     const char *k1 = "/registry/secrets/ns/kms-a", *k2 = "/registry/secrets/ns/plain-b";
     const char *k3 = "/registry/secrets/ns/kms-c", *moved = "/registry/secrets/ns/moved";
     kms_fake fake = {false, 0};
-    etcd_value_codec kc = {&fake, test_encrypts, kms_encrypt, kms_decrypt};
+    etcd_value_codec kc = {&fake, test_writer, kms_encrypt, kms_decrypt};
     buf s1 = BUF_INIT, s2 = BUF_INIT, s3 = BUF_INIT, s4 = BUF_INIT, msg = BUF_INIT;
     buf want = BUF_INIT, item;
     str v1 = sealed(k1, "one", &s1), v2 = sealed(k2, "two", &s2), v3 = sealed(k3, "three", &s3);
@@ -922,7 +924,7 @@ static void test_response_collects_every_kms_miss(void **state) {
 static void test_watch_response_with_kms_miss(void **state) {
     const char *key = "/registry/secrets/ns/kms-w";
     kms_fake fake = {false, 0};
-    etcd_value_codec kc = {&fake, test_encrypts, kms_encrypt, kms_decrypt};
+    etcd_value_codec kc = {&fake, test_writer, kms_encrypt, kms_decrypt};
     buf scratch = BUF_INIT, msg = BUF_INIT, ev = BUF_INIT, item, out = BUF_INIT;
     str stored = sealed(key, "w", &scratch);
     item = kv(key, &stored, false);
@@ -949,7 +951,7 @@ static void test_watch_response_with_kms_miss(void **state) {
 
 static void test_request_collects_every_kms_miss(void **state) {
     kms_fake fake = {false, 0};
-    etcd_value_codec kc = {&fake, test_encrypts, kms_encrypt, kms_decrypt};
+    etcd_value_codec kc = {&fake, test_writer, kms_encrypt, kms_decrypt};
     /* outer put, and the nested txn's put under /registry/secrets/ns/inner (not kms) */
     buf txn = kube_txn("/registry/secrets/ns/kms-outer", "v", true);
     buf out = BUF_INIT;

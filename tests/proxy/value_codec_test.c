@@ -61,9 +61,9 @@ static int free_set(void **state) {
 static void test_encrypts_follows_first_provider(void **state) {
     etcd_value_codec codec;
     value_codec_init(&codec, *state);
-    assert_true(codec.encrypts(codec.ctx, S("/registry/secrets/default/s")));
-    assert_false(codec.encrypts(codec.ctx, S("/registry/configmaps/default/c")));
-    assert_false(codec.encrypts(codec.ctx, S("/registry/pods/default/p")));
+    assert_non_null(codec.writer(codec.ctx, S("/registry/secrets/default/s")));
+    assert_null(codec.writer(codec.ctx, S("/registry/configmaps/default/c")));
+    assert_null(codec.writer(codec.ctx, S("/registry/pods/default/p")));
 }
 
 /* A Put through the request rewriter stores kube's aesgcm format; the Range response of that
