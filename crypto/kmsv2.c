@@ -2,12 +2,14 @@
  * KMS v2 stored format: EncryptedObject encode/decode/validate, the seed -> DEK derivation, the
  * DEK/seed cache key, and seal/open of encryptedData (spec 1.6).
  *
- * Reads: crypto_kmsv2_decode first walks the top-level fields with pbwire_scan (so a malformed
- * body gets Go's precise message such as "unexpected EOF"), then lets protobuf-c unpack it, then
- * sorts
- * the annotation entries by key (a repeated key keeps its last value, as a proto map does) and
- * validates exactly as kube-apiserver. The caller resolves encryptedDEKSource to a seed or DEK
- * and crypto_kmsv2_open derives the per-write key (type 1) and opens the AES-GCM data.
+ * Reads: crypto_kmsv2_decode_view reads the plain encodings (each field once, annotations
+ * sorted, the way every writer writes them) without allocating. Anything else takes the one slow
+ * path, crypto_kmsv2_decode: a walk with pbwire_scan that refuses a malformed body with Go's
+ * precise message (such as "unexpected EOF"), then a walk that reads the fields with proto3
+ * semantics and sorts the annotation entries by key (a repeated key keeps its last value, as a
+ * proto map does). Both validate exactly as kube-apiserver (kmsv2_validate.c). The caller resolves
+ * encryptedDEKSource to a seed or DEK and crypto_kmsv2_open derives the per-write key (type 1) and
+ * opens the AES-GCM data.
  *
  * Writes (kmsv2_state.c): a crypto_kmsv2_state holds what the plugin returned for the current seed,
  * validated and with annotations sorted once. crypto_kmsv2_seal writes the protobuf by hand, in
@@ -26,171 +28,14 @@
 #include <string.h>
 
 #include "common/alloc.h"
-#include "common/pb_alloc.h"
 #include "common/pbwire.h"
 #include "crypto/aesgcm.h"
-#include "crypto/kmsv2.pb-c.h"
 #include "crypto/random.h"
 
 /* EncryptedObject field numbers, and those of an annotations map entry. */
 
 /* Group nesting Go's skipper follows before calling the input truncated. */
 #define GROUP_DEPTH_MAX 64
-
-#define DNS1123_SUBDOMAIN_MAX 253
-#define DNS1123_LABEL_MAX 63
-
-/* ---- validation ---------------------------------------------------------------------- */
-
-static bool dns_alnum(uint8_t c) {
-    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
-}
-
-/* True when |s| matches [a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)* */
-static bool dns1123_subdomain_chars(str s) {
-    for (size_t i = 0; i < s.len; i++) {
-        uint8_t c = s.ptr[i];
-        bool label_edge = i == 0 || i + 1 == s.len || s.ptr[i - 1] == '.' || s.ptr[i + 1] == '.';
-        if (c == '.' ? label_edge : !(dns_alnum(c) || (c == '-' && !label_edge))) {
-            return false;
-        }
-    }
-    return s.len > 0;
-}
-
-/* Copies |s| for an error message, at most 64 bytes, with anything unprintable as '?'. */
-static const char *printable(str s, char *tmp, size_t cap) {
-    size_t n = s.len < cap - 1 ? s.len : cap - 1;
-    for (size_t i = 0; i < n; i++) {
-        tmp[i] = s.ptr[i] >= 0x20 && s.ptr[i] < 0x7f ? (char)s.ptr[i] : '?';
-    }
-    tmp[n] = '\0';
-    return tmp;
-}
-
-/* Formats upstream's field.Invalid text for |shown|. Returns EP_ERR_INVALID. */
-static int invalid_key(ep_err *err, str shown, const char *why) {
-    char tmp[65];
-    return ep_err_set(err, EP_ERR_INVALID, "annotations: Invalid value: \"%s\": %s",
-                      printable(shown, tmp, sizeof(tmp)), why);
-}
-
-int crypto_kmsv2_validate_annotation_key(str key, ep_err *err) {
-    if (key.len == 0) {
-        return ep_err_set(err, EP_ERR_INVALID, "annotations: Required value");
-    }
-    str name = key.ptr[key.len - 1] == '.' ? str_make(key.ptr, key.len - 1) : key;
-    if (name.len > DNS1123_SUBDOMAIN_MAX) {
-        return invalid_key(err, name, "must be no more than 253 characters");
-    }
-    if (!dns1123_subdomain_chars(name)) {
-        return invalid_key(err, name,
-                           "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric "
-                           "characters, '-' or '.', and must start and end with an alphanumeric "
-                           "character");
-    }
-    const uint8_t *dot = memchr(name.ptr, '.', name.len);
-    if (dot == NULL) {
-        return invalid_key(err, name,
-                           "should be a domain with at least two segments separated by dots");
-    }
-    for (size_t start = 0; start < name.len;) {
-        const uint8_t *end = memchr(name.ptr + start, '.', name.len - start);
-        size_t label_len = end ? (size_t)(end - name.ptr) - start : name.len - start;
-        if (label_len > DNS1123_LABEL_MAX) {
-            return invalid_key(err, str_make(name.ptr + start, label_len),
-                               "must be no more than 63 characters");
-        }
-        start += label_len + 1;
-    }
-    return EP_OK;
-}
-
-/* Collects several messages the way upstream's aggregate error prints them: one message alone,
- * several as "[a, b]". */
-typedef struct {
-    char text[EP_ERR_MSG_MAX];
-    size_t len;
-    int count;
-} aggregate;
-
-static void aggregate_add(aggregate *a, const char *msg) {
-    if (a->len < sizeof(a->text)) {
-        int n =
-            snprintf(a->text + a->len, sizeof(a->text) - a->len, "%s%s", a->count ? ", " : "", msg);
-        a->len += n > 0 ? (size_t)n : 0;
-    }
-    a->count++;
-}
-
-/* Checks every key and the total size, reporting all problems at once as upstream does.
- * Returns 0 or EP_ERR_INVALID. */
-int kmsv2_validate_annotations(const crypto_kmsv2_annotation *ann, size_t n, ep_err *err) {
-    aggregate agg = {.len = 0, .count = 0};
-    size_t total = 0;
-    for (size_t i = 0; i < n; i++) {
-        ep_err one;
-        if (crypto_kmsv2_validate_annotation_key(ann[i].key, &one) != EP_OK) {
-            aggregate_add(&agg, one.msg);
-        }
-        total += ann[i].key.len + ann[i].value.len;
-    }
-    if (total > CRYPTO_KMSV2_ANNOTATIONS_MAX) {
-        char msg[128];
-        snprintf(msg, sizeof(msg),
-                 "total size of annotations is %zu, which exceeds the max size of %d", total,
-                 CRYPTO_KMSV2_ANNOTATIONS_MAX);
-        aggregate_add(&agg, msg);
-    }
-    if (agg.count == 0) {
-        return EP_OK;
-    }
-    const char *open = agg.count > 1 ? "[" : "", *close = agg.count > 1 ? "]" : "";
-    return ep_err_set(err, EP_ERR_INVALID, "failed to validate annotations: %s%s%s", open, agg.text,
-                      close);
-}
-
-/* The limits shared by stored objects and the plugin's Encrypt response.
- * Returns 0 or EP_ERR_INVALID. */
-int kmsv2_validate_source_and_key_id(str source, str key_id, ep_err *err) {
-    const char *src = "failed to validate encrypted DEK source";
-    if (source.len == 0) {
-        return ep_err_set(err, EP_ERR_INVALID, "%s: encrypted DEK source is empty", src);
-    }
-    if (source.len > CRYPTO_KMSV2_SOURCE_MAX) {
-        return ep_err_set(err, EP_ERR_INVALID,
-                          "%s: encrypted DEK source is %zu bytes, which exceeds the max size of %d",
-                          src, source.len, CRYPTO_KMSV2_SOURCE_MAX);
-    }
-    const char *kid = "failed to validate key id";
-    if (key_id.len == 0) {
-        return ep_err_set(err, EP_ERR_INVALID, "%s: keyID is empty", kid);
-    }
-    if (key_id.len > CRYPTO_KMSV2_KEY_ID_MAX) {
-        return ep_err_set(err, EP_ERR_INVALID,
-                          "%s: keyID is %zu bytes, which exceeds the max size of %d", kid,
-                          key_id.len, CRYPTO_KMSV2_KEY_ID_MAX);
-    }
-    return EP_OK;
-}
-
-static bool known_type(int32_t type) {
-    return type == CRYPTO_KMSV2_TYPE_AES_GCM_KEY || type == CRYPTO_KMSV2_TYPE_HKDF_SEED;
-}
-
-int crypto_kmsv2_validate(const crypto_kmsv2_object *o, ep_err *err) {
-    if (!known_type(o->type)) {
-        return ep_err_set(err, EP_ERR_INVALID, "unknown encryptedDEKSourceType: %d", (int)o->type);
-    }
-    if (o->encrypted_data.len == 0) {
-        return ep_err_set(err, EP_ERR_INVALID, "encrypted data is empty");
-    }
-    int rv = kmsv2_validate_source_and_key_id(o->encrypted_dek_source, o->key_id, err);
-    if (rv != EP_OK) {
-        return rv;
-    }
-    return kmsv2_validate_annotations(o->annotations, o->nannotations, err);
-}
 
 /* ---- annotation ordering ------------------------------------------------------------- */
 
@@ -501,15 +346,6 @@ static int check_wire_format(str body, ep_err *err) {
     return EP_OK;
 }
 
-typedef struct {
-    EpKmsv2__EncryptedObject *msg;
-    crypto_kmsv2_annotation annotations[];
-} decoded;
-
-static str pb_str(ProtobufCBinaryData b) {
-    return str_make(b.data, b.len);
-}
-
 /* Orders entries by key and, for equal keys, by position, so the survivor of each run of
  * equal keys is the last one on the wire, as a proto map keeps it. */
 typedef struct {
@@ -523,129 +359,115 @@ static int compare_positioned(const void *a, const void *b) {
     return c != 0 ? c : (x->position > y->position) - (x->position < y->position);
 }
 
-/* Fills d->annotations from d->msg in key order without duplicates; returns the count, or
- * (size_t)-1 when out of memory. */
-static size_t collect_annotations(decoded *d) {
-    size_t n = d->msg->n_annotations;
-    if (n == 0) {
-        return 0;
-    }
-    positioned *tmp = ep_malloc(n * sizeof(*tmp));
-    if (tmp == NULL) {
-        return (size_t)-1;
-    }
-    for (size_t i = 0; i < n; i++) {
-        tmp[i].a.key = pb_str(d->msg->annotations[i]->key);
-        tmp[i].a.value = pb_str(d->msg->annotations[i]->value);
-        tmp[i].position = i;
-    }
-    qsort(tmp, n, sizeof(*tmp), compare_positioned);
-    size_t kept = 0;
-    for (size_t i = 0; i < n; i++) {
-        bool superseded = i + 1 < n && str_cmp(tmp[i].a.key, tmp[i + 1].a.key) == 0;
-        if (!superseded) {
-            d->annotations[kept++] = tmp[i].a;
-        }
-    }
-    ep_free(tmp);
-    return kept;
+static int not_wire_format(ep_err *err) {
+    return ep_err_set(err, EP_ERR_INVALID, "proto: cannot parse invalid wire-format data");
 }
 
-/* Appends |body| re-encoded with minimal varints (tags, lengths, values; annotation entries
- * too). Go reads a varint of up to 10 bytes anywhere, so a length of 0 spelled in 8 bytes is a
- * valid empty field to kube-apiserver, while protobuf-c refuses length prefixes over 5 bytes:
- * protobuf-c is handed the canonical form of what Go reads. A field that does not scan is copied
- * as it is with the rest, for protobuf-c to refuse. Returns 0 or EP_ERR_NOMEM. */
-static int canonical(str body, buf *out, bool entry) {
-    while (body.len > 0) {
-        str rest = body;
+/* One map entry: key (1) and value (2) are bytes, the last of each wins, other fields are
+ * skipped; a known field of another wire type, or a group, is refused. Returns 0 or
+ * EP_ERR_INVALID. */
+static int decode_entry(str in, crypto_kmsv2_annotation *a, ep_err *err) {
+    a->key = a->value = str_make(NULL, 0);
+    while (in.len > 0) {
         pbwire_field f;
-        if (pbwire_scan(&body, &f) != EP_OK || f.type == PBWIRE_SGROUP || f.type == PBWIRE_EGROUP) {
-            return buf_append_str(out, rest);
+        if (pbwire_scan(&in, &f) != EP_OK || f.number == 0 || f.type == PBWIRE_SGROUP ||
+            f.type == PBWIRE_EGROUP) {
+            return not_wire_format(err);
         }
-        int rv = pbwire_put_tag(out, f.number, f.type);
-        if (rv == EP_OK && f.type == PBWIRE_VARINT) {
-            rv = pbwire_put_varint(out, f.varint);
-        } else if (rv == EP_OK && f.type == PBWIRE_LEN && !entry && f.number == FIELD_ANNOTATION) {
-            buf inner = BUF_INIT;
-            rv = canonical(f.payload, &inner, true);
-            if (rv == EP_OK) {
-                rv = pbwire_put_varint(out, inner.len);
+        if (f.number == FIELD_ENTRY_KEY || f.number == FIELD_ENTRY_VALUE) {
+            if (f.type != PBWIRE_LEN) {
+                return not_wire_format(err);
             }
-            if (rv == EP_OK) {
-                rv = buf_append_str(out, buf_str(&inner));
-            }
-            buf_free(&inner);
-        } else if (rv == EP_OK && f.type == PBWIRE_LEN) {
-            rv = pbwire_put_varint(out, f.payload.len);
-            if (rv == EP_OK) {
-                rv = buf_append_str(out, f.payload);
-            }
-        } else if (rv == EP_OK) { /* fixed32 / fixed64: the bytes after the tag */
-            rv = buf_append(out, f.raw.ptr + f.tag_len, f.raw.len - f.tag_len);
-        }
-        if (rv != EP_OK) {
-            return rv;
+            *(f.number == FIELD_ENTRY_KEY ? &a->key : &a->value) = f.payload;
         }
     }
     return EP_OK;
 }
 
-/* Returns 0, EP_ERR_NOMEM, or EP_ERR_INVALID when protobuf-c refuses |body|. */
-static int unpack(str body, EpKmsv2__EncryptedObject **msg, ep_err *err) {
-    bool failed = false;
-    ProtobufCAllocator allocator = ep_pb_allocator(&failed);
-    *msg = ep_kmsv2__encrypted_object__unpack(&allocator, body.len, body.ptr);
-    if (*msg != NULL) {
+/* Reads one scanned top-level field into |o|; annotation entries go to |entries| (room for
+ * every field 4 of the body). Proto3 semantics: the last of a repeated scalar wins, unknown
+ * fields are skipped, type is an int32 (a wider varint is truncated, as Go does). Returns 0 or
+ * EP_ERR_INVALID. */
+static int decode_field(const pbwire_field *f, crypto_kmsv2_object *o, positioned *entries,
+                        ep_err *err) {
+    if (f->number == FIELD_TYPE) {
+        if (f->type != PBWIRE_VARINT) {
+            return not_wire_format(err);
+        }
+        o->type = pbwire_int32(f->varint);
         return EP_OK;
     }
-    if (failed) {
-        return ep_err_set(err, EP_ERR_NOMEM, "out of memory decoding an EncryptedObject");
+    if (f->number < FIELD_ENCRYPTED_DATA || f->number > FIELD_ANNOTATION) {
+        return EP_OK;
     }
-    return ep_err_set(err, EP_ERR_INVALID, "proto: cannot parse invalid wire-format data");
+    if (f->type != PBWIRE_LEN) {
+        return not_wire_format(err);
+    }
+    if (f->number == FIELD_ANNOTATION) {
+        positioned *e = &entries[o->nannotations];
+        e->position = o->nannotations++;
+        return decode_entry(f->payload, &e->a, err);
+    }
+    *(f->number == FIELD_ENCRYPTED_DATA ? &o->encrypted_data
+      : f->number == FIELD_KEY_ID       ? &o->key_id
+                                        : &o->encrypted_dek_source) = f->payload;
+    return EP_OK;
 }
 
-static void free_decoded(decoded *d) {
-    if (d != NULL) {
-        ProtobufCAllocator allocator = ep_pb_allocator(NULL);
-        ep_kmsv2__encrypted_object__free_unpacked(d->msg, &allocator);
-        ep_free(d);
+/* Field 4 occurrences in a body that passed check_wire_format. Never fails. */
+static size_t count_annotations(str body) {
+    size_t n = 0;
+    pbwire_field f;
+    while (body.len > 0 && pbwire_scan(&body, &f) == EP_OK) {
+        n += f.number == FIELD_ANNOTATION;
     }
+    return n;
 }
 
+/* Sorts |entries| into |out| by key, keeping the last entry of each key. Returns the count. */
+static size_t dedupe_annotations(positioned *entries, size_t n, crypto_kmsv2_annotation *out) {
+    qsort(entries, n, sizeof(*entries), compare_positioned);
+    size_t kept = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (i + 1 == n || str_cmp(entries[i].a.key, entries[i + 1].a.key) != 0) {
+            crypto_kmsv2_annotation a = entries[i].a; /* |out| overlaps |entries| */
+            out[kept++] = a;
+        }
+    }
+    return kept;
+}
+
+/* The slow path, for every encoding the view does not take: one walk after the wire-format
+ * check, the annotations collected in one allocation that |out->owned| keeps (the views point
+ * into |body|). */
 int crypto_kmsv2_decode(str body, crypto_kmsv2_object *out, ep_err *err) {
     memset(out, 0, sizeof(*out));
     int rv = check_wire_format(body, err);
-    EpKmsv2__EncryptedObject *msg = NULL;
-    buf canon = BUF_INIT;
-    if (rv == EP_OK && canonical(body, &canon, false) != EP_OK) {
-        rv = ep_err_set(err, EP_ERR_NOMEM, "out of memory decoding an EncryptedObject");
-    }
-    if (rv == EP_OK) {
-        rv = unpack(buf_str(&canon), &msg, err);
-    }
-    buf_free(&canon);
     if (rv != EP_OK) {
         return rv;
     }
-    decoded *d = ep_malloc(sizeof(*d) + msg->n_annotations * sizeof(d->annotations[0]));
-    if (d == NULL) {
-        ProtobufCAllocator allocator = ep_pb_allocator(NULL);
-        ep_kmsv2__encrypted_object__free_unpacked(msg, &allocator);
-        return ep_err_set(err, EP_ERR_NOMEM, "out of memory decoding an EncryptedObject");
+    size_t n = count_annotations(body);
+    positioned *entries = NULL;
+    if (n > 0) {
+        /* The sorted annotations overwrite the front of the same block: an entry moves only to
+         * a lower index, after the sort has read it. */
+        entries = ep_malloc(n * sizeof(*entries));
+        if (entries == NULL) {
+            return ep_err_set(err, EP_ERR_NOMEM, "out of memory decoding an EncryptedObject");
+        }
     }
-    d->msg = msg;
-    out->owned = d;
-    size_t n = collect_annotations(d);
-    if (n == (size_t)-1) {
-        return ep_err_set(err, EP_ERR_NOMEM, "out of memory decoding an EncryptedObject");
+    out->owned = entries;
+    for (str in = body; in.len > 0 && rv == EP_OK;) {
+        pbwire_field f;
+        pbwire_scan(&in, &f); /* cannot fail: check_wire_format read the same bytes */
+        rv = decode_field(&f, out, entries, err);
     }
-    out->encrypted_data = pb_str(msg->encrypted_data);
-    out->key_id = pb_str(msg->key_id);
-    out->encrypted_dek_source = pb_str(msg->encrypted_dek_source);
-    out->annotations = d->annotations;
-    out->nannotations = n;
-    out->type = msg->encrypted_dek_source_type;
+    if (rv != EP_OK) {
+        return rv;
+    }
+    out->nannotations =
+        dedupe_annotations(entries, out->nannotations, (crypto_kmsv2_annotation *)entries);
+    out->annotations = out->nannotations > 0 ? (crypto_kmsv2_annotation *)entries : NULL;
     return crypto_kmsv2_validate(out, err);
 }
 
@@ -716,6 +538,6 @@ int crypto_kmsv2_decode_view(str body, crypto_kmsv2_object *out, crypto_kmsv2_an
 }
 
 void crypto_kmsv2_object_free(crypto_kmsv2_object *o) {
-    free_decoded(o->owned);
+    ep_free(o->owned);
     memset(o, 0, sizeof(*o));
 }

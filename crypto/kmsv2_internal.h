@@ -1,5 +1,5 @@
 /*
- * kmsv2_internal: what kmsv2.c (EncryptedObject, validation, cache key, derivation) and
+ * kmsv2_internal: what kmsv2.c (EncryptedObject, cache key, derivation), kmsv2_validate.c and
  * kmsv2_state.c (the write state, seal and open) share. Not for use elsewhere.
  */
 #ifndef EP_CRYPTO_KMSV2_INTERNAL_H
