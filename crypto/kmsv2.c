@@ -326,7 +326,7 @@ static int check_field(str *in, ep_err *err) {
     if (f.type == PBWIRE_EGROUP) {
         return ep_err_set(err, EP_ERR_INVALID, "proto: illegal wireType 4");
     }
-    if (f.type == PBWIRE_SGROUP) { /* a well-formed group still cannot be read by protobuf-c */
+    if (f.type == PBWIRE_SGROUP) { /* refused whole: kube-apiserver never writes one */
         return skip_group(in, 0) == EP_OK
                    ? ep_err_set(err, EP_ERR_INVALID, "proto: groups are not supported")
                    : ep_err_set(err, EP_ERR_INVALID, "unexpected EOF");
@@ -335,7 +335,7 @@ static int check_field(str *in, ep_err *err) {
 }
 
 /* Walks the top-level fields so a malformed body is refused with a precise message before
- * protobuf-c (which only says "failed") sees it. Returns 0 or EP_ERR_INVALID. */
+ * the field walk sees it. Returns 0 or EP_ERR_INVALID. */
 static int check_wire_format(str body, ep_err *err) {
     while (body.len > 0) {
         int rv = check_field(&body, err);
