@@ -1,6 +1,8 @@
 /*
  * Standard base64 (RFC 4648, with padding), as Go's base64.StdEncoding: decoding skips CR and
- * LF anywhere in the input, as Go does, and rejects anything else that is not in the alphabet.
+ * LF anywhere in the input, drops non-zero bits after the last whole byte (Go is not Strict
+ * there), and rejects anything else that is not in the alphabet. Decoding is constant-time in
+ * the characters, since it reads key material.
  */
 #ifndef EP_COMMON_BASE64_H
 #define EP_COMMON_BASE64_H
