@@ -50,127 +50,6 @@ static const provider_field provider_fields[] = {
     {"kms", CONFIG_PROVIDER_KMS},
 };
 
-int cfg_fail(loader *ld, config_mark m, const char *fmt, ...) {
-    char what[EP_ERR_MSG_MAX];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(what, sizeof(what), fmt, ap);
-    va_end(ap);
-    return ep_err_set(ld->err, EP_ERR_CONFIG, "%s:%d:%d: %s%s%s", ld->file, m.line, m.col, ld->path,
-                      ld->path[0] ? ": " : "", what);
-}
-
-int cfg_nomem(loader *ld) {
-    return ep_err_set(ld->err, EP_ERR_NOMEM, "%s: out of memory loading the configuration",
-                      ld->file);
-}
-
-/* Appends to the path; returns the old length for pop(). */
-static size_t push(loader *ld, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static size_t push(loader *ld, const char *fmt, ...) {
-    size_t old = strlen(ld->path);
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(ld->path + old, sizeof(ld->path) - old, fmt, ap);
-    va_end(ap);
-    return old;
-}
-
-static void pop(loader *ld, size_t old) {
-    ld->path[old] = '\0';
-}
-
-/* A field name safe to echo: short and made of name characters (a mistyped line could
- * otherwise turn a secret into a key). */
-static const char *printable_key(const config_yaml_node *key) {
-    if (key->len == 0 || key->len > 40 ||
-        strspn(key->value, "abcdefghijklmnopqrstuvwxyz"
-                           "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.") != key->len) {
-        return "(not shown)";
-    }
-    return key->value;
-}
-
-/* |n| must be a mapping; null stands for an empty one. Returns 0 or EP_ERR_CONFIG. */
-int cfg_want_mapping(loader *ld, const config_yaml_node *n, const char *what) {
-    if (n == NULL || config_yaml_doc_is_null(n) || n->kind == CONFIG_YAML_MAPPING) {
-        return EP_OK;
-    }
-    return cfg_fail(ld, n->mark, "%s must be a mapping, got %s", what,
-                    config_yaml_doc_type_name(n));
-}
-
-/* Refuses keys of |map| not in |allowed| (NULL-terminated). Returns 0 or EP_ERR_CONFIG. */
-int cfg_check_fields(loader *ld, const config_yaml_node *map, const char *const *allowed) {
-    for (size_t i = 0; map != NULL && i < map->npairs; i++) {
-        const config_yaml_node *key = map->pairs[i].key;
-        const char *const *a = allowed;
-        while (*a != NULL && !(strlen(*a) == key->len && strcmp(*a, key->value) == 0)) {
-            a++;
-        }
-        if (*a == NULL) {
-            return cfg_fail(ld, key->mark, "unknown field \"%s\"", printable_key(key));
-        }
-    }
-    return EP_OK;
-}
-
-/* The value of |field|, or NULL when absent or null (Go leaves the field unset for both). */
-const config_yaml_node *cfg_field_of(const config_yaml_node *map, const char *field) {
-    const config_yaml_node *v = config_yaml_doc_get(map, field);
-    return config_yaml_doc_is_null(v) ? NULL : v;
-}
-
-/* Stores the string |field| of |map| in |*out| (NULL when absent). Returns 0 or EP_ERR_CONFIG
- * for another type or an embedded NUL. */
-int cfg_get_string(loader *ld, const config_yaml_node *map, const char *field,
-                   const config_yaml_node **out) {
-    const config_yaml_node *v = cfg_field_of(map, field);
-    *out = NULL;
-    if (v == NULL) {
-        return EP_OK;
-    }
-    if (v->kind != CONFIG_YAML_SCALAR || v->type != CONFIG_YAML_STRING) {
-        return cfg_fail(ld, v->mark, "%s must be a string, got %s (quote it if it is text)", field,
-                        config_yaml_doc_type_name(v));
-    }
-    if (memchr(v->value, '\0', v->len) != NULL) {
-        return cfg_fail(ld, v->mark, "%s must not contain NUL characters", field);
-    }
-    *out = v;
-    return EP_OK;
-}
-
-/* Stores the list |field| of |map| in |*out| (NULL when absent). Returns 0 or EP_ERR_CONFIG. */
-static int get_list(loader *ld, const config_yaml_node *map, const char *field,
-                    const config_yaml_node **out) {
-    const config_yaml_node *v = cfg_field_of(map, field);
-    *out = v;
-    if (v != NULL && v->kind != CONFIG_YAML_SEQUENCE) {
-        *out = NULL;
-        return cfg_fail(ld, v->mark, "%s must be a list, got %s", field,
-                        config_yaml_doc_type_name(v));
-    }
-    return EP_OK;
-}
-
-/* Like get_list, and the list must have at least one entry. Returns 0 or EP_ERR_CONFIG. */
-static int get_nonempty_list(loader *ld, const config_yaml_node *map, const char *field,
-                             const char *what, const config_yaml_node **out) {
-    int rv = get_list(ld, map, field, out);
-    if (rv == EP_OK && (*out == NULL || (*out)->nitems == 0)) {
-        const config_yaml_node *at = *out ? *out : map;
-        return cfg_fail(ld, at->mark, "%s must list at least one %s", field, what);
-    }
-    return rv;
-}
-
-int cfg_dup_string(loader *ld, const config_yaml_node *v, char **out) {
-    *out = ep_strndup(v->value, v->len);
-    return *out ? EP_OK : cfg_nomem(ld);
-}
-
 /*
  * The decode_* and check_* helpers below share one contract: they fill part of the model from
  * a node and return 0, EP_ERR_CONFIG with a located message in ld->err, or EP_ERR_NOMEM. What
@@ -248,7 +127,7 @@ static int decode_keys(loader *ld, const config_yaml_node *n, config_provider *p
         rv = cfg_check_fields(ld, n, fields);
     }
     if (rv == EP_OK) {
-        rv = get_nonempty_list(ld, n, "keys", "key", &keys);
+        rv = cfg_get_nonempty_list(ld, n, "keys", "key", &keys);
     }
     if (rv != EP_OK) {
         return rv;
@@ -259,9 +138,9 @@ static int decode_keys(loader *ld, const config_yaml_node *n, config_provider *p
     }
     p->nkeys = keys->nitems;
     for (size_t i = 0; i < keys->nitems && rv == EP_OK; i++) {
-        size_t old = push(ld, ".keys[%zu]", i);
+        size_t old = cfg_push(ld, ".keys[%zu]", i);
         rv = decode_key(ld, keys->items[i], p->type, &p->keys[i]);
-        pop(ld, old);
+        cfg_pop(ld, old);
     }
     return rv;
 }
@@ -316,7 +195,7 @@ static int decode_provider(loader *ld, const config_yaml_node *n, config_provide
             " (write \"identity: {}\", not \"identity:\")");
     }
     static const char *const no_fields[] = {NULL};
-    size_t old = push(ld, ".%s", which->field);
+    size_t old = cfg_push(ld, ".%s", which->field);
     p->type = which->type;
     switch (p->type) {
     case CONFIG_PROVIDER_IDENTITY:
@@ -330,7 +209,7 @@ static int decode_provider(loader *ld, const config_yaml_node *n, config_provide
         rv = decode_keys(ld, v, p);
         break;
     }
-    pop(ld, old);
+    cfg_pop(ld, old);
     return rv;
 }
 
@@ -371,7 +250,7 @@ static int add_resource(loader *ld, const config_yaml_node *v, config_rule *rule
 
 static int decode_resources(loader *ld, const config_yaml_node *n, config_rule *rule) {
     const config_yaml_node *list;
-    int rv = get_nonempty_list(ld, n, "resources", "resource", &list);
+    int rv = cfg_get_nonempty_list(ld, n, "resources", "resource", &list);
     if (rv != EP_OK) {
         return rv;
     }
@@ -381,16 +260,16 @@ static int decode_resources(loader *ld, const config_yaml_node *n, config_rule *
     }
     rule->nresources = list->nitems;
     for (size_t i = 0; i < list->nitems && rv == EP_OK; i++) {
-        size_t old = push(ld, ".resources[%zu]", i);
+        size_t old = cfg_push(ld, ".resources[%zu]", i);
         rv = add_resource(ld, list->items[i], rule, i);
-        pop(ld, old);
+        cfg_pop(ld, old);
     }
     return rv;
 }
 
 static int decode_providers(loader *ld, const config_yaml_node *n, config_rule *rule) {
     const config_yaml_node *list;
-    int rv = get_nonempty_list(ld, n, "providers", "provider", &list);
+    int rv = cfg_get_nonempty_list(ld, n, "providers", "provider", &list);
     if (rv != EP_OK) {
         return rv;
     }
@@ -400,9 +279,9 @@ static int decode_providers(loader *ld, const config_yaml_node *n, config_rule *
     }
     rule->nproviders = list->nitems;
     for (size_t i = 0; i < list->nitems && rv == EP_OK; i++) {
-        size_t old = push(ld, ".providers[%zu]", i);
+        size_t old = cfg_push(ld, ".providers[%zu]", i);
         rv = decode_provider(ld, list->items[i], &rule->providers[i]);
-        pop(ld, old);
+        cfg_pop(ld, old);
     }
     return rv;
 }
@@ -430,12 +309,12 @@ static int check_masking(loader *ld) {
                 for (size_t j = 0; j < cfg->rules[e].nresources; j++) {
                     const config_resource *earlier = &cfg->rules[e].resources[j];
                     if (config_resource_masks(earlier, later)) {
-                        size_t old = push(ld, "resources[%zu].resources[%zu]", r, i);
+                        size_t old = cfg_push(ld, "resources[%zu].resources[%zu]", r, i);
                         int rv =
                             cfg_fail(ld, later->mark,
                                      "resource \"%s\" is masked by earlier rule \"%s\" (line %d)",
                                      later->text, earlier->text, earlier->mark.line);
-                        pop(ld, old);
+                        cfg_pop(ld, old);
                         return rv;
                     }
                 }
@@ -496,7 +375,7 @@ static int decode_root(loader *ld, const config_yaml_node *root) {
     /* The envelope first: a file of another kind should say so, not list its fields. */
     int rv = check_envelope(ld, root);
     rv = rv == EP_OK ? cfg_check_fields(ld, root, fields) : rv;
-    rv = rv == EP_OK ? get_nonempty_list(ld, root, "resources", "rule", &rules) : rv;
+    rv = rv == EP_OK ? cfg_get_nonempty_list(ld, root, "resources", "rule", &rules) : rv;
     if (rv != EP_OK) {
         return rv;
     }
@@ -506,9 +385,9 @@ static int decode_root(loader *ld, const config_yaml_node *root) {
     }
     ld->cfg->nrules = rules->nitems;
     for (size_t i = 0; i < rules->nitems && rv == EP_OK; i++) {
-        size_t old = push(ld, "resources[%zu]", i);
+        size_t old = cfg_push(ld, "resources[%zu]", i);
         rv = decode_rule(ld, rules->items[i], &ld->cfg->rules[i]);
-        pop(ld, old);
+        cfg_pop(ld, old);
     }
     return rv == EP_OK ? check_masking(ld) : rv;
 }
