@@ -3,24 +3,16 @@
  *
  * Data flow. Request: downstream HEADERS are filtered into |request_headers| (pseudo and
  * hop-by-hop fields dropped, the rest kept verbatim) and the call is handed to the upstream
- * manager, which submits it when connected. Request DATA goes into |to_up|: as raw bytes for
- * passthrough methods, or message by message through etcd_msg_rewrite_request for methods that
- * carry values. Response: etcd's HEADERS are forwarded when they arrive (Trailers-Only stays
+ * manager through the stream's upstream_link; upstream asks for the request
+ * (upstream_link_on_submit) once it can submit it. Request DATA goes into |to_up|: as raw bytes
+ * for passthrough methods, or message by message through etcd_msg_rewrite_request for methods
+ * that carry values. Response: etcd's HEADERS are forwarded when they arrive (Trailers-Only stays
  * Trailers-Only), response DATA goes into |to_down| raw or through etcd_msg_rewrite_response,
  * and etcd's trailers are submitted when |to_down| has drained.
  *
- * Flow control. Bytes received from one side are acknowledged only while the queue towards the
- * other side holds less than QUEUE_HIGH; otherwise they are counted as unconsumed and
- * acknowledged when the queue drains below QUEUE_LOW. A slow reader therefore closes the
- * writer's window instead of growing our memory. Bytes of a message still being reassembled
- * get no exception: once the queue drains they are acknowledged like any others, so the message
- * completes, and a sender that cuts every frame a byte into the next message cannot keep its
- * window open past a full queue. Requests are also bounded per client connection: all its
- * streams' queued bytes (CONN_QUEUE_HIGH: the connection's windows stay closed until they drain
- * below CONN_QUEUE_LOW) and their incomplete messages (conn_partial_max: the stream that goes
- * over fails with RESOURCE_EXHAUSTED). Responses are acknowledged at once on the etcd
- * connection, which every client of the worker shares, and held back only on the stream's own
- * window (see upstream.c), so a client that stops reading stalls only its own streams.
+ * Flow control (stream_flow.c): bytes received from one side are acknowledged only while the
+ * queue towards the other side has room, and when it drains later; requests are bounded per
+ * client connection too.
  *
  * Waiting for the KMS plugin: see kms_wait.h. This file decides when a direction waits
  * (a rewrite answered ETCD_MSG_RETRY), runs the final rewrite when the calls are done, and
@@ -28,7 +20,7 @@
  *
  * Ending. Exactly one status reaches the client: etcd's trailers, or one made here by
  * proxy_stream_fail (which also cancels the upstream stream). The stream is freed once the
- * downstream side is closed and the upstream side is not active.
+ * downstream side is closed and upstream no longer holds its link (upstream_link_on_close).
  */
 #include "proxy/stream.h"
 #include "proxy/stream_internal.h"
@@ -36,157 +28,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "common/alloc.h"
 #include "common/log.h"
 #include "net/grpc.h"
 #include "proxy/upstream.h"
 
-#define QUEUE_HIGH (256 * 1024)
-#define QUEUE_LOW (64 * 1024)
-#define CONN_QUEUE_HIGH (8u << 20)
-#define CONN_QUEUE_LOW (2u << 20)
-#define CONN_PARTIAL_MIN (64u << 20)
 #define MAX_RESPONSE_MESSAGE 0xffffffffu
-
-/* ---- small helpers ---- */
-
-int64_t proxy_now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* Appends one uncompressed gRPC message to |queue|. Returns 0 or EP_ERR_NOMEM. */
-static int queue_message(struct evbuffer *queue, str msg) {
-    uint8_t hdr[GRPC_FRAME_HEADER_LEN];
-    grpc_frame_header(hdr, 0, (uint32_t)msg.len);
-    if (evbuffer_add(queue, hdr, sizeof(hdr)) != 0 || evbuffer_add(queue, msg.ptr, msg.len) != 0) {
-        return EP_ERR_NOMEM;
-    }
-    return 0;
-}
-
-static void release_message(const void *data, size_t len, void *extra) {
-    explicit_bzero((void *)data, len); /* may be plaintext */
-    ep_free((void *)data);
-}
-
-/* Starts |out| as an empty rewritten message: the gRPC header's bytes are reserved in front so
- * the message can be queued without a copy. Returns 0 or EP_ERR_NOMEM. */
-static int begin_rewrite(buf *out, size_t expected_len) {
-    buf_reset(out);
-    if (buf_reserve(out, GRPC_FRAME_HEADER_LEN + expected_len) != 0) {
-        return EP_ERR_NOMEM;
-    }
-    out->len = GRPC_FRAME_HEADER_LEN;
-    return 0;
-}
-
-/* Queues the message rewritten into |out| (after begin_rewrite) without copying it: |queue| owns
- * the memory from now on, and wipes and frees it once sent. Returns 0 or EP_ERR_NOMEM (|out| is
- * then unchanged). */
-static int queue_rewritten(struct evbuffer *queue, buf *out) {
-    size_t len = out->len - GRPC_FRAME_HEADER_LEN;
-    grpc_frame_header(out->data, 0, (uint32_t)len);
-    if (evbuffer_add_reference(queue, out->data, out->len, release_message, NULL) != 0) {
-        return EP_ERR_NOMEM;
-    }
-    *out = (buf)BUF_INIT;
-    return 0;
-}
-
-/* Queues |msg| as it is, or the rewrite in |out| when |unchanged| is false. Returns 0 or
- * EP_ERR_NOMEM. */
-static int queue_result(struct evbuffer *queue, str msg, buf *out, bool unchanged) {
-    if (!unchanged) {
-        return queue_rewritten(queue, out);
-    }
-    buf_reset(out);
-    return queue_message(queue, msg);
-}
-
-/* ---- flow control ---- */
-
-static void ack_request(proxy_stream *st, size_t n) {
-    if (st->conn && n) {
-        h2_session_consume(st->conn->h2, st->down_id, n);
-    }
-}
-
-/* Stream level only: upstream.c acknowledged the connection level on receipt. */
-static void ack_response(proxy_stream *st, size_t n) {
-    if (st->up_state == UP_ACTIVE && n) {
-        h2_session_consume_stream(st->up, st->up_id, n);
-    }
-}
-
-/* Bytes of one direction received but not yet sent on: queued, or waiting for the plugin. */
-static size_t backlog(const h2_body *b, const proxy_kms_wait *w) {
-    return evbuffer_get_length(b->queue) + proxy_kms_wait_bytes(w);
-}
-
-/* The most incomplete request bytes one client connection may hold: room for several requests
- * of the largest size allowed. */
-static size_t conn_partial_max(const proxy_stream_env *env) {
-    size_t four = env->max_request_bytes > SIZE_MAX / 4 ? SIZE_MAX : env->max_request_bytes * 4;
-    return four > CONN_PARTIAL_MIN ? four : CONN_PARTIAL_MIN;
-}
-
-static bool request_has_room(const proxy_stream *st) {
-    return backlog(&st->to_up, &st->request_wait) < QUEUE_HIGH && !st->conn->throttled;
-}
-
-/* The connection's queue drained: acknowledge what its streams held back, those whose own
- * queue has room. */
-static void release_conn(proxy_conn *c) {
-    proxy_stream *st;
-    TAILQ_FOREACH(st, &c->streams, conn_link) {
-        if (st->down_unconsumed && backlog(&st->to_up, &st->request_wait) < QUEUE_LOW) {
-            ack_request(st, st->down_unconsumed);
-            st->down_unconsumed = 0;
-        }
-    }
-}
-
-/* Brings |st|'s share of its connection's request totals up to date. */
-static void account_request(proxy_stream *st) {
-    proxy_conn *c = st->conn;
-    if (!c) {
-        return;
-    }
-    size_t queued = backlog(&st->to_up, &st->request_wait);
-    size_t partial = st->request_reader.pending.len;
-    c->queued = c->queued - st->acct_queued + queued;
-    c->partial = c->partial - st->acct_partial + partial;
-    st->acct_queued = queued;
-    st->acct_partial = partial;
-    if (c->queued >= CONN_QUEUE_HIGH) {
-        c->throttled = true;
-    } else if (c->throttled && c->queued < CONN_QUEUE_LOW) {
-        c->throttled = false;
-        release_conn(c);
-    }
-}
-
-static void to_up_drained(h2_body *b, void *arg) {
-    proxy_stream *st = arg;
-    account_request(st);
-    if (st->down_unconsumed && backlog(b, &st->request_wait) < QUEUE_LOW &&
-        !(st->conn && st->conn->throttled)) {
-        ack_request(st, st->down_unconsumed);
-        st->down_unconsumed = 0;
-    }
-}
-
-static void to_down_drained(h2_body *b, void *arg) {
-    proxy_stream *st = arg;
-    if (st->up_unconsumed && backlog(b, &st->response_wait) < QUEUE_LOW) {
-        ack_response(st, st->up_unconsumed);
-        st->up_unconsumed = 0;
-    }
-}
 
 /* ---- lifetime ---- */
 
@@ -210,7 +58,7 @@ static void stream_free(proxy_stream *st) {
 }
 
 static void maybe_free(proxy_stream *st) {
-    if (!st->conn && st->up_state != UP_ACTIVE && st->up_state != UP_WAITING) {
+    if (!st->conn && !upstream_link_held(&st->up)) {
         stream_free(st);
     }
 }
@@ -226,9 +74,9 @@ proxy_stream *proxy_stream_new(const proxy_stream_env *env, proxy_conn *conn, up
     st->down_id = stream_id;
     st->upstream = up;
     st->deadline_ms = -1;
-    st->to_up = (h2_body){evbuffer_new(), false, false, to_up_drained, NULL, st};
-    st->to_down =
-        (h2_body){evbuffer_new(), false, false, to_down_drained, proxy_stream_send_trailers, st};
+    st->to_up = (h2_body){evbuffer_new(), false, false, proxy_stream_to_up_drained, NULL, st};
+    st->to_down = (h2_body){
+        evbuffer_new(), false, false, proxy_stream_to_down_drained, proxy_stream_send_trailers, st};
     grpc_frame_reader_init(&st->request_reader, env->max_request_bytes);
     grpc_frame_reader_init(&st->response_reader, MAX_RESPONSE_MESSAGE);
     proxy_kms_wait_init(&st->request_wait, env->set, env->kms);
@@ -243,7 +91,7 @@ proxy_stream *proxy_stream_new(const proxy_stream_env *env, proxy_conn *conn, up
 }
 
 int32_t proxy_stream_upstream_id(const proxy_stream *st) {
-    return st->up_id;
+    return st->up.stream_id;
 }
 
 etcd_method proxy_stream_method(const proxy_stream *st) {
@@ -260,28 +108,18 @@ int64_t proxy_stream_remaining_ms(const proxy_stream *st) {
 
 /* ---- ending a call here ---- */
 
-static void cancel_upstream(proxy_stream *st) {
-    if (st->up_state == UP_ACTIVE) {
-        nghttp2_submit_rst_stream(h2_session_ng(st->up), NGHTTP2_FLAG_NONE, st->up_id,
-                                  NGHTTP2_CANCEL);
-        h2_session_schedule_send(st->up);
-    } else if (st->up_state == UP_WAITING) {
-        upstream_forget(st->upstream, st);
-    }
-}
-
 void proxy_stream_fail(proxy_stream *st, int code, const char *message) {
     if (st->status_sent) {
         return;
     }
     st->status_sent = true;
-    cancel_upstream(st);
+    upstream_cancel(st->upstream, &st->up);
     proxy_kms_wait_stop(&st->request_wait);
     proxy_kms_wait_stop(&st->response_wait);
     if (!st->conn) {
         return;
     }
-    account_request(st);
+    proxy_stream_account_request(st);
     /* Nothing more will be forwarded: let the client's window reopen. */
     ack_request(st, st->down_unconsumed);
     st->down_unconsumed = 0;
@@ -314,7 +152,7 @@ static proxy_kms_wait *wait_of(proxy_stream *st, bool request) {
  * status (message in |err|). */
 static int rewrite(proxy_stream *st, bool request, str msg, bool *unchanged, ep_err *err) {
     const etcd_value_codec *codec = &wait_of(st, request)->vc.codec;
-    if (begin_rewrite(&st->scratch, msg.len) != 0) {
+    if (proxy_stream_begin_rewrite(&st->scratch, msg.len) != 0) {
         return ep_err_set(err, GRPC_STATUS_INTERNAL, "out of memory");
     }
     if (request) {
@@ -345,7 +183,7 @@ static int finish(proxy_stream *st, bool request, str msg, int code, bool unchan
         code = GRPC_STATUS_UNAVAILABLE;
         why = "the KMS plugin's answers were not available";
     }
-    if (code == 0 && queue_result(to->queue, msg, &st->scratch, unchanged) != 0) {
+    if (code == 0 && proxy_stream_queue_result(to->queue, msg, &st->scratch, unchanged) != 0) {
         code = GRPC_STATUS_INTERNAL;
         why = "out of memory";
     }
@@ -420,7 +258,7 @@ static int run_held(proxy_stream *st, bool request) {
 /* True when nothing more can be sent in this direction. */
 static bool direction_over(const proxy_stream *st, bool request) {
     if (request) {
-        return st->status_sent || st->up_state == UP_DONE;
+        return st->status_sent || st->up.state == UPSTREAM_LINK_DONE;
     }
     return !st->conn || (st->status_sent && !st->response_wait.end_deferred);
 }
@@ -428,12 +266,10 @@ static bool direction_over(const proxy_stream *st, bool request) {
 /* Lets the receiving side send what was queued, and reopens windows the backlog closed. */
 static void wake_direction(proxy_stream *st, bool request) {
     if (request) {
-        to_up_drained(&st->to_up, st);
-        if (st->up_state == UP_ACTIVE) {
-            h2_body_wake(st->up, st->up_id);
-        }
+        proxy_stream_to_up_drained(&st->to_up, st);
+        upstream_link_wake(&st->up);
     } else {
-        to_down_drained(&st->to_down, st);
+        proxy_stream_to_down_drained(&st->to_down, st);
         if (st->conn) {
             h2_body_wake(st->conn->h2, st->down_id);
         }
@@ -491,7 +327,7 @@ static void on_response_calls_done(void *arg) {
 static void start_upstream(proxy_stream *st) {
     if (st->start_deferred && !st->status_sent) {
         st->start_deferred = false;
-        upstream_start(st->upstream, st);
+        upstream_start(st->upstream, &st->up, proxy_stream_remaining_ms(st));
     }
 }
 
@@ -551,7 +387,7 @@ static void fail_request_framing(proxy_stream *st, int rv, const ep_err *err) {
 
 int proxy_stream_on_request_data(proxy_stream *st, str data) {
     start_upstream(st);
-    if (st->status_sent || st->up_state == UP_DONE) {
+    if (st->status_sent || st->up.state == UPSTREAM_LINK_DONE) {
         ack_request(st, data.len);
         return 0;
     }
@@ -563,12 +399,12 @@ int proxy_stream_on_request_data(proxy_stream *st, str data) {
         ep_err err = {{0}};
         int rv = grpc_frame_feed(&st->request_reader, data, forward_request_message, st, &err);
         fail_request_framing(st, rv, &err);
-        account_request(st);
-        if (!st->status_sent && st->conn->partial > conn_partial_max(st->env)) {
+        proxy_stream_account_request(st);
+        if (!st->status_sent && st->conn->partial > proxy_stream_conn_partial_max(st->env)) {
             char msg[160];
             snprintf(msg, sizeof(msg),
                      "the connection holds more than %zu bytes of incomplete request messages",
-                     conn_partial_max(st->env));
+                     proxy_stream_conn_partial_max(st->env));
             proxy_stream_fail(st, GRPC_STATUS_RESOURCE_EXHAUSTED, msg);
         }
         if (st->status_sent) {
@@ -576,15 +412,13 @@ int proxy_stream_on_request_data(proxy_stream *st, str data) {
             return 0;
         }
     }
-    account_request(st);
+    proxy_stream_account_request(st);
     if (request_has_room(st)) {
         ack_request(st, data.len);
     } else {
         st->down_unconsumed += data.len;
     }
-    if (st->up_state == UP_ACTIVE) {
-        h2_body_wake(st->up, st->up_id);
-    }
+    upstream_link_wake(&st->up);
     return 0;
 }
 
@@ -603,9 +437,7 @@ int proxy_stream_on_request_end(proxy_stream *st) {
         return 0;
     }
     st->to_up.eof = true;
-    if (st->up_state == UP_ACTIVE) {
-        h2_body_wake(st->up, st->up_id);
-    }
+    upstream_link_wake(&st->up);
     return 0;
 }
 
@@ -627,13 +459,14 @@ void proxy_stream_on_downstream_close(proxy_stream *st, uint32_t error_code) {
     TAILQ_REMOVE(&c->streams, st, conn_link);
     st->conn = NULL;
     st->status_sent = true;
-    cancel_upstream(st);
+    upstream_cancel(st->upstream, &st->up);
     maybe_free(st);
 }
 
 /* ---- response direction ---- */
 
-int proxy_stream_on_response_headers_end(proxy_stream *st, const nghttp2_frame *frame) {
+int upstream_link_on_headers_end(upstream_link *l, const nghttp2_frame *frame) {
+    proxy_stream *st = link_stream(l);
     bool end_stream = frame->hd.flags & NGHTTP2_FLAG_END_STREAM;
     bool first = !st->upstream_headers;
     st->upstream_headers = true;
@@ -668,7 +501,8 @@ static int forward_response_message(void *arg, uint8_t compressed, str msg) {
                                      : process_message(st, false, compressed, msg);
 }
 
-int proxy_stream_on_response_data(proxy_stream *st, str data) {
+int upstream_link_on_data(upstream_link *l, str data) {
+    proxy_stream *st = link_stream(l);
     if (!st->conn || st->status_sent) {
         ack_response(st, data.len);
         return 0;
@@ -695,18 +529,12 @@ int proxy_stream_on_response_data(proxy_stream *st, str data) {
     return 0;
 }
 
-void proxy_stream_on_upstream_close(proxy_stream *st, uint32_t error_code, bool lost,
-                                    const char *reason) {
-    if (st->up_state != UP_ACTIVE && st->up_state != UP_WAITING) {
-        return;
-    }
-    st->up_state = UP_DONE;
-    if (st->up && st->up_id > 0) {
-        /* nghttp2 may still report this stream (e.g. closing it after its HEADERS were not
-         * sent): it must not reach |st| once |st| can be freed. */
-        nghttp2_session_set_stream_user_data(h2_session_ng(st->up), st->up_id, NULL);
-    }
-    st->up = NULL;
+void upstream_link_on_failed(upstream_link *l, int code, const char *message) {
+    proxy_stream_fail(link_stream(l), code, message);
+}
+
+void upstream_link_on_close(upstream_link *l, uint32_t error_code, bool lost, const char *reason) {
+    proxy_stream *st = link_stream(l);
     st->up_unconsumed = 0;
     if (!st->status_sent) {
         char msg[300];

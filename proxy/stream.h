@@ -2,8 +2,9 @@
  * stream: one gRPC call through the proxy, a downstream HTTP/2 stream (client <-> proxy)
  * paired with an upstream one (proxy <-> etcd).
  *
- * The downstream connection (worker) and the upstream connection (upstream) feed their HTTP/2
- * events into the proxy_stream_on_* functions; the stream moves headers, messages and trailers
+ * The downstream connection (worker) feeds its HTTP/2 events into the proxy_stream_on_*
+ * functions, the upstream connection (upstream) its own into the upstream_link_on_* functions
+ * of the stream's embedded link; the stream moves headers, messages and trailers
  * to the other side, rewriting values on the methods that carry them, and decides when received
  * bytes may reopen the sender's flow-control window. The stream is freed when both of its sides
  * are detached.
@@ -29,16 +30,10 @@
 #include "proxy/etcd_msg.h"
 #include "proxy/kms_client.h"
 #include "proxy/kms_wait.h"
+#include "proxy/upstream.h"
 #include "proxy/value_codec.h"
 
-/* Bounds of one decoded header list (HPACK size: name + value + 32 per field), for requests
- * and for etcd's responses; also advertised as SETTINGS_MAX_HEADER_LIST_SIZE. */
-#define PROXY_MAX_HEADER_LIST 65536
-#define PROXY_MAX_HEADER_FIELDS 100
-
 typedef struct proxy_stream proxy_stream;
-typedef struct upstream upstream;
-typedef struct upstream_endpoint upstream_endpoint;
 
 /* What every stream of a worker shares (read-only). */
 typedef struct {
@@ -71,25 +66,15 @@ typedef struct {
     size_t count;
 } proxy_hdrs;
 
-typedef enum {
-    UP_NONE,    /* not started (e.g. answered locally) */
-    UP_WAITING, /* queued in upstream until connected */
-    UP_ACTIVE,  /* submitted on an upstream session */
-    UP_DONE,    /* upstream side closed */
-} proxy_stream_up_state;
-
-/* Fields are private to stream.c, except |up_link| and |up_state|, which upstream.c maintains.
- * (Public only so that one allocation holds a whole call.) */
+/* Fields are private to the stream files, except |up|, which upstream maintains (the stream
+ * only reads it). Public only so that one allocation holds a whole call. */
 struct proxy_stream {
     const proxy_stream_env *env;
     proxy_conn *conn; /* NULL once the downstream stream closed */
     int32_t down_id;
     upstream *upstream;
-    h2_session *up; /* the upstream session while UP_ACTIVE */
-    int32_t up_id;
-    proxy_stream_up_state up_state;
+    upstream_link up; /* the etcd side */
     TAILQ_ENTRY(proxy_stream) conn_link;
-    TAILQ_ENTRY(proxy_stream) up_link;
     etcd_method method;
     bool value_method;     /* messages are parsed and rewritten */
     bool request_ended;    /* the client sent END_STREAM */
@@ -97,7 +82,6 @@ struct proxy_stream {
     bool status_sent;      /* trailers (or Trailers-Only) are decided: nothing more to send */
     bool upstream_headers; /* etcd's response HEADERS arrived (later HEADERS are trailers) */
     int64_t deadline_ms;   /* monotonic ms of the grpc-timeout, -1 without */
-    int64_t wait_until_ms; /* UP_WAITING: give up (UNAVAILABLE) at this monotonic ms */
     proxy_hdrs request_headers;
     proxy_hdrs response_headers;
     proxy_hdrs trailers;
@@ -134,26 +118,12 @@ int proxy_stream_on_request_end(proxy_stream *st);
 /* The downstream stream closed (or its connection died). May free |st|. */
 void proxy_stream_on_downstream_close(proxy_stream *st, uint32_t error_code);
 
-/* Upstream events. Same return convention. */
-int proxy_stream_on_response_header(proxy_stream *st, const nghttp2_frame *frame, str name,
-                                    str value);
-int proxy_stream_on_response_headers_end(proxy_stream *st, const nghttp2_frame *frame);
-int proxy_stream_on_response_data(proxy_stream *st, str data);
-/* The upstream stream closed (or its connection died: error_code is then |lost| = true and a
- * reason is given). May free |st|. */
-void proxy_stream_on_upstream_close(proxy_stream *st, uint32_t error_code, bool lost,
-                                    const char *reason);
+/* Upstream events arrive through the upstream_link_on_* functions of proxy/upstream.h, which
+ * the stream files define for the |up| link of a stream. */
 
-/* Submits the request on the upstream session |h2| towards |ep|. Returns 0, or EP_ERR_NOMEM /
- * EP_ERR_UNAVAILABLE (the caller then fails the stream). */
-int proxy_stream_submit_upstream(proxy_stream *st, h2_session *h2, const upstream_endpoint *ep,
-                                 ep_err *err);
-
+/* The etcd stream id (0 until submitted). Never fails. */
 int32_t proxy_stream_upstream_id(const proxy_stream *st);
 etcd_method proxy_stream_method(const proxy_stream *st);
-
-/* Monotonic clock in milliseconds. Never fails. */
-int64_t proxy_now_ms(void);
 
 /* Remaining time before the call's grpc-timeout, in ms; -1 without a deadline. Never fails. */
 int64_t proxy_stream_remaining_ms(const proxy_stream *st);

@@ -1,9 +1,9 @@
 /*
  * stream_headers: the header side of a call. Request headers are filtered as they are decoded
  * (pseudo and hop-by-hop fields dropped, grpc-timeout turned into a deadline, the decoded list
- * bounded), kept verbatim, and submitted to etcd with the time left; etcd's response headers
- * are forwarded (Trailers-Only stays Trailers-Only), and a status made here replaces etcd's
- * trailers.
+ * bounded), kept verbatim, and handed to upstream with the time left when it can submit them
+ * (upstream_link_on_submit); etcd's response headers are forwarded (Trailers-Only stays
+ * Trailers-Only), and a status made here replaces etcd's trailers.
  */
 #include <stdio.h>
 #include <string.h>
@@ -11,7 +11,6 @@
 #include "common/alloc.h"
 #include "net/grpc.h"
 #include "proxy/stream_internal.h"
-#include "proxy/upstream.h"
 
 /* ---- header lists ---- */
 
@@ -81,7 +80,6 @@ void proxy_stream_send_trailers(h2_body *b, int32_t stream_id, void *arg) {
     nghttp2_submit_trailer(down_ng(st), stream_id, nv, n);
 }
 
-/* Replaces the trailers with our own status. Returns 0 or EP_ERR_NOMEM. */
 int proxy_stream_set_status(proxy_stream *st, int code, const char *message) {
     char num[12];
     int numlen = snprintf(num, sizeof(num), "%d", code);
@@ -97,7 +95,6 @@ int proxy_stream_set_status(proxy_stream *st, int code, const char *message) {
     return rv;
 }
 
-/* Sends the trailers as a Trailers-Only response. Returns 0 or an nghttp2 error. */
 int proxy_stream_send_trailers_only(proxy_stream *st) {
     nghttp2_nv nv[MAX_NV];
     size_t n = 0;
@@ -152,36 +149,28 @@ static str format_timeout(const proxy_stream *st, char out[GRPC_TIMEOUT_BUF_LEN]
     return str_make(out, grpc_timeout_format((uint64_t)(ms ? ms : 1) * 1000000, out));
 }
 
-int proxy_stream_submit_upstream(proxy_stream *st, h2_session *h2, const upstream_endpoint *ep,
-                                 ep_err *err) {
-    nghttp2_nv nv[MAX_NV];
-    char timeout[GRPC_TIMEOUT_BUF_LEN];
+int upstream_link_on_submit(upstream_link *l, const upstream_endpoint *ep, upstream_request *req,
+                            ep_err *err) {
+    proxy_stream *st = link_stream(l);
+    nghttp2_nv *nv = req->nv;
     size_t n = 0;
     nv[n++] = make_nv(STR_LIT(":method"), STR_LIT("POST"));
     nv[n++] = make_nv(STR_LIT(":scheme"), ep->tls ? STR_LIT("https") : STR_LIT("http"));
     nv[n++] = make_nv(STR_LIT(":path"), buf_str(&st->path));
     nv[n++] = make_nv(STR_LIT(":authority"), str_cstr(ep->authority));
     if (st->deadline_ms >= 0) {
-        nv[n++] = make_nv(STR_LIT("grpc-timeout"), format_timeout(st, timeout));
+        nv[n++] = make_nv(STR_LIT("grpc-timeout"), format_timeout(st, req->timeout));
     }
-    if (hdrs_to_nv(&st->request_headers, nv, &n, MAX_NV) != 0) {
+    if (hdrs_to_nv(&st->request_headers, nv, &n, UPSTREAM_MAX_NV) != 0) {
         return ep_err_set(err, EP_ERR_RANGE, "too many request header fields");
     }
-    nghttp2_data_provider dp = h2_body_provider(&st->to_up);
-    int32_t id = nghttp2_submit_request(h2_session_ng(h2), NULL, nv, n, &dp, st);
-    if (id < 0) {
-        return ep_err_set(err, EP_ERR_UNAVAILABLE, "cannot open a stream to etcd: %s",
-                          nghttp2_strerror(id));
-    }
-    st->up = h2;
-    st->up_id = id;
-    st->up_state = UP_ACTIVE;
-    h2_session_schedule_send(h2);
+    req->n_nv = n;
+    req->body = h2_body_provider(&st->to_up);
     return 0;
 }
 
-int proxy_stream_on_response_header(proxy_stream *st, const nghttp2_frame *frame, str name,
-                                    str value) {
+int upstream_link_on_header(upstream_link *l, const nghttp2_frame *frame, str name, str value) {
+    proxy_stream *st = link_stream(l);
     proxy_hdrs *h = st->upstream_headers ? &st->trailers : &st->response_headers;
     if (st->status_sent) {
         return 0; /* a status is already decided: etcd's headers are not forwarded */
@@ -203,7 +192,6 @@ int proxy_stream_on_response_header(proxy_stream *st, const nghttp2_frame *frame
     return hdrs_add(h, name, value) == 0 ? 0 : NGHTTP2_ERR_CALLBACK_FAILURE;
 }
 
-/* Submits etcd's response HEADERS downstream (as Trailers-Only when they end the stream). */
 int proxy_stream_forward_response_headers(proxy_stream *st, bool end_stream) {
     nghttp2_nv nv[MAX_NV];
     size_t n = 0;

@@ -2,9 +2,11 @@
  * upstream: connection management towards etcd (see the header for the policy).
  *
  * The connection itself (endpoints, failover, backoff, GOAWAY draining) is an h2_client in
- * eager mode; this file keeps the etcd stream bookkeeping. Streams are on |waiting| (no usable
- * session yet; a 50 ms timer expires them) or on |active| (submitted; st->up says on which
- * session). When a session dies (on_down) every active stream on it ends with UNAVAILABLE.
+ * eager mode; this file keeps the etcd stream bookkeeping. Links are on |waiting| (no usable
+ * session yet; a 50 ms timer expires them) or on |active| (submitted; l->session says on which
+ * session, and the nghttp2 stream data is the link). When a session dies (on_down) every active
+ * link on it ends with UNAVAILABLE. Every change of a link's state happens here, before its
+ * owner hears of it, so the owner can free itself from inside upstream_link_on_close.
  *
  * Waiting is only worth it while a connection is on its way (first connect, reconnect after a
  * GOAWAY or a lost connection). Once every endpoint has refused in a row, the upstream is
@@ -27,6 +29,8 @@
 #define MAX_WAIT_MS 5000
 #define WAIT_TICK_MS 50
 
+TAILQ_HEAD(upstream_link_list, upstream_link);
+
 struct upstream {
     struct event_base *base;
     upstream_config cfg;
@@ -34,8 +38,8 @@ struct upstream {
     h2_client *conn;
     bool unreachable; /* every endpoint failed in a row: don't queue new streams */
     struct event *wait_ev;
-    struct proxy_stream_list waiting;
-    struct proxy_stream_list active;
+    struct upstream_link_list waiting;
+    struct upstream_link_list active;
     size_t n_streams;
 };
 
@@ -124,56 +128,91 @@ void upstream_endpoint_free(upstream_endpoint *ep) {
 
 /* ---- streams ---- */
 
-static void submit(upstream *u, proxy_stream *st) {
-    ep_err err = {{0}};
-    st->up_state = UP_NONE;
+/* Submits |l| on the live session. Returns 0, or EP_ERR_RANGE / EP_ERR_UNAVAILABLE (message in
+ * |err|). */
+static int submit_request(upstream *u, upstream_link *l, ep_err *err) {
+    h2_session *h2 = h2_client_live(u->conn);
     const upstream_endpoint *ep = &u->cfg.endpoints[h2_client_target_index(u->conn)];
-    if (proxy_stream_submit_upstream(st, h2_client_live(u->conn), ep, &err) != 0) {
+    upstream_request req;
+    req.n_nv = 0;
+    int rv = upstream_link_on_submit(l, ep, &req, err);
+    if (rv != 0) {
+        return rv;
+    }
+    int32_t id = nghttp2_submit_request(h2_session_ng(h2), NULL, req.nv, req.n_nv, &req.body, l);
+    if (id < 0) {
+        return ep_err_set(err, EP_ERR_UNAVAILABLE, "cannot open a stream to etcd: %s",
+                          nghttp2_strerror(id));
+    }
+    l->session = h2;
+    l->stream_id = id;
+    l->state = UPSTREAM_LINK_ACTIVE;
+    h2_session_schedule_send(h2);
+    return 0;
+}
+
+static void submit(upstream *u, upstream_link *l) {
+    ep_err err = {{0}};
+    l->state = UPSTREAM_LINK_IDLE;
+    if (submit_request(u, l, &err) != 0) {
         u->n_streams--;
-        st->up_state = UP_DONE;
-        proxy_stream_fail(st, GRPC_STATUS_UNAVAILABLE, err.msg);
+        l->state = UPSTREAM_LINK_DONE;
+        upstream_link_on_failed(l, GRPC_STATUS_UNAVAILABLE, err.msg);
         return;
     }
-    TAILQ_INSERT_TAIL(&u->active, st, up_link);
+    TAILQ_INSERT_TAIL(&u->active, l, entry);
 }
 
 static void submit_waiting(upstream *u) {
-    proxy_stream *st;
-    while ((st = TAILQ_FIRST(&u->waiting)) != NULL) {
-        TAILQ_REMOVE(&u->waiting, st, up_link);
-        submit(u, st);
+    upstream_link *l;
+    while ((l = TAILQ_FIRST(&u->waiting)) != NULL) {
+        TAILQ_REMOVE(&u->waiting, l, entry);
+        submit(u, l);
     }
 }
 
-/* Ends |st| (already off every list) because its upstream is gone. */
-static void lose(upstream *u, proxy_stream *st, const char *reason) {
+/* Ends |l| (ACTIVE or WAITING, already off every list) with |error_code|, or as |lost|. */
+static void end_link(upstream *u, upstream_link *l, uint32_t error_code, bool lost,
+                     const char *reason) {
     u->n_streams--;
-    proxy_stream_on_upstream_close(st, NGHTTP2_NO_ERROR, true, reason);
+    l->state = UPSTREAM_LINK_DONE;
+    if (l->session && l->stream_id > 0) {
+        /* nghttp2 may still report this stream (e.g. closing it after its HEADERS were not
+         * sent): it must not reach |l| once its owner can be freed. */
+        nghttp2_session_set_stream_user_data(h2_session_ng(l->session), l->stream_id, NULL);
+    }
+    l->session = NULL;
+    upstream_link_on_close(l, error_code, lost, reason);
+}
+
+/* Ends |l| (already off every list) because its upstream is gone. */
+static void lose(upstream *u, upstream_link *l, const char *reason) {
+    end_link(u, l, NGHTTP2_NO_ERROR, true, reason);
 }
 
 static void fail_streams_on(upstream *u, h2_session *h2, const char *reason) {
-    proxy_stream *st = TAILQ_FIRST(&u->active);
-    while (st) {
-        proxy_stream *next = TAILQ_NEXT(st, up_link);
-        if (st->up == h2) {
-            TAILQ_REMOVE(&u->active, st, up_link);
-            lose(u, st, reason);
+    upstream_link *l = TAILQ_FIRST(&u->active);
+    while (l) {
+        upstream_link *next = TAILQ_NEXT(l, entry);
+        if (l->session == h2) {
+            TAILQ_REMOVE(&u->active, l, entry);
+            lose(u, l, reason);
         }
-        st = next;
+        l = next;
     }
 }
 
 static void expire_waiting(evutil_socket_t fd, short what, void *arg) {
     upstream *u = arg;
     int64_t now = proxy_now_ms();
-    proxy_stream *st = TAILQ_FIRST(&u->waiting);
-    while (st) {
-        proxy_stream *next = TAILQ_NEXT(st, up_link);
-        if (now >= st->wait_until_ms) {
-            TAILQ_REMOVE(&u->waiting, st, up_link);
-            lose(u, st, "no connection to etcd");
+    upstream_link *l = TAILQ_FIRST(&u->waiting);
+    while (l) {
+        upstream_link *next = TAILQ_NEXT(l, entry);
+        if (now >= l->wait_until_ms) {
+            TAILQ_REMOVE(&u->waiting, l, entry);
+            lose(u, l, "no connection to etcd");
         }
-        st = next;
+        l = next;
     }
     if (!TAILQ_EMPTY(&u->waiting)) {
         struct timeval tick = {0, WAIT_TICK_MS * 1000};
@@ -182,38 +221,42 @@ static void expire_waiting(evutil_socket_t fd, short what, void *arg) {
 }
 
 static void fail_waiting(upstream *u, const char *reason) {
-    proxy_stream *st;
-    while ((st = TAILQ_FIRST(&u->waiting)) != NULL) {
-        TAILQ_REMOVE(&u->waiting, st, up_link);
-        lose(u, st, reason);
+    upstream_link *l;
+    while ((l = TAILQ_FIRST(&u->waiting)) != NULL) {
+        TAILQ_REMOVE(&u->waiting, l, entry);
+        lose(u, l, reason);
     }
 }
 
-void upstream_start(upstream *u, proxy_stream *st) {
+void upstream_start(upstream *u, upstream_link *l, int64_t remaining_ms) {
     u->n_streams++;
     if (h2_client_live(u->conn)) {
-        submit(u, st);
+        submit(u, l);
         return;
     }
     if (u->unreachable) {
-        st->up_state = UP_WAITING; /* what lose() ends */
-        lose(u, st, "no connection to etcd: every endpoint refused; retrying in the background");
+        l->state = UPSTREAM_LINK_WAITING; /* what lose() ends */
+        lose(u, l, "no connection to etcd: every endpoint refused; retrying in the background");
         return;
     }
-    int64_t left = proxy_stream_remaining_ms(st);
-    st->up_state = UP_WAITING;
-    st->wait_until_ms = proxy_now_ms() + (left >= 0 && left < MAX_WAIT_MS ? left : MAX_WAIT_MS);
-    TAILQ_INSERT_TAIL(&u->waiting, st, up_link);
+    int64_t wait = remaining_ms >= 0 && remaining_ms < MAX_WAIT_MS ? remaining_ms : MAX_WAIT_MS;
+    l->state = UPSTREAM_LINK_WAITING;
+    l->wait_until_ms = proxy_now_ms() + wait;
+    TAILQ_INSERT_TAIL(&u->waiting, l, entry);
     if (!event_pending(u->wait_ev, EV_TIMEOUT, NULL)) {
         struct timeval tick = {0, WAIT_TICK_MS * 1000};
         event_add(u->wait_ev, &tick);
     }
 }
 
-void upstream_forget(upstream *u, proxy_stream *st) {
-    if (st->up_state == UP_WAITING) {
-        TAILQ_REMOVE(&u->waiting, st, up_link);
-        st->up_state = UP_DONE;
+void upstream_cancel(upstream *u, upstream_link *l) {
+    if (l->state == UPSTREAM_LINK_ACTIVE) {
+        nghttp2_submit_rst_stream(h2_session_ng(l->session), NGHTTP2_FLAG_NONE, l->stream_id,
+                                  NGHTTP2_CANCEL);
+        h2_session_schedule_send(l->session);
+    } else if (l->state == UPSTREAM_LINK_WAITING) {
+        TAILQ_REMOVE(&u->waiting, l, entry);
+        l->state = UPSTREAM_LINK_DONE;
         u->n_streams--;
     }
 }
@@ -260,13 +303,13 @@ static int on_header(h2_session *s, const nghttp2_frame *frame, void *sd, str na
     if (!sd || frame->hd.type != NGHTTP2_HEADERS) {
         return 0;
     }
-    return proxy_stream_on_response_header(sd, frame, name, value);
+    return upstream_link_on_header(sd, frame, name, value);
 }
 
 static int on_frame(h2_session *s, const nghttp2_frame *frame, void *sd, void *arg) {
     switch (frame->hd.type) {
     case NGHTTP2_HEADERS:
-        return sd ? proxy_stream_on_response_headers_end(sd, frame) : 0;
+        return sd ? upstream_link_on_headers_end(sd, frame) : 0;
     default:
         return 0;
     }
@@ -274,23 +317,22 @@ static int on_frame(h2_session *s, const nghttp2_frame *frame, void *sd, void *a
 
 /* Every byte is acknowledged at once on the connection: it is shared by all client streams of
  * the worker, and a window held back for one stalled stream would stop responses for all of
- * them. Back-pressure works per stream (proxy_stream_on_response_data). */
+ * them. Back-pressure works per stream (upstream_link_on_data). */
 static int on_data(h2_session *s, int32_t stream_id, void *sd, str data, void *arg) {
     h2_session_consume_connection(s, data.len);
     if (!sd) {
         h2_session_consume_stream(s, stream_id, data.len);
         return 0;
     }
-    return proxy_stream_on_response_data(sd, data);
+    return upstream_link_on_data(sd, data);
 }
 
-static void close_stream(upstream *u, proxy_stream *st, uint32_t error_code) {
-    if (st->up_state != UP_ACTIVE) {
+static void close_stream(upstream *u, upstream_link *l, uint32_t error_code) {
+    if (l->state != UPSTREAM_LINK_ACTIVE) {
         return;
     }
-    TAILQ_REMOVE(&u->active, st, up_link);
-    u->n_streams--;
-    proxy_stream_on_upstream_close(st, error_code, false, NULL);
+    TAILQ_REMOVE(&u->active, l, entry);
+    end_link(u, l, error_code, false, NULL);
 }
 
 static int on_stream_close(h2_session *s, int32_t stream_id, void *sd, uint32_t error_code,
@@ -303,10 +345,10 @@ static int on_stream_close(h2_session *s, int32_t stream_id, void *sd, uint32_t 
 
 static void on_headers_not_sent(h2_session *s, int32_t stream_id, void *arg) {
     upstream *u = arg;
-    proxy_stream *st;
-    TAILQ_FOREACH(st, &u->active, up_link) {
-        if (st->up == s && st->up_id == stream_id) {
-            close_stream(u, st, NGHTTP2_REFUSED_STREAM);
+    upstream_link *l;
+    TAILQ_FOREACH(l, &u->active, entry) {
+        if (l->session == s && l->stream_id == stream_id) {
+            close_stream(u, l, NGHTTP2_REFUSED_STREAM);
             return;
         }
     }
@@ -368,14 +410,14 @@ void upstream_free(upstream *u) {
     if (!u) {
         return;
     }
-    proxy_stream *st;
-    while ((st = TAILQ_FIRST(&u->waiting)) != NULL) {
-        TAILQ_REMOVE(&u->waiting, st, up_link);
-        lose(u, st, "proxy shutting down");
+    upstream_link *l;
+    while ((l = TAILQ_FIRST(&u->waiting)) != NULL) {
+        TAILQ_REMOVE(&u->waiting, l, entry);
+        lose(u, l, "proxy shutting down");
     }
-    while ((st = TAILQ_FIRST(&u->active)) != NULL) {
-        TAILQ_REMOVE(&u->active, st, up_link);
-        lose(u, st, "proxy shutting down");
+    while ((l = TAILQ_FIRST(&u->active)) != NULL) {
+        TAILQ_REMOVE(&u->active, l, entry);
+        lose(u, l, "proxy shutting down");
     }
     h2_client_free(u->conn);
     if (u->wait_ev) {

@@ -1,0 +1,133 @@
+/*
+ * stream_flow: the queues of a call and the flow control around them (lifetime and messages:
+ * stream.c).
+ *
+ * Each direction has one h2_body queue towards the other side (|to_up|, |to_down|). A message
+ * passed through is appended with its gRPC header; a rewritten one is queued by reference
+ * (its header reserved in front of it), and wiped and freed once sent, since it may hold
+ * plaintext. Bytes received from one side are acknowledged only while the queue towards the
+ * other side holds less than QUEUE_HIGH; otherwise they are counted as unconsumed and
+ * acknowledged when the queue drains below QUEUE_LOW (the drained callbacks here). A slow
+ * reader therefore closes the writer's window instead of growing our memory. Bytes of a message
+ * still being reassembled get no exception: once the queue drains they are acknowledged like
+ * any others, so the message completes, and a sender that cuts every frame a byte into the next
+ * message cannot keep its window open past a full queue. Requests are also bounded per client
+ * connection: all its streams' queued bytes (CONN_QUEUE_HIGH: the connection's windows stay
+ * closed until they drain below CONN_QUEUE_LOW) and their incomplete messages
+ * (proxy_stream_conn_partial_max: the stream that goes over fails with RESOURCE_EXHAUSTED).
+ * Responses are acknowledged at once on the etcd connection, which every client of the worker
+ * shares, and held back only on the stream's own window (see upstream.c), so a client that
+ * stops reading stalls only its own streams. Bytes a direction keeps while it waits for the
+ * KMS plugin count as queued.
+ */
+#include <string.h>
+
+#include "common/alloc.h"
+#include "proxy/stream_internal.h"
+
+#define CONN_QUEUE_HIGH (8u << 20)
+#define CONN_QUEUE_LOW (2u << 20)
+#define CONN_PARTIAL_MIN (64u << 20)
+
+/* ---- queueing messages ---- */
+
+/* Appends one uncompressed gRPC message to |queue|. Returns 0 or EP_ERR_NOMEM. */
+static int queue_message(struct evbuffer *queue, str msg) {
+    uint8_t hdr[GRPC_FRAME_HEADER_LEN];
+    grpc_frame_header(hdr, 0, (uint32_t)msg.len);
+    if (evbuffer_add(queue, hdr, sizeof(hdr)) != 0 || evbuffer_add(queue, msg.ptr, msg.len) != 0) {
+        return EP_ERR_NOMEM;
+    }
+    return 0;
+}
+
+static void release_message(const void *data, size_t len, void *extra) {
+    explicit_bzero((void *)data, len); /* may be plaintext */
+    ep_free((void *)data);
+}
+
+int proxy_stream_begin_rewrite(buf *out, size_t expected_len) {
+    buf_reset(out);
+    if (buf_reserve(out, GRPC_FRAME_HEADER_LEN + expected_len) != 0) {
+        return EP_ERR_NOMEM;
+    }
+    out->len = GRPC_FRAME_HEADER_LEN;
+    return 0;
+}
+
+/* Queues the message rewritten into |out| without copying it. Returns 0 or EP_ERR_NOMEM (|out|
+ * is then unchanged). */
+static int queue_rewritten(struct evbuffer *queue, buf *out) {
+    size_t len = out->len - GRPC_FRAME_HEADER_LEN;
+    grpc_frame_header(out->data, 0, (uint32_t)len);
+    if (evbuffer_add_reference(queue, out->data, out->len, release_message, NULL) != 0) {
+        return EP_ERR_NOMEM;
+    }
+    *out = (buf)BUF_INIT;
+    return 0;
+}
+
+int proxy_stream_queue_result(struct evbuffer *queue, str msg, buf *out, bool unchanged) {
+    if (!unchanged) {
+        return queue_rewritten(queue, out);
+    }
+    buf_reset(out);
+    return queue_message(queue, msg);
+}
+
+/* ---- flow control ---- */
+
+/* Room for several requests of the largest size allowed. */
+size_t proxy_stream_conn_partial_max(const proxy_stream_env *env) {
+    size_t four = env->max_request_bytes > SIZE_MAX / 4 ? SIZE_MAX : env->max_request_bytes * 4;
+    return four > CONN_PARTIAL_MIN ? four : CONN_PARTIAL_MIN;
+}
+
+/* The connection's queue drained: acknowledge what its streams held back, those whose own
+ * queue has room. */
+static void release_conn(proxy_conn *c) {
+    proxy_stream *st;
+    TAILQ_FOREACH(st, &c->streams, conn_link) {
+        if (st->down_unconsumed && backlog(&st->to_up, &st->request_wait) < QUEUE_LOW) {
+            ack_request(st, st->down_unconsumed);
+            st->down_unconsumed = 0;
+        }
+    }
+}
+
+void proxy_stream_account_request(proxy_stream *st) {
+    proxy_conn *c = st->conn;
+    if (!c) {
+        return;
+    }
+    size_t queued = backlog(&st->to_up, &st->request_wait);
+    size_t partial = st->request_reader.pending.len;
+    c->queued = c->queued - st->acct_queued + queued;
+    c->partial = c->partial - st->acct_partial + partial;
+    st->acct_queued = queued;
+    st->acct_partial = partial;
+    if (c->queued >= CONN_QUEUE_HIGH) {
+        c->throttled = true;
+    } else if (c->throttled && c->queued < CONN_QUEUE_LOW) {
+        c->throttled = false;
+        release_conn(c);
+    }
+}
+
+void proxy_stream_to_up_drained(h2_body *b, void *arg) {
+    proxy_stream *st = arg;
+    proxy_stream_account_request(st);
+    if (st->down_unconsumed && backlog(b, &st->request_wait) < QUEUE_LOW &&
+        !(st->conn && st->conn->throttled)) {
+        ack_request(st, st->down_unconsumed);
+        st->down_unconsumed = 0;
+    }
+}
+
+void proxy_stream_to_down_drained(h2_body *b, void *arg) {
+    proxy_stream *st = arg;
+    if (st->up_unconsumed && backlog(b, &st->response_wait) < QUEUE_LOW) {
+        ack_response(st, st->up_unconsumed);
+        st->up_unconsumed = 0;
+    }
+}
