@@ -34,6 +34,7 @@
 #include "config/keymap.h"
 
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -193,6 +194,52 @@ int config_keymap_lookup(const config_keymap *m, str etcd_key) {
         return -1;
     }
     return resolve(m, first, resource);
+}
+
+static size_t write_resource(const char *resource, size_t rlen, const char *group, size_t glen,
+                             char *out, size_t cap) {
+    int n = glen > 0 ? snprintf(out, cap, "%.*s.%.*s", (int)rlen, resource, (int)glen, group)
+                     : snprintf(out, cap, "%.*s", (int)rlen, resource);
+    return n < 0 ? 0 : (size_t)n < cap ? (size_t)n : cap - 1;
+}
+
+/* A built-in entry's label, or the segment itself for a type the table lacks. */
+static size_t builtin_resource(str prefix, char *out, size_t cap) {
+    int i = config_builtin_find_prefix(prefix);
+    size_t n = 0;
+    const config_builtin *table = config_builtin_table(&n);
+    if (i >= 0 && table[i].kind == CONFIG_BUILTIN_RESOURCE) {
+        return write_resource(table[i].resource, strlen(table[i].resource), table[i].group,
+                              strlen(table[i].group), out, cap);
+    }
+    return i >= 0 ? 0 : write_resource((const char *)prefix.ptr, prefix.len, "", 0, out, cap);
+}
+
+size_t config_keymap_resource(const config_keymap *m, str etcd_key, char *out, size_t cap) {
+    str rest, first, second;
+    if (cap == 0) {
+        return 0;
+    }
+    out[0] = '\0';
+    if (m == NULL || !str_has_prefix(etcd_key, str_make(m->path_prefix, m->path_prefix_len))) {
+        return 0;
+    }
+    rest = str_skip(etcd_key, m->path_prefix_len);
+    if (!take_segment(&rest, &first) || first.len == 0) {
+        return 0;
+    }
+    bool grouped = memchr(first.ptr, '.', first.len) != NULL;
+    if (grouped) {
+        return take_segment(&rest, &second)
+                   ? write_resource((const char *)second.ptr, second.len, (const char *)first.ptr,
+                                    first.len, out, cap)
+                   : 0;
+    }
+    int i = config_builtin_find_prefix(first);
+    if (i >= 0 && m->builtin[i].kind == CONFIG_BUILTIN_PARENT && take_segment(&rest, &second)) {
+        return builtin_resource(str_make(first.ptr, first.len + 1 + second.len), out, cap);
+    }
+    return builtin_resource(first, out, cap);
 }
 
 /* ---- building ---- */

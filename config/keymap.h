@@ -42,6 +42,11 @@ int config_keymap_build(const config_encryption *cfg, const char *etcd_prefix, c
  * safe to call from many threads at once. */
 int config_keymap_lookup(const config_keymap *m, str etcd_key);
 
+/* Writes the resource |etcd_key| belongs to, as kube-apiserver's metrics name it ("secrets",
+ * "deployments.apps", "widgets.example.com"), NUL-terminated into |out| (cut to |cap|).
+ * Returns its length, 0 when the key names no resource. Never fails. */
+size_t config_keymap_resource(const config_keymap *m, str etcd_key, char *out, size_t cap);
+
 size_t config_keymap_nchains(const config_keymap *m);
 const config_chain *config_keymap_chain(const config_keymap *m, size_t i);
 

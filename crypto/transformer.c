@@ -487,6 +487,16 @@ bool crypto_transformer_writes_plaintext(const crypto_transformer *t) {
     return t->providers[0].kind == &kinds[CONFIG_PROVIDER_IDENTITY];
 }
 
+void crypto_transformer_write_info(const crypto_transformer *t, crypto_read_info *info) {
+    const tr_provider *p = &t->providers[0];
+    info->stale = false;
+    info->provider = p->kind->name;
+    info->key_name = p->nkeys > 0     ? p->keys[0].name
+                     : p->kms != NULL ? crypto_kms_provider_name(p->kms)
+                                      : "";
+    info->prefix = p->prefix.len > 0 ? (const char *)p->prefix.ptr : "";
+}
+
 size_t crypto_transformer_overhead(const crypto_transformer *t) {
     return t->providers[0].kind->overhead(&t->providers[0]);
 }
@@ -542,6 +552,9 @@ int crypto_transformer_decrypt(const crypto_transformer *t, str etcd_key, str st
     rs.scratch.msg[0] = '\0'; /* a provider answering EP_ERR_AGAIN may leave it unset */
     rs.pending = pending;
     size_t start = out->len;
+    if (info != NULL) {
+        info->prefix = NULL; /* stays NULL when no prefix matched */
+    }
     for (size_t i = 0; i < t->nproviders; i++) {
         const tr_provider *p = &t->providers[i];
         if (!str_has_prefix(stored, p->prefix)) {
@@ -561,6 +574,11 @@ int crypto_transformer_decrypt(const crypto_transformer *t, str etcd_key, str st
         }
         if (rv == EP_ERR_AGAIN) {
             return ep_err_set(err, rv, "%s", rs.scratch.msg);
+        }
+        if (info != NULL && p->prefix.len > 0) { /* metrics name the provider that refused */
+            info->provider = p->kind->name;
+            info->key_name = "";
+            info->prefix = (const char *)p->prefix.ptr;
         }
         if (p->prefix.len == 0) { /* an empty-prefix entry's refusal is not an error */
             rs.errors.code = mark_code;

@@ -61,6 +61,10 @@ void crypto_transformer_free(crypto_transformer *t);
  * then forward a write without re-encoding it. Never fails. */
 bool crypto_transformer_writes_plaintext(const crypto_transformer *t);
 
+/* What writes use: the first provider, its first key name (aes, secretbox) or provider name
+ * (kms), and its outer prefix ("" for identity). Never fails. */
+void crypto_transformer_write_info(const crypto_transformer *t, crypto_read_info *info);
+
 /* Upper bound of bytes encryption adds to a value (prefix, nonce, tag, padding). Never fails. */
 size_t crypto_transformer_overhead(const crypto_transformer *t);
 
@@ -74,9 +78,10 @@ int crypto_transformer_encrypt(const crypto_transformer *t, str etcd_key, str pl
                                crypto_kms_pending *pending, ep_err *err);
 
 /* Decrypts |stored| read at |etcd_key| and appends the plaintext to |out|; fills |info| if not
- * NULL. Returns 0, or on failure EP_ERR_AUTH (tampered, wrong key, moved to another key under
- * an AEAD provider), EP_ERR_INVALID (truncated or malformed), EP_ERR_NOMATCH (no provider or key
- * prefix matched), EP_ERR_NOMEM, EP_ERR_PROVIDER, EP_ERR_UNAVAILABLE (a kms plugin call it
+ * NULL (on failure only its prefix is meaningful: the last provider that refused, or NULL when
+ * no prefix matched). Returns 0, or on failure EP_ERR_AUTH (tampered, wrong key, moved to another
+ * key under an AEAD provider), EP_ERR_INVALID (truncated or malformed), EP_ERR_NOMATCH (no provider
+ * or key prefix matched), EP_ERR_NOMEM, EP_ERR_PROVIDER, EP_ERR_UNAVAILABLE (a kms plugin call it
  * needed failed, or |pending| is NULL); |err| then says which provider failed and why, in
  * kube-apiserver's words where it has them. EP_ERR_AGAIN: a kms provider needs plugin calls,
  * now in |pending|; the read walk stopped there (no later provider was tried) and the caller

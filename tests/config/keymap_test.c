@@ -657,6 +657,33 @@ static void test_print_write_error(void **state) {
 
 /* ---- rough speed (printed, never asserted) ---- */
 
+/* The label kube-apiserver's metrics would give the object at each key. */
+static void test_resource_labels(void **state) {
+    fixture fx = BUILD(NULL, "*.* : identity");
+    static const char *const rows[][2] = {
+        {"/registry/secrets/kube-system/token", "secrets"},
+        {"/registry/minions/node-1", "nodes"},
+        {"/registry/services/endpoints/default/kubernetes", "endpoints"},
+        {"/registry/services/specs/default/kubernetes", "services"},
+        {"/registry/deployments/kube-system/coredns", "deployments.apps"},
+        {"/registry/example.com/widgets/default/w1", "widgets.example.com"},
+        {"/registry/brandnewthings/x", "brandnewthings"},
+        {"/registry/secrets", ""},
+        {"/other/secrets/x", ""},
+        {"compact_rev_key", ""},
+    };
+    for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+        char out[64];
+        size_t n = config_keymap_resource(fx.map, str_cstr(rows[i][0]), out, sizeof(out));
+        assert_string_equal(out, rows[i][1]);
+        assert_int_equal(n, strlen(rows[i][1]));
+    }
+    char tiny[4];
+    assert_int_equal(config_keymap_resource(fx.map, str_cstr("/registry/secrets/a"), tiny, 4), 3);
+    assert_string_equal(tiny, "sec");
+    free_fixture(&fx);
+}
+
 static void test_lookup_speed(void **state) {
     fixture fx = BUILD(NULL, "secrets configmaps : aesgcm:k", "*.apps : identity",
                        "widgets.example.com : identity", "*.* : identity");
@@ -708,6 +735,7 @@ int main(void) {
         cmocka_unit_test(test_print),
         cmocka_unit_test(test_print_core_wildcard_and_dead_entries),
         cmocka_unit_test(test_print_write_error),
+        cmocka_unit_test(test_resource_labels),
         cmocka_unit_test(test_lookup_speed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
