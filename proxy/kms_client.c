@@ -242,6 +242,16 @@ static void describe_client(const kms_client *c, FILE *f) {
     fputc('\n', f);
 }
 
+size_t kms_set_count(const kms_set *s) {
+    return s->nclients;
+}
+
+int kms_set_health(const kms_set *s, size_t i, const char **name, int *api) {
+    *name = kmsc_client_name(&s->clients[i]);
+    *api = s->clients[i].api;
+    return s->clients[i].health;
+}
+
 void kms_set_describe(const kms_set *s, FILE *f) {
     for (size_t i = 0; i < s->nclients; i++) {
         describe_client(&s->clients[i], f);

@@ -82,4 +82,10 @@ void kms_request_cancel(kms_request *req);
  * last Status/Version succeeded, key_id hash, state expiry. Never fails. */
 void kms_set_describe(const kms_set *s, FILE *f);
 
+/* The providers of |s|, and the health of provider |i| as the set's own thread last saw it:
+ * 1 healthy, -1 failing, 0 not contacted yet; |*name| and |*api| (1 or 2) describe it. Call on
+ * the set's thread. Never fail. */
+size_t kms_set_count(const kms_set *s);
+int kms_set_health(const kms_set *s, size_t i, const char **name, int *api);
+
 #endif

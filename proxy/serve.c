@@ -148,7 +148,7 @@ static int setup_workers(server *sv, ep_err *err) {
     proxy_worker_config cfg = {
         .listen_host = sv->opts.listen_host,
         .listen_port = sv->opts.listen_port,
-        .env = {sv->set, NULL, sv->opts.max_request_bytes},
+        .env = {.set = sv->set, .max_request_bytes = sv->opts.max_request_bytes},
         .endpoints = sv->endpoints,
         .n_endpoints = sv->n_endpoints,
         .server_tls = sv->server_tls,

@@ -74,6 +74,7 @@ proxy_stream *proxy_stream_new(const proxy_stream_env *env, proxy_conn *conn, up
     st->down_id = stream_id;
     st->upstream = up;
     st->deadline_ms = -1;
+    st->status_code = -1;
     st->to_up = (h2_body){evbuffer_new(), false, false, proxy_stream_to_up_drained, NULL, st};
     st->to_down = (h2_body){
         evbuffer_new(), false, false, proxy_stream_to_down_drained, proxy_stream_send_trailers, st};
@@ -81,6 +82,7 @@ proxy_stream *proxy_stream_new(const proxy_stream_env *env, proxy_conn *conn, up
     grpc_frame_reader_init(&st->response_reader, MAX_RESPONSE_MESSAGE);
     proxy_kms_wait_init(&st->request_wait, env->set, env->kms);
     proxy_kms_wait_init(&st->response_wait, env->set, env->kms);
+    st->request_wait.vc.metrics = st->response_wait.vc.metrics = env->metrics;
     if (!st->to_up.queue || !st->to_down.queue ||
         nghttp2_session_set_stream_user_data(h2_session_ng(conn->h2), stream_id, st) != 0) {
         stream_free(st);
@@ -139,7 +141,13 @@ void proxy_stream_fail(proxy_stream *st, int code, const char *message) {
 /* ---- messages of either direction ---- */
 
 static void on_undecryptable(void *arg, str key, const ep_err *err) {
+    proxy_stream *st = arg;
     int len = key.len > 300 ? 300 : (int)key.len;
+    if (st->env->metrics != NULL) {
+        char tmp[128];
+        str resource = proxy_metrics_resource(st->env->set, key, tmp, sizeof(tmp));
+        ep_metrics_add(st->env->metrics, PM_UNDECRYPTABLE, &resource, 1);
+    }
     ep_log(EP_LOG_WARN, "cannot decrypt value of key %.*s: %s", len, (const char *)key.ptr,
            err->msg);
 }
@@ -179,6 +187,7 @@ static int finish(proxy_stream *st, bool request, str msg, int code, bool unchan
                   const ep_err *err) {
     h2_body *to = request ? &st->to_up : &st->to_down;
     const char *why = err->msg;
+    size_t before = evbuffer_get_length(to->queue);
     if (code == ETCD_MSG_RETRY) { /* a final pass never asks again; never forward it */
         code = GRPC_STATUS_UNAVAILABLE;
         why = "the KMS plugin's answers were not available";
@@ -190,8 +199,10 @@ static int finish(proxy_stream *st, bool request, str msg, int code, bool unchan
     if (code != 0) {
         buf_wipe(&st->scratch); /* may hold plaintext */
         fail_message(st, request, code, why);
+        return code;
     }
-    return code;
+    proxy_stream_count_bytes(st, !request, false, evbuffer_get_length(to->queue) - before);
+    return 0;
 }
 
 static void on_request_calls_done(void *arg);
@@ -345,6 +356,7 @@ int proxy_stream_on_request_headers_end(proxy_stream *st, bool end_stream) {
     st->to_up.eof = end_stream;
     st->counted_active = true;
     st->conn->active++;
+    proxy_stream_count_call(st, 1);
     if (st->headers_too_large) {
         h2_session_penalize(st->conn->h2, 10);
         char msg[160];
@@ -387,6 +399,7 @@ static void fail_request_framing(proxy_stream *st, int rv, const ep_err *err) {
 
 int proxy_stream_on_request_data(proxy_stream *st, str data) {
     start_upstream(st);
+    proxy_stream_count_bytes(st, true, true, data.len);
     if (st->status_sent || st->up.state == UPSTREAM_LINK_DONE) {
         ack_request(st, data.len);
         return 0;
@@ -395,6 +408,7 @@ int proxy_stream_on_request_data(proxy_stream *st, str data) {
         if (evbuffer_add(st->to_up.queue, data.ptr, data.len) != 0) {
             return NGHTTP2_ERR_CALLBACK_FAILURE;
         }
+        proxy_stream_count_bytes(st, false, false, data.len);
     } else {
         ep_err err = {{0}};
         int rv = grpc_frame_feed(&st->request_reader, data, forward_request_message, st, &err);
@@ -455,6 +469,7 @@ void proxy_stream_on_downstream_close(proxy_stream *st, uint32_t error_code) {
     if (st->counted_active) {
         c->active--;
         st->counted_active = false;
+        proxy_stream_count_call(st, -1);
     }
     TAILQ_REMOVE(&c->streams, st, conn_link);
     st->conn = NULL;
@@ -503,6 +518,7 @@ static int forward_response_message(void *arg, uint8_t compressed, str msg) {
 
 int upstream_link_on_data(upstream_link *l, str data) {
     proxy_stream *st = link_stream(l);
+    proxy_stream_count_bytes(st, false, true, data.len);
     if (!st->conn || st->status_sent) {
         ack_response(st, data.len);
         return 0;
@@ -511,6 +527,7 @@ int upstream_link_on_data(upstream_link *l, str data) {
         if (evbuffer_add(st->to_down.queue, data.ptr, data.len) != 0) {
             return NGHTTP2_ERR_CALLBACK_FAILURE;
         }
+        proxy_stream_count_bytes(st, true, false, data.len);
     } else {
         ep_err err = {{0}};
         int rv = grpc_frame_feed(&st->response_reader, data, forward_response_message, st, &err);

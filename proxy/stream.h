@@ -30,6 +30,7 @@
 #include "proxy/etcd_msg.h"
 #include "proxy/kms_client.h"
 #include "proxy/kms_wait.h"
+#include "proxy/metrics.h"
 #include "proxy/upstream.h"
 #include "proxy/value_codec.h"
 
@@ -38,8 +39,9 @@ typedef struct proxy_stream proxy_stream;
 /* What every stream of a worker shares (read-only). */
 typedef struct {
     const crypto_transformer_set *set;
-    kms_set *kms;             /* this worker's KMS plugin clients; NULL: values never wait */
-    size_t max_request_bytes; /* larger request messages: RESOURCE_EXHAUSTED */
+    kms_set *kms;              /* this worker's KMS plugin clients; NULL: values never wait */
+    ep_metrics_shard *metrics; /* this worker's; NULL: nothing is counted */
+    size_t max_request_bytes;  /* larger request messages: RESOURCE_EXHAUSTED */
 } proxy_stream_env;
 
 TAILQ_HEAD(proxy_stream_list, proxy_stream);
@@ -98,6 +100,8 @@ struct proxy_stream {
     size_t header_count;
     bool headers_too_large; /* the request's header list went over the limit */
     bool counted_active;    /* counted in conn->active */
+    uint64_t started_ns;    /* request headers complete (0 before): the call is counted */
+    int status_code;        /* the grpc-status the client gets; -1 while undecided */
     bool start_deferred;    /* headers done, etcd side not started until DATA or the end */
     buf scratch;            /* rewritten message */
     proxy_kms_wait request_wait;

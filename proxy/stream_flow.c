@@ -23,6 +23,7 @@
 #include <string.h>
 
 #include "common/alloc.h"
+#include "net/grpc.h"
 #include "proxy/stream_internal.h"
 
 #define CONN_QUEUE_HIGH (8u << 20)
@@ -129,5 +130,34 @@ void proxy_stream_to_down_drained(h2_body *b, void *arg) {
     if (st->up_unconsumed && backlog(b, &st->response_wait) < QUEUE_LOW) {
         ack_response(st, st->up_unconsumed);
         st->up_unconsumed = 0;
+    }
+}
+
+/* ---- metrics ---- */
+
+void proxy_stream_count_call(proxy_stream *st, int delta) {
+    ep_metrics_shard *m = st->env->metrics;
+    if (m == NULL) {
+        return;
+    }
+    uint64_t now = proxy_metrics_now_ns();
+    ep_metrics_gauge_add(m, PM_STREAMS, NULL, delta);
+    if (st->method == ETCD_METHOD_WATCH) {
+        ep_metrics_gauge_add(m, PM_WATCHES, NULL, delta);
+    }
+    if (delta > 0) {
+        st->started_ns = now;
+        return;
+    }
+    /* A client that reset its stream before any status is what grpc-go counts as Canceled. */
+    int code = st->status_code >= 0 ? st->status_code : GRPC_STATUS_CANCELLED;
+    proxy_metrics_request(m, buf_str(&st->path), code, now - st->started_ns);
+}
+
+void proxy_stream_count_bytes(proxy_stream *st, bool client, bool received, size_t n) {
+    if (st->env->metrics != NULL && n > 0) {
+        str labels[] = {client ? STR_LIT("client") : STR_LIT("etcd"),
+                        received ? STR_LIT("received") : STR_LIT("sent")};
+        ep_metrics_add(st->env->metrics, PM_BYTES, labels, n);
     }
 }

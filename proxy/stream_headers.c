@@ -85,6 +85,7 @@ int proxy_stream_set_status(proxy_stream *st, int code, const char *message) {
     int numlen = snprintf(num, sizeof(num), "%d", code);
     buf enc = BUF_INIT;
     int rv = grpc_message_encode(str_cstr(message), &enc);
+    st->status_code = code;
     hdrs_clear(&st->trailers);
     if (rv != 0 ||
         hdrs_add(&st->trailers, STR_LIT("grpc-status"), str_make(num, (size_t)numlen)) != 0 ||
@@ -184,6 +185,10 @@ int upstream_link_on_header(upstream_link *l, const nghttp2_frame *frame, str na
     }
     if (str_eq(name, STR_LIT(":status"))) {
         return hdrs_add(h, name, value) == 0 ? 0 : NGHTTP2_ERR_CALLBACK_FAILURE;
+    }
+    if (str_eq(name, STR_LIT("grpc-status"))) {
+        int code;
+        st->status_code = grpc_status_parse(value, &code) == 0 ? code : GRPC_STATUS_UNKNOWN;
     }
     if (is_hop_by_hop(name) ||
         (st->value_method && str_eq(name, STR_LIT("grpc-accept-encoding")))) {

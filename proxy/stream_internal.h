@@ -85,4 +85,12 @@ void proxy_stream_send_trailers(h2_body *b, int32_t stream_id, void *arg);
 /* Replaces the trailers with our own status. Returns 0 or EP_ERR_NOMEM. */
 int proxy_stream_set_status(proxy_stream *st, int code, const char *message);
 
+/* Metrics: |delta| +1 when a call's request headers are complete, -1 when its client stream
+ * closes (which also counts the finished call with its status and duration). Never fails. */
+void proxy_stream_count_call(proxy_stream *st, int delta);
+
+/* Metrics: |n| gRPC bytes received from (|received|) or queued for the client (|client|) or
+ * etcd. Never fails. */
+void proxy_stream_count_bytes(proxy_stream *st, bool client, bool received, size_t n);
+
 #endif

@@ -23,6 +23,7 @@
 #include "common/log.h"
 #include "net/grpc.h"
 #include "net/h2_client.h"
+#include "proxy/metrics.h"
 
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
@@ -41,6 +42,7 @@ struct upstream {
     struct upstream_link_list waiting;
     struct upstream_link_list active;
     size_t n_streams;
+    int published; /* the endpoint the metrics say we are connected to, -1: none */
 };
 
 static const h2_settings client_settings = {
@@ -267,10 +269,30 @@ size_t upstream_stream_count(const upstream *u) {
 
 /* ---- connections ---- */
 
+/* Publishes which endpoint this worker is connected to (none: -1) as a 0/1 gauge per
+ * endpoint; readyz reads it. |dying| is a session on its way out. */
+static void publish_state(upstream *u, const h2_session *dying) {
+    h2_session *live = h2_client_live(u->conn);
+    int idx = live != NULL && live != dying ? (int)h2_client_target_index(u->conn) : -1;
+    if (u->cfg.metrics == NULL || idx == u->published) {
+        return;
+    }
+    if (u->published >= 0) {
+        str ep = str_cstr(u->cfg.endpoints[u->published].authority);
+        ep_metrics_gauge_set(u->cfg.metrics, PM_UPSTREAM, &ep, 0);
+    }
+    if (idx >= 0) {
+        str ep = str_cstr(u->cfg.endpoints[idx].authority);
+        ep_metrics_gauge_set(u->cfg.metrics, PM_UPSTREAM, &ep, 1);
+    }
+    u->published = idx;
+}
+
 static void on_up(h2_client *c, void *arg) {
     upstream *u = arg;
     u->unreachable = false;
     log_event(u, "connected", NULL);
+    publish_state(u, NULL);
     submit_waiting(u);
 }
 
@@ -281,6 +303,7 @@ static void on_down(h2_client *c, h2_session *s, h2_client_close_kind kind, cons
         log_event(u, kind == H2_CLIENT_LOST ? "connection lost" : "cannot connect", reason);
     }
     fail_streams_on(u, s, reason);
+    publish_state(u, s);
 }
 
 static void on_goaway(h2_client *c, h2_session *s, void *arg) {
@@ -379,6 +402,7 @@ int upstream_new(upstream **out, struct event_base *base, const upstream_config 
     u->cfg = *cfg;
     TAILQ_INIT(&u->waiting);
     TAILQ_INIT(&u->active);
+    u->published = -1;
     u->targets = ep_calloc(cfg->n_endpoints, sizeof(*u->targets));
     u->wait_ev = evtimer_new(base, expire_waiting, u);
     if (!u->targets || !u->wait_ev) {

@@ -29,6 +29,7 @@
 #include <openssl/ssl.h>
 
 #include "common/err.h"
+#include "common/metrics.h"
 #include "common/str.h"
 #include "net/grpc.h"
 #include "net/h2_session.h"
@@ -58,8 +59,9 @@ void upstream_endpoint_free(upstream_endpoint *ep);
 typedef struct {
     const upstream_endpoint *endpoints;
     size_t n_endpoints;
-    SSL_CTX *tls;  /* needed when an endpoint is https */
-    int worker_id; /* for logs */
+    SSL_CTX *tls;              /* needed when an endpoint is https */
+    int worker_id;             /* for logs */
+    ep_metrics_shard *metrics; /* the worker's: connection state per endpoint; may be NULL */
 } upstream_config;
 
 typedef enum {

@@ -3,6 +3,8 @@
  */
 #include "proxy/value_codec.h"
 
+#include "proxy/metrics.h"
+
 static const crypto_transformer *transformer_for(void *ctx, str key) {
     return crypto_transformer_set_lookup((const crypto_transformer_set *)ctx, key);
 }
@@ -54,17 +56,38 @@ static const void *bound_writer(void *ctx, str key) {
 }
 
 /* Returns 0, EP_ERR_AGAIN (calls recorded), or the transformer's EP_ERR_* (message in |err|). */
+/* Counts a finished transformation (a round that only recorded plugin calls is not one). */
+static void observe(value_codec *vc, const crypto_transformer *t, str key, bool write, int rv,
+                    const crypto_read_info *info, uint64_t start_ns) {
+    if (vc->metrics == NULL) {
+        return;
+    }
+    if (rv == EP_ERR_AGAIN) {
+        if (!write) { /* the DEK was not cached: upstream's cache miss */
+            ep_metrics_add(vc->metrics, PM_CACHE_MISSES, NULL, 1);
+        }
+        return;
+    }
+    proxy_metrics_transformation(vc->metrics, vc->set, t, key, write, rv, info,
+                                 proxy_metrics_now_ns() - start_ns);
+}
+
 static int bound_encrypt(void *ctx, const void *writer, str key, str plain, buf *out, ep_err *err) {
     value_codec *vc = ctx;
+    uint64_t start = vc->metrics ? proxy_metrics_now_ns() : 0;
     int rv = crypto_transformer_encrypt(writer, key, plain, out, vc->pending, err);
+    observe(vc, writer, key, true, rv, NULL, start);
     return settle(vc, rv, err);
 }
 
 /* Returns 0, EP_ERR_AGAIN (calls recorded), or the transformer's EP_ERR_* (message in |err|). */
 static int bound_decrypt(void *ctx, str key, str stored, buf *out, ep_err *err) {
     value_codec *vc = ctx;
-    int rv = crypto_transformer_decrypt(crypto_transformer_set_lookup(vc->set, key), key, stored,
-                                        out, NULL, vc->pending, err);
+    uint64_t start = vc->metrics ? proxy_metrics_now_ns() : 0;
+    const crypto_transformer *t = crypto_transformer_set_lookup(vc->set, key);
+    crypto_read_info info;
+    int rv = crypto_transformer_decrypt(t, key, stored, out, &info, vc->pending, err);
+    observe(vc, t, key, false, rv, &info, start);
     return settle(vc, rv, err);
 }
 
@@ -77,4 +100,5 @@ void value_codec_bind(value_codec *vc, const crypto_transformer_set *set,
     vc->set = set;
     vc->pending = pending;
     vc->last_attempt = false;
+    vc->metrics = NULL;
 }

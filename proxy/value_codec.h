@@ -14,6 +14,7 @@
 
 #include <stdbool.h>
 
+#include "common/metrics.h"
 #include "crypto/kms_provider.h"
 #include "crypto/transformer_set.h"
 #include "proxy/etcd_msg.h"
@@ -24,7 +25,8 @@ typedef struct {
     etcd_value_codec codec;
     const crypto_transformer_set *set;
     crypto_kms_pending *pending; /* NULL: a miss fails (EP_ERR_UNAVAILABLE), never EP_ERR_AGAIN */
-    bool last_attempt; /* the calls were performed already: a miss is EP_ERR_UNAVAILABLE */
+    bool last_attempt;         /* the calls were performed already: a miss is EP_ERR_UNAVAILABLE */
+    ep_metrics_shard *metrics; /* where transformations are counted; NULL: not counted */
 } value_codec;
 
 /* Fills |codec| so that it encrypts and decrypts with the transformers of |set|, which must
@@ -32,8 +34,8 @@ typedef struct {
  * whose DEK is not cached fail. Never fails. */
 void value_codec_init(etcd_value_codec *codec, const crypto_transformer_set *set);
 
-/* Binds |vc| to |set| and to |pending| (may be NULL), with |last_attempt| false; use
- * |vc->codec|. Both must outlive it. Never fails. */
+/* Binds |vc| to |set| and to |pending| (may be NULL), with |last_attempt| false and no
+ * metrics; use |vc->codec|. Both must outlive it. Never fails. */
 void value_codec_bind(value_codec *vc, const crypto_transformer_set *set,
                       crypto_kms_pending *pending);
 

@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/bufferevent_ssl.h>
@@ -32,6 +33,7 @@
 #include "common/alloc.h"
 #include "common/log.h"
 #include "net/grpc.h"
+#include "proxy/metrics.h"
 
 #define ACCEPT_RETRY_MS 200
 #define LOG_EVERY_MS 10000
@@ -59,6 +61,8 @@ struct proxy_worker {
     h2_settings settings;
     size_t n_streams;
     struct event *accept_retry_ev;
+    ep_metrics_shard *metrics; /* this worker's: only this thread writes it */
+    struct event *heartbeat_ev;
     int64_t refusal_logged_ms; /* when a refusal was last logged */
     size_t refusals;           /* since then */
 };
@@ -377,6 +381,36 @@ static void on_stop(evutil_socket_t fd, short what, void *arg) {
 
 /* ---- lifecycle ---- */
 
+/* Once a second: the heartbeat livez reads, and on worker 0 (whose set runs the KMS v2
+ * pollers) each KMS provider's health for readyz: 1 healthy, 0 failing, -1 not contacted. */
+static void on_heartbeat(evutil_socket_t fd, short what, void *arg) {
+    proxy_worker *w = arg;
+    char id[16];
+    snprintf(id, sizeof(id), "%d", w->id);
+    str worker = str_cstr(id);
+    ep_metrics_gauge_set(w->metrics, PM_HEARTBEAT, &worker, (int64_t)time(NULL));
+    for (size_t i = 0; w->id == 0 && i < kms_set_count(w->kms); i++) {
+        const char *name;
+        int api;
+        int health = kms_set_health(w->kms, i, &name, &api);
+        str provider = str_cstr(name);
+        ep_metrics_gauge_set(w->metrics, PM_KMS_HEALTHY, &provider,
+                             health > 0   ? 1
+                             : health < 0 ? 0
+                                          : -1);
+    }
+}
+
+static int start_heartbeat(proxy_worker *w) {
+    static const struct timeval every = {1, 0};
+    w->heartbeat_ev = event_new(w->base, -1, EV_PERSIST, on_heartbeat, w);
+    if (w->heartbeat_ev == NULL || event_add(w->heartbeat_ev, &every) != 0) {
+        return EP_ERR_NOMEM;
+    }
+    on_heartbeat(-1, 0, w); /* alive from the start */
+    return EP_OK;
+}
+
 /* Returns 0, EP_ERR_IO or EP_ERR_NOMEM. */
 static int setup(proxy_worker *w, ep_err *err) {
     w->base = event_base_new();
@@ -387,14 +421,19 @@ static int setup(proxy_worker *w, ep_err *err) {
     w->drain_ev = evtimer_new(w->base, on_drain_timeout, w);
     w->accept_ev = event_new(w->base, -1, 0, on_accept_start, w);
     w->accept_retry_ev = evtimer_new(w->base, on_accept_retry, w);
-    if (!w->stop_ev || !w->drain_ev || !w->accept_ev || !w->accept_retry_ev) {
+    if (!w->stop_ev || !w->drain_ev || !w->accept_ev || !w->accept_retry_ev ||
+        proxy_metrics_new(&w->metrics) != EP_OK) {
         return ep_err_set(err, EP_ERR_NOMEM, "out of memory");
     }
+    w->cfg.env.metrics = w->metrics;
     int rv = kms_set_new(w->base, w->cfg.env.set, &w->kms, err);
     if (rv != 0) {
         return rv;
     }
     w->cfg.env.kms = w->kms;
+    if (start_heartbeat(w) != EP_OK) {
+        return ep_err_set(err, EP_ERR_NOMEM, "out of memory");
+    }
     int fd = open_listener(&w->cfg, err);
     if (fd < 0) {
         return EP_ERR_IO;
@@ -407,7 +446,8 @@ static int setup(proxy_worker *w, ep_err *err) {
         return ep_err_set(err, EP_ERR_NOMEM, "out of memory");
     }
     evconnlistener_set_error_cb(w->listener, on_accept_error);
-    upstream_config ucfg = {w->cfg.endpoints, w->cfg.n_endpoints, w->cfg.client_tls, w->id};
+    upstream_config ucfg = {w->cfg.endpoints, w->cfg.n_endpoints, w->cfg.client_tls, w->id,
+                            w->metrics};
     return upstream_new(&w->up, w->base, &ucfg, err);
 }
 
@@ -458,6 +498,10 @@ int proxy_worker_start(proxy_worker *w, ep_err *err) {
 
 kms_set *proxy_worker_kms(proxy_worker *w) {
     return w->kms;
+}
+
+ep_metrics_shard *proxy_worker_metrics(proxy_worker *w) {
+    return w->metrics;
 }
 
 static void on_periodic(evutil_socket_t fd, short what, void *arg) {
@@ -518,8 +562,12 @@ void proxy_worker_free(proxy_worker *w) {
     if (w->drain_ev) {
         event_free(w->drain_ev);
     }
+    if (w->heartbeat_ev) {
+        event_free(w->heartbeat_ev);
+    }
     if (w->base) {
         event_base_free(w->base);
     }
+    ep_metrics_shard_free(w->metrics); /* no scrape runs any more (the admin server stopped) */
     ep_free(w);
 }

@@ -47,6 +47,10 @@ int proxy_worker_start(proxy_worker *w, ep_err *err);
  * proxy_worker_start (e.g. kms_set_start_pollers). Never fails. */
 kms_set *proxy_worker_kms(proxy_worker *w);
 
+/* The worker's metric shard (read it from any thread; only the worker writes it). Never
+ * fails. */
+ep_metrics_shard *proxy_worker_metrics(proxy_worker *w);
+
 /* Runs |cb| on the worker's loop every |ms| milliseconds until the worker is freed (one such
  * timer per worker). Call before proxy_worker_start. Returns 0 or EP_ERR_NOMEM. */
 int proxy_worker_every(proxy_worker *w, int ms, void (*cb)(void *arg), void *arg);

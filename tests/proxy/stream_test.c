@@ -358,20 +358,25 @@ typedef struct {
     h2_session up_session;
     proxy_conn conn;
     upstream up;
-    proxy_stream *st;   /* NULL once freed (both sides detached) or never made */
-    bool down_closed;   /* the client's stream (or connection) is gone */
-    buf to_etcd;        /* request bytes etcd received */
-    buf to_client;      /* response bytes the client received */
-    bool request_sent;  /* the request's end reached etcd */
-    bool response_sent; /* the response's end reached the client */
-    size_t sent;        /* request bytes the client sent */
-    char path[128];     /* :path submitted to etcd */
-    bool timeout_sent;  /* grpc-timeout submitted */
+    proxy_stream *st;          /* NULL once freed (both sides detached) or never made */
+    bool down_closed;          /* the client's stream (or connection) is gone */
+    buf to_etcd;               /* request bytes etcd received */
+    buf to_client;             /* response bytes the client received */
+    bool request_sent;         /* the request's end reached etcd */
+    bool response_sent;        /* the response's end reached the client */
+    size_t sent;               /* request bytes the client sent */
+    char path[128];            /* :path submitted to etcd */
+    bool timeout_sent;         /* grpc-timeout submitted */
+    ep_metrics_shard *metrics; /* what the call counted */
 } call;
 
 static void call_init(call *c, bool with_kms) {
     memset(c, 0, sizeof(*c));
-    c->env = (proxy_stream_env){transformers, with_kms ? (kms_set *)&plugin : NULL, 1 << 20};
+    assert_int_equal(proxy_metrics_new(&c->metrics), EP_OK);
+    c->env = (proxy_stream_env){.set = transformers,
+                                .kms = with_kms ? (kms_set *)&plugin : NULL,
+                                .metrics = c->metrics,
+                                .max_request_bytes = 1 << 20};
     c->conn.h2 = &c->down;
     TAILQ_INIT(&c->conn.streams);
     memset(&plugin, 0, sizeof(plugin));
@@ -570,6 +575,7 @@ static void call_free(call *c) {
     assert_true(freed(c));
     buf_free_secure(&c->to_etcd);
     buf_free_secure(&c->to_client);
+    ep_metrics_shard_free(c->metrics);
 }
 
 static int status_of(const call *c) {
@@ -613,6 +619,20 @@ static void test_put_round_trip(void **state) {
     assert_true(contains(message_at(&c.to_client, 0), "top secret"));
     assert_true(c.down.trailers);
     assert_int_equal(status_of(&c), 0);
+    /* the call and both transformations, as kube-apiserver would count them */
+    str ok[] = {S("/etcdserverpb.KV/Put"), S("OK")};
+    assert_int_equal(ep_metrics_value(&c.metrics, 1, PM_REQUESTS, ok), 1);
+    assert_int_equal(ep_metrics_value(&c.metrics, 1, PM_STREAMS, NULL), 0);
+    str wrote[] = {S("secrets"), S("to_storage"), S("k8s:enc:aesgcm:v1:"), S("OK")};
+    str read[] = {S("secrets"), S("from_storage"), S("k8s:enc:aesgcm:v1:"), S("OK")};
+    str key_level[] = {S("secrets"), S("to_storage"), S("k1:"), S("OK")};
+    assert_int_equal(ep_metrics_value(&c.metrics, 1, PM_TRANSFORM_OPS, wrote), 1);
+    assert_int_equal(ep_metrics_value(&c.metrics, 1, PM_TRANSFORM_OPS, read), 1);
+    assert_int_equal(ep_metrics_value(&c.metrics, 1, PM_TRANSFORM_OPS, key_level), 1);
+    str writes[] = {S("aesgcm"), S("k1")};
+    assert_int_equal(ep_metrics_value(&c.metrics, 1, PM_KEY_WRITES, writes), 1);
+    str client_in[] = {S("client"), S("received")};
+    assert_int_equal(ep_metrics_value(&c.metrics, 1, PM_BYTES, client_in), (int64_t)c.sent);
     buf_free(&msg);
     call_free(&c);
 }
