@@ -11,6 +11,7 @@ EP_DEBIAN_PACKAGES=(
     nghttp2-client nghttp2-proxy
     libp11-kit-dev softhsm2 opensc
     clang libclang-rt-14-dev valgrind util-linux
+    podman buildah mmdebstrap runc systemd python3-yaml
 )
 
 ep_missing_packages() {
