@@ -82,6 +82,7 @@ int crypto_kms_provider_new(const config_provider *cfg, crypto_kms_provider **ou
     p->name = ep_strdup(k->name);
     p->socket_path = ep_strdup(k->socket_path != NULL ? k->socket_path : "");
     size_t cap = k->api_version == 2 ? V2_CACHE_MAX : k->cachesize > 0 ? (size_t)k->cachesize : 0;
+    p->cache_capacity = cap;
     int rv = p->prefix && p->name && p->socket_path
                  ? crypto_dek_cache_new(cap, k->api_version == 1,
                                         k->api_version == 2 ? V2_CACHE_TTL_NS : 0, &p->cache)
@@ -146,6 +147,10 @@ str crypto_kms_provider_prefix(const crypto_kms_provider *p) {
 
 size_t crypto_kms_provider_cache_size(const crypto_kms_provider *p) {
     return crypto_dek_cache_size(p->cache);
+}
+
+size_t crypto_kms_provider_cache_capacity(const crypto_kms_provider *p) {
+    return p->cache_capacity;
 }
 
 size_t crypto_kms_provider_derived_cache_size(const crypto_kms_provider *p) {

@@ -148,6 +148,9 @@ size_t crypto_kms_provider_overhead(const crypto_kms_provider *p);
 /* Entries in the DEK/seed read cache now (metrics, tests). Never fails. */
 size_t crypto_kms_provider_cache_size(const crypto_kms_provider *p);
 
+/* The most entries that cache holds (v1: cachesize, 0 when disabled). Never fails. */
+size_t crypto_kms_provider_cache_capacity(const crypto_kms_provider *p);
+
 /* Entries in the v2 derived-key cache now (expanded per-write keys by etcd key; 0 for v1).
  * Never fails. */
 size_t crypto_kms_provider_derived_cache_size(const crypto_kms_provider *p);

@@ -27,6 +27,7 @@ struct crypto_kms_provider {
     int api_version;
     uint64_t timeout_ns;
     char *socket_path;
+    size_t cache_capacity; /* DEK/seed cache entries at most */
     crypto_dek_cache *cache;
     crypto_dek_cache *derived; /* v2: etcd key -> seed id || info, expanded per-write key */
     uint64_t (*now_ns)(void);

@@ -1,12 +1,18 @@
 #include "net/tls.h"
 
 #include <arpa/inet.h>
+#include <pthread.h>
 #include <string.h>
 
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
 
 static const unsigned char alpn_h2[] = {2, 'h', '2'};
+
+/* A certificate reload changes a context other threads are making connections from: SSL_new
+ * takes the read side, the reload the write side, so no SSL is made from a half-updated
+ * context. Connections made before keep the certificate they were made with. */
+static pthread_rwlock_t reload_lock = PTHREAD_RWLOCK_INITIALIZER;
 
 /* Appends OpenSSL's first queued reason to |err| and clears the queue. Returns |code|. */
 static int ssl_fail(ep_err *err, int code, const char *what, const char *file) {
@@ -73,7 +79,9 @@ static int setup_server(SSL_CTX *ctx, const net_tls_server_opts *o, ep_err *err)
     if (o->client_cert_auth) {
         SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
     }
-    SSL_CTX_set_alpn_select_cb(ctx, select_h2, NULL);
+    if (!o->http1) {
+        SSL_CTX_set_alpn_select_cb(ctx, select_h2, NULL);
+    }
     return 0;
 }
 
@@ -135,8 +143,42 @@ static bool is_ip_literal(const char *host) {
     return inet_pton(AF_INET, host, addr) == 1 || inet_pton(AF_INET6, host, addr) == 1;
 }
 
-SSL *net_tls_client_ssl(SSL_CTX *ctx, const char *host) {
+SSL *net_tls_server_ssl(SSL_CTX *ctx) {
+    pthread_rwlock_rdlock(&reload_lock);
     SSL *ssl = SSL_new(ctx);
+    pthread_rwlock_unlock(&reload_lock);
+    return ssl;
+}
+
+int net_tls_reload_pair(SSL_CTX *ctx, const char *cert_file, const char *key_file, ep_err *err) {
+    if (cert_file == NULL || key_file == NULL) {
+        return EP_OK;
+    }
+    /* Load into a scratch context first: a bad file leaves |ctx| as it was. */
+    SSL_CTX *fresh = new_ctx(SSL_CTX_get_ssl_method(ctx));
+    if (fresh == NULL) {
+        return ep_err_set(err, EP_ERR_NOMEM, "out of memory for a TLS context");
+    }
+    int rv = load_pair(fresh, cert_file, key_file, err);
+    STACK_OF(X509) *chain = NULL;
+    if (rv == 0) {
+        SSL_CTX_get0_chain_certs(fresh, &chain);
+        pthread_rwlock_wrlock(&reload_lock);
+        if (SSL_CTX_use_certificate(ctx, SSL_CTX_get0_certificate(fresh)) != 1 ||
+            SSL_CTX_use_PrivateKey(ctx, SSL_CTX_get0_privatekey(fresh)) != 1 ||
+            SSL_CTX_set1_chain(ctx, chain) != 1) {
+            rv = ssl_fail(err, EP_ERR_CONFIG, "cannot install the reloaded certificate", cert_file);
+        }
+        pthread_rwlock_unlock(&reload_lock);
+    }
+    SSL_CTX_free(fresh);
+    return rv;
+}
+
+SSL *net_tls_client_ssl(SSL_CTX *ctx, const char *host) {
+    pthread_rwlock_rdlock(&reload_lock);
+    SSL *ssl = SSL_new(ctx);
+    pthread_rwlock_unlock(&reload_lock);
     if (!ssl) {
         return NULL;
     }

@@ -15,6 +15,12 @@ void proxy_kms_wait_init(proxy_kms_wait *w, const crypto_transformer_set *set, k
     value_codec_bind(&w->vc, set, kms ? &w->pending : NULL);
 }
 
+void proxy_kms_wait_rebind(proxy_kms_wait *w, const crypto_transformer_set *set, kms_set *kms) {
+    ep_metrics_shard *metrics = w->vc.metrics;
+    value_codec_bind(&w->vc, set, kms ? &w->pending : NULL);
+    w->vc.metrics = metrics;
+}
+
 void proxy_kms_wait_stop(proxy_kms_wait *w) {
     if (w->req) {
         kms_request_cancel(w->req);

@@ -43,6 +43,10 @@ typedef struct {
  * so that values needing a plugin call are recorded instead of failing. Never fails. */
 void proxy_kms_wait_init(proxy_kms_wait *w, const crypto_transformer_set *set, kms_set *kms);
 
+/* Binds an idle |w| (not waiting, its pending set empty) to another set and plugin clients,
+ * keeping its metrics shard: a stream following a reload. Never fails. */
+void proxy_kms_wait_rebind(proxy_kms_wait *w, const crypto_transformer_set *set, kms_set *kms);
+
 /* Abandons the wait: cancels its plugin calls and wipes what it kept and held. Never fails. */
 void proxy_kms_wait_stop(proxy_kms_wait *w);
 

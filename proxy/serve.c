@@ -1,10 +1,15 @@
 /*
- * serve: start-up and signal handling of the proxy server (its flags: serve_flags.c).
+ * serve: start-up, signals and drain of the proxy server (its flags: serve_flags.c; hot reload:
+ * serve_reload.c; the admin endpoint: admin.c).
  *
- * Everything that can be refused (flags, EncryptionConfiguration, TLS files, listen address) is
- * checked before the first worker thread starts, so a bad start exits 1 with one clear line.
- * The main thread then only waits for SIGTERM/SIGINT (blocked in every thread, taken with
- * sigwait) and asks each worker to drain.
+ * Everything that can be refused (flags, EncryptionConfiguration, TLS files, listen and metrics
+ * addresses) is checked before the first worker thread starts, so a bad start exits 1 with one
+ * clear line. The main thread then waits on a signalfd (the signals are blocked in every
+ * thread) and the config directory's inotify descriptor: SIGTERM/SIGINT drain, SIGHUP reloads
+ * the configuration and the certificates, a file change reloads the configuration once the
+ * directory has been quiet for RELOAD_DEBOUNCE_MS, SIGUSR1/SIGUSR2 are logged and ignored (no
+ * signal stops the proxy silently). systemd hears READY=1 once the workers accept, STOPPING=1
+ * when the drain starts.
  *
  * KMS. Every worker has its own plugin clients (kms_set) on its loop; the v2 Status pollers run
  * on worker 0's set only, since the write state they install lives in the shared providers.
@@ -15,49 +20,34 @@
 #include "proxy/serve.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/inotify.h>
 #include <sys/resource.h>
+#include <sys/signalfd.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <event2/thread.h>
+
+#include <openssl/sha.h>
 
 #include "common/alloc.h"
 #include "common/log.h"
 #include "crypto/transformer_set.h"
 #include "net/tls.h"
 #include "proxy/kms_client.h"
-#include "proxy/upstream.h"
-#include "proxy/worker.h"
+#include "proxy/serve_internal.h"
 
-#define RESERVED_FDS 128        /* etcd and KMS connections, files, logs: never handed to clients */
-#define KMS_PRIME_WAIT_MS 15000 /* Status + Encrypt, each bounded by the provider's timeout */
-#define KMS_HEALTH_CHECK_MS 10000
-#define KMS_STATE_VALIDITY_NS                                                                      \
-    (180ull *                                                                                      \
-     1000000000) /* spec 1.6.3: 3 min after a healthy Status */ /* how often worker 0 looks for    \
-                                                                   health changes to log */
+#define RESERVED_FDS 128 /* etcd and KMS connections, files, logs: never handed to clients */
+#define KMS_HEALTH_CHECK_MS 10000 /* how often worker 0 looks for health changes to log */
+#define RELOAD_DEBOUNCE_MS 500
 
 /* ---- running ---- */
-
-typedef struct {
-    proxy_serve_opts opts;
-    crypto_transformer_set *set;
-    upstream_endpoint *endpoints;
-    size_t n_endpoints;
-    SSL_CTX *server_tls;
-    SSL_CTX *client_tls;
-    proxy_worker **workers;
-    int n_workers;
-    pthread_mutex_t prime_lock;
-    pthread_cond_t primed_cond;
-    bool primed;
-    char *last_health; /* the last kms_set_describe output logged */
-} server;
 
 /* Splits --endpoints. Returns 0, EP_ERR_CONFIG or EP_ERR_NOMEM. */
 static int parse_endpoints(server *sv, ep_err *err) {
@@ -98,7 +88,7 @@ static int setup_tls(server *sv, ep_err *err) {
     const proxy_serve_opts *o = &sv->opts;
     if (o->cert_file || o->key_file || o->client_cert_auth) {
         net_tls_server_opts so = {o->cert_file, o->key_file, o->trusted_ca_file,
-                                  o->client_cert_auth};
+                                  o->client_cert_auth, false};
         int rv = net_tls_server_ctx(&so, &sv->server_tls, err);
         if (rv != 0) {
             return rv;
@@ -148,7 +138,8 @@ static int setup_workers(server *sv, ep_err *err) {
     proxy_worker_config cfg = {
         .listen_host = sv->opts.listen_host,
         .listen_port = sv->opts.listen_port,
-        .env = {.set = sv->set, .max_request_bytes = sv->opts.max_request_bytes},
+        .config = sv->config,
+        .env = {.max_request_bytes = sv->opts.max_request_bytes},
         .endpoints = sv->endpoints,
         .n_endpoints = sv->n_endpoints,
         .server_tls = sv->server_tls,
@@ -164,25 +155,61 @@ static int setup_workers(server *sv, ep_err *err) {
     if (!sv->workers) {
         return ep_err_set(err, EP_ERR_NOMEM, "out of memory");
     }
+    sv->shards = ep_calloc((size_t)sv->opts.workers, sizeof(*sv->shards));
+    if (!sv->shards) {
+        return ep_err_set(err, EP_ERR_NOMEM, "out of memory");
+    }
     for (int i = 0; i < sv->opts.workers; i++) {
         int rv = proxy_worker_new(&sv->workers[i], &cfg, i, err);
         if (rv != 0) {
             return rv;
         }
+        sv->shards[i] = proxy_worker_metrics(sv->workers[i]);
         sv->n_workers++;
     }
     return 0;
 }
 
+/* The apiserver_id_hash label: the proxy's identity ("etcd-encrypt-proxy-<host>"), hashed as
+ * kube-apiserver hashes its own. */
+static void server_identity(char out[PROXY_HASH_LABEL_LEN]) {
+    char host[256] = "unknown", id[300];
+    gethostname(host, sizeof(host) - 1);
+    snprintf(id, sizeof(id), "etcd-encrypt-proxy-%s", host);
+    unsigned char digest[32];
+    SHA256((const unsigned char *)id, strlen(id), digest);
+    memcpy(out, "sha256:", 7);
+    for (int i = 0; i < 32; i++) {
+        snprintf(out + 7 + 2 * i, 3, "%02x", digest[i]);
+    }
+}
+
+/* Returns 0, or EP_ERR_CONFIG / EP_ERR_IO naming the URL or file, or EP_ERR_NOMEM. */
+static int setup_admin(server *sv, ep_err *err) {
+    proxy_admin_state *st = &sv->admin_state;
+    st->shards = sv->shards;
+    st->nshards = (size_t)sv->n_workers;
+    st->start_time = (double)time(NULL);
+    server_identity(st->server_id_hash);
+    st->set = sv->config->set;
+    memcpy(st->config_hash, sv->config->hash, sizeof(st->config_hash));
+    if (!sv->opts.metrics_urls) {
+        return 0;
+    }
+    return proxy_admin_start(&sv->admin, sv->opts.metrics_urls, sv->opts.metrics_cert_file,
+                             sv->opts.metrics_key_file, st, err);
+}
+
 static int setup(server *sv, ep_err *err) {
-    int rv = crypto_transformer_set_load(sv->opts.config_path, sv->opts.etcd_prefix, &sv->set, err);
+    int rv = proxy_config_load(sv->opts.config_path, sv->opts.etcd_prefix, &sv->config, err);
     if (rv != 0) {
         return rv;
     }
-    if ((rv = parse_endpoints(sv, err)) != 0 || (rv = setup_tls(sv, err)) != 0) {
+    if ((rv = parse_endpoints(sv, err)) != 0 || (rv = setup_tls(sv, err)) != 0 ||
+        (rv = setup_workers(sv, err)) != 0) {
         return rv;
     }
-    return setup_workers(sv, err);
+    return setup_admin(sv, err);
 }
 
 /* ---- KMS start-up and health ---- */
@@ -263,45 +290,59 @@ static void on_primed(void *arg) {
     pthread_mutex_unlock(&sv->prime_lock);
 }
 
-/* Starts the pollers on worker 0's set (before its thread runs, so no lock is needed). Returns
- * 0 or EP_ERR_NOMEM. */
-static int start_kms(server *sv, ep_err *err) {
-    kms_set *kms0 = proxy_worker_kms(sv->workers[0]);
-    int every_ms = sv->opts.kms_status_interval_ms;
+typedef struct {
+    server *sv;
+    kms_set *kms;
+    int rv;
+} kms_start;
+
+static void start_pollers(proxy_worker *w, void *arg) {
+    kms_start *k = arg;
+    int every_ms = k->sv->opts.kms_status_interval_ms;
     if (every_ms > 0) { /* a failed cycle retries 6x sooner, as 60 s / 10 s upstream */
-        kms_set_intervals(kms0, (uint64_t)every_ms * 1000000, (uint64_t)every_ms * 1000000 / 6,
+        kms_set_intervals(k->kms, (uint64_t)every_ms * 1000000, (uint64_t)every_ms * 1000000 / 6,
                           KMS_STATE_VALIDITY_NS);
     }
-    if (proxy_worker_every(sv->workers[0], KMS_HEALTH_CHECK_MS, on_health_check, sv) != 0 ||
-        kms_set_start_pollers(kms0, on_primed, sv) != 0) {
-        return ep_err_set(err, EP_ERR_NOMEM, "out of memory starting the KMS pollers");
-    }
-    return 0;
+    k->rv = kms_set_start_pollers(k->kms, on_primed, k->sv);
 }
 
-/* Waits until on_primed ran or KMS_PRIME_WAIT_MS passed. Never fails. */
-static void wait_primed(server *sv) {
+int serve_kms_start(server *sv, proxy_worker *w0, kms_set *kms, ep_err *err) {
+    pthread_mutex_lock(&sv->prime_lock);
+    sv->primed = false;
+    pthread_mutex_unlock(&sv->prime_lock);
+    kms_start k = {sv, kms, 0};
+    proxy_worker_run_sync(w0, start_pollers, &k);
+    return k.rv == 0 ? 0 : ep_err_set(err, EP_ERR_NOMEM, "out of memory starting the KMS pollers");
+}
+
+bool serve_kms_wait(server *sv) {
     struct timespec until;
     clock_gettime(CLOCK_REALTIME, &until);
     until.tv_sec += KMS_PRIME_WAIT_MS / 1000;
     pthread_mutex_lock(&sv->prime_lock);
-    while (!sv->primed) {
-        if (pthread_cond_timedwait(&sv->primed_cond, &sv->prime_lock, &until) != 0) {
-            ep_log(EP_LOG_WARN,
-                   "KMS providers not primed after %d ms; serving anyway (kms v2 writes fail "
-                   "until their plugin answers)",
-                   KMS_PRIME_WAIT_MS);
-            break;
-        }
+    while (!sv->primed && pthread_cond_timedwait(&sv->primed_cond, &sv->prime_lock, &until) == 0) {
     }
+    bool primed = sv->primed;
     pthread_mutex_unlock(&sv->prime_lock);
+    return primed;
+}
+
+/* Starts the pollers of the first configuration, before the workers run. Returns 0 or
+ * EP_ERR_NOMEM. */
+static int start_kms(server *sv, ep_err *err) {
+    if (proxy_worker_every(sv->workers[0], KMS_HEALTH_CHECK_MS, on_health_check, sv) != 0) {
+        return ep_err_set(err, EP_ERR_NOMEM, "out of memory starting the KMS pollers");
+    }
+    return serve_kms_start(sv, sv->workers[0], proxy_worker_kms(sv->workers[0]), err);
 }
 
 static void teardown(server *sv) {
+    proxy_admin_stop(sv->admin); /* before the shards it reads go */
     for (int i = 0; i < sv->n_workers; i++) {
         proxy_worker_free(sv->workers[i]);
     }
     ep_free(sv->workers);
+    ep_free(sv->shards);
     free(sv->last_health);
     for (size_t i = 0; i < sv->n_endpoints; i++) {
         upstream_endpoint_free(&sv->endpoints[i]);
@@ -309,14 +350,68 @@ static void teardown(server *sv) {
     ep_free(sv->endpoints);
     SSL_CTX_free(sv->server_tls);
     SSL_CTX_free(sv->client_tls);
-    crypto_transformer_set_free(sv->set);
+    proxy_config_unref(sv->config);
     proxy_serve_opts_free(&sv->opts);
 }
 
+/* Reads what inotify queued (the names do not matter: any change re-hashes the file). */
+static void drain_inotify(int fd) {
+    char events[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
+    while (read(fd, events, sizeof(events)) > 0) {
+    }
+}
+
+/* Handles one signal. Returns the signal when it stops the proxy, else 0. */
+static int on_signal(server *sv, int sig) {
+    switch (sig) {
+    case SIGTERM:
+    case SIGINT:
+        return sig;
+    case SIGHUP:
+        ep_log(EP_LOG_INFO, "SIGHUP received: reloading the encryption configuration and the "
+                            "certificates");
+        serve_reload_config(sv, "SIGHUP", true);
+        serve_reload_tls(sv);
+        return 0;
+    default:
+        ep_log(EP_LOG_WARN,
+               "signal %d (%s) received and ignored (SIGTERM stops the proxy, SIGHUP "
+               "reloads it)",
+               sig, strsignal(sig));
+        return 0;
+    }
+}
+
+/* Waits for a stop signal, reloading on SIGHUP and on changes of the config file. Returns the
+ * signal that stopped it. */
+static int wait_loop(server *sv, int sigfd, int inofd) {
+    bool dirty = false;
+    for (;;) {
+        struct pollfd p[2] = {{sigfd, POLLIN, 0}, {inofd, POLLIN, 0}};
+        int n = poll(p, inofd >= 0 ? 2 : 1, dirty ? RELOAD_DEBOUNCE_MS : -1);
+        if (n == 0 && dirty) { /* quiet for the debounce time: the swap is complete */
+            dirty = false;
+            serve_reload_config(sv, "a change of the file", false);
+            continue;
+        }
+        if (n > 0 && inofd >= 0 && (p[1].revents & POLLIN)) {
+            drain_inotify(inofd);
+            dirty = true;
+        }
+        struct signalfd_siginfo si;
+        if (n > 0 && (p[0].revents & POLLIN) && read(sigfd, &si, sizeof(si)) == sizeof(si)) {
+            int stop = on_signal(sv, (int)si.ssi_signo);
+            if (stop != 0) {
+                return stop;
+            }
+        }
+    }
+}
+
 /* Starts the workers, waits for a stop signal, drains. Returns the exit status. */
-static int run(server *sv, const sigset_t *stop_signals) {
+static int run(server *sv, int sigfd) {
     ep_err err;
-    bool kms = proxy_uses_kms(sv->set, 0);
+    bool kms = proxy_uses_kms(sv->config->set, 0);
     if (kms && start_kms(sv, &err) != 0) {
         ep_log(EP_LOG_ERROR, "%s", err.msg);
         return 1;
@@ -330,18 +425,30 @@ static int run(server *sv, const sigset_t *stop_signals) {
             return 1;
         }
     }
-    if (kms) {
-        wait_primed(sv);
+    if (kms && !serve_kms_wait(sv)) {
+        ep_log(EP_LOG_WARN,
+               "KMS providers not primed after %d ms; serving anyway (kms v2 writes fail until "
+               "their plugin answers)",
+               KMS_PRIME_WAIT_MS);
     }
     for (int i = 0; i < sv->n_workers; i++) {
         proxy_worker_accept(sv->workers[i]);
     }
-    ep_log(EP_LOG_INFO, "serving on %s port %s (%s), %d workers, etcd %s", sv->opts.listen_host,
-           sv->opts.listen_port, sv->server_tls ? "TLS" : "h2c", sv->n_workers, sv->opts.endpoints);
-    int sig = 0;
-    sigwait(stop_signals, &sig);
+    ep_log(EP_LOG_INFO, "serving on %s port %s (%s), %d workers, etcd %s, encryption config %s",
+           sv->opts.listen_host, sv->opts.listen_port, sv->server_tls ? "TLS" : "h2c",
+           sv->n_workers, sv->opts.endpoints, sv->config->hash);
+    serve_notify("READY=1");
+    int inofd = sv->opts.automatic_reload ? serve_watch_config(sv) : -1;
+    int sig = wait_loop(sv, sigfd, inofd);
+    if (inofd >= 0) {
+        close(inofd);
+    }
+    serve_notify("STOPPING=1");
     ep_log(EP_LOG_INFO, "%s received, draining (up to %d ms)", sig == SIGINT ? "SIGINT" : "SIGTERM",
            sv->opts.drain_ms);
+    pthread_mutex_lock(&sv->admin_state.lock);
+    sv->admin_state.draining = true;
+    pthread_mutex_unlock(&sv->admin_state.lock);
     for (int i = 0; i < sv->n_workers; i++) {
         proxy_worker_stop(sv->workers[i]);
     }
@@ -354,6 +461,7 @@ int proxy_serve_main(int argc, char **argv) {
     memset(&sv, 0, sizeof(sv));
     pthread_mutex_init(&sv.prime_lock, NULL);
     pthread_cond_init(&sv.primed_cond, NULL);
+    pthread_mutex_init(&sv.admin_state.lock, NULL);
     if (proxy_serve_parse(argc, argv, &sv.opts, &err) != 0) {
         fprintf(stderr, "etcd-encrypt-proxy serve: %s\n", err.msg);
         proxy_serve_opts_free(&sv.opts);
@@ -364,18 +472,26 @@ int proxy_serve_main(int argc, char **argv) {
         proxy_serve_opts_free(&sv.opts);
         return 0;
     }
-    sigset_t stop_signals;
-    sigemptyset(&stop_signals);
-    sigaddset(&stop_signals, SIGTERM);
-    sigaddset(&stop_signals, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &stop_signals, NULL); /* inherited by the workers */
+    sigset_t handled;
+    sigemptyset(&handled);
+    int sigs[] = {SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2};
+    for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++) {
+        sigaddset(&handled, sigs[i]);
+    }
+    pthread_sigmask(SIG_BLOCK, &handled, NULL); /* inherited by every thread started later */
     signal(SIGPIPE, SIG_IGN);
     evthread_use_pthreads();
     int status = 1;
-    if (setup(&sv, &err) != 0) {
+    int sigfd = signalfd(-1, &handled, SFD_CLOEXEC);
+    if (sigfd < 0) {
+        fprintf(stderr, "etcd-encrypt-proxy serve: signalfd: %s\n", strerror(errno));
+    } else if (setup(&sv, &err) != 0) {
         fprintf(stderr, "etcd-encrypt-proxy serve: %s\n", err.msg);
     } else {
-        status = run(&sv, &stop_signals);
+        status = run(&sv, sigfd);
+    }
+    if (sigfd >= 0) {
+        close(sigfd);
     }
     teardown(&sv);
     if (status == 0) {

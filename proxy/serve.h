@@ -31,6 +31,9 @@ typedef struct {
     const char *cert_file, *key_file, *trusted_ca_file;
     bool client_cert_auth;
     const char *cacert, *cert, *key;
+    const char *metrics_urls; /* --listen-metrics-urls; NULL: no admin endpoint */
+    const char *metrics_cert_file, *metrics_key_file;
+    bool automatic_reload; /* watch the config file (SIGHUP reloads either way) */
     bool help;
 } proxy_serve_opts;
 

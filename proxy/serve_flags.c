@@ -56,6 +56,14 @@ const char proxy_serve_usage[] =
     "  --cert F --key F                 client certificate for etcd\n"
     "  --kms-status-interval-ms N       KMS v2 Status poll interval (default 60000, as\n"
     "                                   kube-apiserver; shorter for tests)\n"
+    "  --listen-metrics-urls URLS       comma-separated http://HOST:PORT (or https://) for\n"
+    "                                   /metrics, /livez, /readyz, /healthz, /version\n"
+    "                                   (default: none)\n"
+    "  --metrics-cert-file F            certificate of the https metrics URLs\n"
+    "  --metrics-key-file F             its key\n"
+    "  --encryption-provider-config-automatic-reload B\n"
+    "                                   reload the config when its file changes (default\n"
+    "                                   true; SIGHUP reloads it and the certificates always)\n"
     "  --help                           this text\n";
 
 enum {
@@ -81,6 +89,10 @@ enum {
     OPT_IDLE_TIMEOUT,
     OPT_LOG_LEVEL,
     OPT_LOG_FORMAT,
+    OPT_METRICS_URLS,
+    OPT_METRICS_CERT,
+    OPT_METRICS_KEY,
+    OPT_AUTOMATIC_RELOAD,
     OPT_HELP,
 };
 
@@ -107,6 +119,10 @@ static const struct option options[] = {
     {"idle-timeout-ms", required_argument, NULL, OPT_IDLE_TIMEOUT},
     {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
     {"log-format", required_argument, NULL, OPT_LOG_FORMAT},
+    {"listen-metrics-urls", required_argument, NULL, OPT_METRICS_URLS},
+    {"metrics-cert-file", required_argument, NULL, OPT_METRICS_CERT},
+    {"metrics-key-file", required_argument, NULL, OPT_METRICS_KEY},
+    {"encryption-provider-config-automatic-reload", optional_argument, NULL, OPT_AUTOMATIC_RELOAD},
     {"help", no_argument, NULL, OPT_HELP},
     {NULL, 0, NULL, 0},
 };
@@ -237,6 +253,18 @@ static int apply(int opt, const char *arg, proxy_serve_opts *o, ep_err *err) {
                    ? 0
                    : ep_err_set(err, EP_ERR_CONFIG, "--log-format: \"%s\" is not text or json",
                                 arg);
+    case OPT_METRICS_URLS:
+        o->metrics_urls = arg;
+        return 0;
+    case OPT_METRICS_CERT:
+        o->metrics_cert_file = arg;
+        return 0;
+    case OPT_METRICS_KEY:
+        o->metrics_key_file = arg;
+        return 0;
+    case OPT_AUTOMATIC_RELOAD:
+        return parse_bool("encryption-provider-config-automatic-reload", arg, &o->automatic_reload,
+                          err);
     case OPT_HELP:
         o->help = true;
         return 0;
@@ -257,13 +285,14 @@ static int defaults(proxy_serve_opts *o, ep_err *err) {
     o->max_concurrent_streams = DEFAULT_MAX_CONCURRENT_STREAMS;
     o->handshake_timeout_ms = DEFAULT_HANDSHAKE_TIMEOUT_MS;
     o->idle_timeout_ms = DEFAULT_IDLE_TIMEOUT_MS;
+    o->automatic_reload = true;
     return parse_listen("127.0.0.1:23790", o, err);
 }
 
 int proxy_serve_parse(int argc, char **argv, proxy_serve_opts *opts, ep_err *err) {
     int rv = defaults(opts, err);
     int opt;
-    optind = 1;
+    optind = 0; /* 0, not 1: glibc then also forgets a half-read bundle of short options */
     opterr = 0;
     while (rv == 0 && (opt = getopt_long(argc, argv, "h", options, NULL)) != -1) {
         if (opt == '?' || opt == ':') {

@@ -41,6 +41,7 @@
 static void stream_free(proxy_stream *st) {
     proxy_kms_wait_free(&st->request_wait);
     proxy_kms_wait_free(&st->response_wait);
+    proxy_gen_unref(st->gen);
     proxy_hdrs_free(&st->request_headers);
     proxy_hdrs_free(&st->response_headers);
     proxy_hdrs_free(&st->trailers);
@@ -80,6 +81,9 @@ proxy_stream *proxy_stream_new(const proxy_stream_env *env, proxy_conn *conn, up
         evbuffer_new(), false, false, proxy_stream_to_down_drained, proxy_stream_send_trailers, st};
     grpc_frame_reader_init(&st->request_reader, env->max_request_bytes);
     grpc_frame_reader_init(&st->response_reader, MAX_RESPONSE_MESSAGE);
+    st->set = env->set;
+    st->kms = env->kms;
+    st->gen = proxy_gen_ref(env->gen);
     proxy_kms_wait_init(&st->request_wait, env->set, env->kms);
     proxy_kms_wait_init(&st->response_wait, env->set, env->kms);
     st->request_wait.vc.metrics = st->response_wait.vc.metrics = env->metrics;
@@ -145,7 +149,7 @@ static void on_undecryptable(void *arg, str key, const ep_err *err) {
     int len = key.len > 300 ? 300 : (int)key.len;
     if (st->env->metrics != NULL) {
         char tmp[128];
-        str resource = proxy_metrics_resource(st->env->set, key, tmp, sizeof(tmp));
+        str resource = proxy_metrics_resource(st->set, key, tmp, sizeof(tmp));
         ep_metrics_add(st->env->metrics, PM_UNDECRYPTABLE, &resource, 1);
     }
     ep_log(EP_LOG_WARN, "cannot decrypt value of key %.*s: %s", len, (const char *)key.ptr,
@@ -211,13 +215,30 @@ static void on_response_calls_done(void *arg);
 /* Makes the direction wait for the plugin calls its last rewrite recorded. Returns what
  * proxy_kms_wait_start returns. */
 static int start_wait(proxy_stream *st, bool request, uint8_t flag, str msg) {
-    return proxy_kms_wait_start(wait_of(st, request), st->env->kms, flag, msg,
+    return proxy_kms_wait_start(wait_of(st, request), st->kms, flag, msg,
                                 request ? on_request_calls_done : on_response_calls_done, st);
+}
+
+/* Moves the stream to the generation a reload installed, between messages: a direction that
+ * waits holds plugin calls of the old providers, so the move waits for both to be idle. */
+static void follow_reload(proxy_stream *st) {
+    const proxy_stream_env *env = st->env;
+    if (st->gen == env->gen || st->request_wait.waiting || st->response_wait.waiting) {
+        return;
+    }
+    proxy_gen *old = st->gen;
+    st->gen = proxy_gen_ref(env->gen);
+    st->set = env->set;
+    st->kms = env->kms;
+    proxy_kms_wait_rebind(&st->request_wait, env->set, env->kms);
+    proxy_kms_wait_rebind(&st->response_wait, env->set, env->kms);
+    proxy_gen_unref(old);
 }
 
 /* Rewrites and queues one complete message, or starts waiting for the plugin calls it needs.
  * Returns 0 or the gRPC code sent (the call is over). */
 static int process_message(proxy_stream *st, bool request, uint8_t compressed, str msg) {
+    follow_reload(st);
     proxy_kms_wait *w = wait_of(st, request);
     ep_err err = {{0}};
     bool unchanged = false;

@@ -27,6 +27,7 @@
 #include "common/str.h"
 #include "net/grpc_frame.h"
 #include "net/h2_session.h"
+#include "proxy/config_gen.h"
 #include "proxy/etcd_msg.h"
 #include "proxy/kms_client.h"
 #include "proxy/kms_wait.h"
@@ -36,10 +37,12 @@
 
 typedef struct proxy_stream proxy_stream;
 
-/* What every stream of a worker shares (read-only). */
+/* What every stream of a worker shares. Only the worker's thread changes it, when a reload
+ * installs a new generation (set, kms and gen together). */
 typedef struct {
     const crypto_transformer_set *set;
     kms_set *kms;              /* this worker's KMS plugin clients; NULL: values never wait */
+    proxy_gen *gen;            /* what set and kms belong to; NULL: not counted (tests) */
     ep_metrics_shard *metrics; /* this worker's; NULL: nothing is counted */
     size_t max_request_bytes;  /* larger request messages: RESOURCE_EXHAUSTED */
 } proxy_stream_env;
@@ -101,9 +104,14 @@ struct proxy_stream {
     bool headers_too_large; /* the request's header list went over the limit */
     bool counted_active;    /* counted in conn->active */
     uint64_t started_ns;    /* request headers complete (0 before): the call is counted */
-    int status_code;        /* the grpc-status the client gets; -1 while undecided */
-    bool start_deferred;    /* headers done, etcd side not started until DATA or the end */
-    buf scratch;            /* rewritten message */
+    /* The generation its messages are rewritten with: env's when the stream began, moved to
+     * env's current one between messages (never while a direction waits for plugin calls). */
+    const crypto_transformer_set *set;
+    kms_set *kms;
+    proxy_gen *gen;
+    int status_code;     /* the grpc-status the client gets; -1 while undecided */
+    bool start_deferred; /* headers done, etcd side not started until DATA or the end */
+    buf scratch;         /* rewritten message */
     proxy_kms_wait request_wait;
     proxy_kms_wait response_wait;
 };

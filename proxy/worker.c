@@ -33,6 +33,7 @@
 #include "common/alloc.h"
 #include "common/log.h"
 #include "net/grpc.h"
+#include "net/tls.h"
 #include "proxy/metrics.h"
 
 #define ACCEPT_RETRY_MS 200
@@ -48,7 +49,13 @@ struct proxy_worker {
     upstream *up;
     struct proxy_conn_list conns;
     size_t n_conns;
-    kms_set *kms;
+    proxy_gen *gen;            /* what new calls use (env.set/kms/gen); streams hold their own */
+    pthread_mutex_t call_lock; /* proxy_worker_run_sync: one call at a time */
+    pthread_cond_t call_done;
+    void (*call_fn)(proxy_worker *w, void *arg);
+    void *call_arg;
+    bool call_pending;
+    struct event *call_ev;
     struct event *accept_ev;
     struct event *periodic_ev;
     void (*periodic_cb)(void *arg);
@@ -226,7 +233,7 @@ static struct bufferevent *accepted_bev(proxy_worker *w, evutil_socket_t fd) {
     if (!w->cfg.server_tls) {
         return bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
     }
-    SSL *ssl = SSL_new(w->cfg.server_tls);
+    SSL *ssl = net_tls_server_ssl(w->cfg.server_tls);
     if (!ssl) {
         return NULL;
     }
@@ -381,6 +388,20 @@ static void on_stop(evutil_socket_t fd, short what, void *arg) {
 
 /* ---- lifecycle ---- */
 
+/* A proxy_worker_run_sync call, on the worker's thread. */
+static void on_call(evutil_socket_t fd, short what, void *arg) {
+    proxy_worker *w = arg;
+    pthread_mutex_lock(&w->call_lock);
+    void (*fn)(proxy_worker *, void *) = w->call_fn;
+    void *fn_arg = w->call_arg;
+    pthread_mutex_unlock(&w->call_lock);
+    fn(w, fn_arg);
+    pthread_mutex_lock(&w->call_lock);
+    w->call_pending = false;
+    pthread_cond_broadcast(&w->call_done);
+    pthread_mutex_unlock(&w->call_lock);
+}
+
 /* Once a second: the heartbeat livez reads, and on worker 0 (whose set runs the KMS v2
  * pollers) each KMS provider's health for readyz: 1 healthy, 0 failing, -1 not contacted. */
 static void on_heartbeat(evutil_socket_t fd, short what, void *arg) {
@@ -389,10 +410,10 @@ static void on_heartbeat(evutil_socket_t fd, short what, void *arg) {
     snprintf(id, sizeof(id), "%d", w->id);
     str worker = str_cstr(id);
     ep_metrics_gauge_set(w->metrics, PM_HEARTBEAT, &worker, (int64_t)time(NULL));
-    for (size_t i = 0; w->id == 0 && i < kms_set_count(w->kms); i++) {
+    for (size_t i = 0; w->id == 0 && i < kms_set_count(w->gen->kms); i++) {
         const char *name;
         int api;
-        int health = kms_set_health(w->kms, i, &name, &api);
+        int health = kms_set_health(w->gen->kms, i, &name, &api);
         str provider = str_cstr(name);
         ep_metrics_gauge_set(w->metrics, PM_KMS_HEALTHY, &provider,
                              health > 0   ? 1
@@ -426,11 +447,15 @@ static int setup(proxy_worker *w, ep_err *err) {
         return ep_err_set(err, EP_ERR_NOMEM, "out of memory");
     }
     w->cfg.env.metrics = w->metrics;
-    int rv = kms_set_new(w->base, w->cfg.env.set, &w->kms, err);
+    w->call_ev = event_new(w->base, -1, 0, on_call, w);
+    int rv = w->call_ev ? proxy_gen_new(w->base, w->cfg.config, &w->gen, err)
+                        : ep_err_set(err, EP_ERR_NOMEM, "out of memory");
     if (rv != 0) {
         return rv;
     }
-    w->cfg.env.kms = w->kms;
+    w->cfg.env.set = w->gen->config->set;
+    w->cfg.env.kms = w->gen->kms;
+    w->cfg.env.gen = w->gen;
     if (start_heartbeat(w) != EP_OK) {
         return ep_err_set(err, EP_ERR_NOMEM, "out of memory");
     }
@@ -458,6 +483,8 @@ int proxy_worker_new(proxy_worker **out, const proxy_worker_config *cfg, int id,
     }
     w->id = id;
     w->cfg = *cfg;
+    pthread_mutex_init(&w->call_lock, NULL);
+    pthread_cond_init(&w->call_done, NULL);
     w->settings = (h2_settings){
         .max_concurrent_streams = cfg->max_concurrent_streams ? cfg->max_concurrent_streams : 4096,
         .stream_window = 1 << 20,
@@ -497,7 +524,39 @@ int proxy_worker_start(proxy_worker *w, ep_err *err) {
 }
 
 kms_set *proxy_worker_kms(proxy_worker *w) {
-    return w->kms;
+    return w->gen->kms;
+}
+
+struct event_base *proxy_worker_base(proxy_worker *w) {
+    return w->base;
+}
+
+void proxy_worker_install(proxy_worker *w, proxy_gen *g) {
+    proxy_gen *old = w->gen;
+    w->gen = g;
+    w->cfg.env.set = g->config->set;
+    w->cfg.env.kms = g->kms;
+    w->cfg.env.gen = g;
+    proxy_gen_unref(old); /* freed with the last stream still using it */
+}
+
+void proxy_worker_run_sync(proxy_worker *w, void (*fn)(proxy_worker *w, void *arg), void *arg) {
+    if (!w->thread_started) {
+        fn(w, arg);
+        return;
+    }
+    pthread_mutex_lock(&w->call_lock);
+    while (w->call_pending) { /* another caller's turn */
+        pthread_cond_wait(&w->call_done, &w->call_lock);
+    }
+    w->call_fn = fn;
+    w->call_arg = arg;
+    w->call_pending = true;
+    event_active(w->call_ev, EV_READ, 0);
+    while (w->call_pending) {
+        pthread_cond_wait(&w->call_done, &w->call_lock);
+    }
+    pthread_mutex_unlock(&w->call_lock);
 }
 
 ep_metrics_shard *proxy_worker_metrics(proxy_worker *w) {
@@ -541,9 +600,12 @@ void proxy_worker_free(proxy_worker *w) {
         conn_free(conn);
     }
     upstream_free(w->up);
-    if (w->kms) {
-        kms_set_free(w->kms); /* after the streams, which cancel their plugin requests */
+    proxy_gen_unref(w->gen); /* after the streams, which cancel their plugin requests */
+    if (w->call_ev) {
+        event_free(w->call_ev);
     }
+    pthread_mutex_destroy(&w->call_lock);
+    pthread_cond_destroy(&w->call_done);
     if (w->listener) {
         evconnlistener_free(w->listener);
     }

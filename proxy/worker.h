@@ -20,7 +20,8 @@
 typedef struct {
     const char *listen_host; /* numeric address or name, without brackets */
     const char *listen_port;
-    proxy_stream_env env; /* |kms| is filled by each worker with its own set */
+    proxy_config *config; /* served first (borrowed; each worker takes its own reference) */
+    proxy_stream_env env; /* set, kms and gen are filled by each worker from its generation */
     const upstream_endpoint *endpoints;
     size_t n_endpoints;
     SSL_CTX *server_tls;    /* NULL: h2c with prior knowledge */
@@ -43,9 +44,22 @@ int proxy_worker_new(proxy_worker **out, const proxy_worker_config *cfg, int id,
 /* Runs the worker on a new thread. Returns 0 or EP_ERR_NOMEM (thread not created). */
 int proxy_worker_start(proxy_worker *w, ep_err *err);
 
-/* The worker's KMS plugin clients. Touch them from another thread only before
- * proxy_worker_start (e.g. kms_set_start_pollers). Never fails. */
+/* The worker's KMS plugin clients of its current generation. Touch them from another thread
+ * only before proxy_worker_start (e.g. kms_set_start_pollers). Never fails. */
 kms_set *proxy_worker_kms(proxy_worker *w);
+
+/* The worker's event loop (to build a generation on it, inside proxy_worker_run_sync). Never
+ * fails. */
+struct event_base *proxy_worker_base(proxy_worker *w);
+
+/* Runs |fn| on the worker's thread (directly while the thread is not started) and returns
+ * once it ran. Safe from any thread except the worker's own. Never fails. */
+void proxy_worker_run_sync(proxy_worker *w, void (*fn)(proxy_worker *w, void *arg), void *arg);
+
+/* On the worker's thread (inside proxy_worker_run_sync): new calls use |g| (its reference is
+ * taken over); streams move to it between messages; the old generation goes with its last
+ * stream. Never fails. */
+void proxy_worker_install(proxy_worker *w, proxy_gen *g);
 
 /* The worker's metric shard (read it from any thread; only the worker writes it). Never
  * fails. */

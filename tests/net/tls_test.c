@@ -32,13 +32,13 @@ static void test_alpn_select(void **state) {
 static void test_server_ctx_refusals(void **state) {
     SSL_CTX *ctx = NULL;
     ep_err err = {{0}};
-    net_tls_server_opts no_key = {"s.crt", NULL, NULL, false};
+    net_tls_server_opts no_key = {"s.crt", NULL, NULL, false, false};
     assert_int_equal(net_tls_server_ctx(&no_key, &ctx, &err), EP_ERR_CONFIG);
     assert_non_null(strstr(err.msg, "--key-file"));
-    net_tls_server_opts no_ca = {"s.crt", "s.key", NULL, true};
+    net_tls_server_opts no_ca = {"s.crt", "s.key", NULL, true, false};
     assert_int_equal(net_tls_server_ctx(&no_ca, &ctx, &err), EP_ERR_CONFIG);
     assert_non_null(strstr(err.msg, "--trusted-ca-file"));
-    net_tls_server_opts missing = {"/nonexistent/s.crt", "/nonexistent/s.key", NULL, false};
+    net_tls_server_opts missing = {"/nonexistent/s.crt", "/nonexistent/s.key", NULL, false, false};
     assert_int_equal(net_tls_server_ctx(&missing, &ctx, &err), EP_ERR_CONFIG);
     assert_non_null(strstr(err.msg, "/nonexistent/s.crt"));
     assert_null(ctx);
@@ -85,25 +85,78 @@ static void test_server_ctx_loads_pair(void **state) {
     snprintf(other, sizeof(other), "%s/b.key", dir);
     SSL_CTX *ctx = NULL;
     ep_err err = {{0}};
-    net_tls_server_opts good = {crt, key, crt, true};
+    net_tls_server_opts good = {crt, key, crt, true, false};
     assert_int_equal(net_tls_server_ctx(&good, &ctx, &err), 0);
     assert_int_equal(SSL_CTX_get_verify_mode(ctx),
                      SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT);
     SSL_CTX_free(ctx);
     ctx = NULL;
-    net_tls_server_opts mismatch = {crt, other, NULL, false};
+    net_tls_server_opts mismatch = {crt, other, NULL, false, false};
     assert_int_equal(net_tls_server_ctx(&mismatch, &ctx, &err), EP_ERR_CONFIG);
     assert_non_null(strstr(err.msg, other)); /* OpenSSL 3 refuses it on load already */
     snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
     assert_int_equal(system(cmd), 0);
 }
 
+static void make_pair(const char *dir, const char *name) {
+    char cmd[1024];
+    snprintf(cmd, sizeof(cmd),
+             "cd %s && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
+             "-keyout %s.key -out %s.crt -subj /CN=%s -days 1 >/dev/null 2>&1",
+             dir, name, name, name);
+    assert_int_equal(system(cmd), 0);
+}
+
+static char *subject_of(SSL_CTX *ctx) {
+    return X509_NAME_oneline(X509_get_subject_name(SSL_CTX_get0_certificate(ctx)), NULL, 0);
+}
+
+/* SIGHUP: the context presents the new pair to later connections; a bad file changes nothing. */
+static void test_reload_pair(void **state) {
+    char dir[] = "/tmp/ep-tls-reload-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    make_pair(dir, "old");
+    make_pair(dir, "new");
+    char oc[256], ok[256], nc[256], nk[256];
+    snprintf(oc, sizeof(oc), "%s/old.crt", dir);
+    snprintf(ok, sizeof(ok), "%s/old.key", dir);
+    snprintf(nc, sizeof(nc), "%s/new.crt", dir);
+    snprintf(nk, sizeof(nk), "%s/new.key", dir);
+    SSL_CTX *ctx = NULL;
+    ep_err err = {{0}};
+    net_tls_server_opts o = {oc, ok, NULL, false, false};
+    assert_int_equal(net_tls_server_ctx(&o, &ctx, &err), 0);
+    SSL *before = net_tls_server_ssl(ctx);
+    assert_int_equal(net_tls_reload_pair(ctx, "/nonexistent.crt", nk, &err), EP_ERR_CONFIG);
+    assert_non_null(strstr(err.msg, "/nonexistent.crt"));
+    assert_int_equal(net_tls_reload_pair(ctx, nc, ok, &err), EP_ERR_CONFIG); /* mismatch */
+    char *subject = subject_of(ctx);
+    assert_string_equal(subject, "/CN=old");
+    OPENSSL_free(subject);
+    assert_int_equal(net_tls_reload_pair(ctx, nc, nk, &err), 0);
+    subject = subject_of(ctx);
+    assert_string_equal(subject, "/CN=new");
+    OPENSSL_free(subject);
+    char *kept = X509_NAME_oneline(X509_get_subject_name(SSL_get_certificate(before)), NULL, 0);
+    assert_string_equal(kept, "/CN=old"); /* a connection in flight keeps its certificate */
+    OPENSSL_free(kept);
+    SSL *after = net_tls_server_ssl(ctx);
+    char *fresh = X509_NAME_oneline(X509_get_subject_name(SSL_get_certificate(after)), NULL, 0);
+    assert_string_equal(fresh, "/CN=new");
+    OPENSSL_free(fresh);
+    SSL_free(before);
+    SSL_free(after);
+    SSL_CTX_free(ctx);
+    char cmd[300];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_alpn_select),
-        cmocka_unit_test(test_server_ctx_refusals),
-        cmocka_unit_test(test_client_ctx),
-        cmocka_unit_test(test_server_ctx_loads_pair),
+        cmocka_unit_test(test_alpn_select), cmocka_unit_test(test_server_ctx_refusals),
+        cmocka_unit_test(test_client_ctx),  cmocka_unit_test(test_server_ctx_loads_pair),
+        cmocka_unit_test(test_reload_pair),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -175,7 +175,7 @@ static void client_close(client *c) {
 
 typedef struct {
     char config_path[64];
-    crypto_transformer_set *set;
+    proxy_config *config;
     upstream_endpoint etcd;
     proxy_worker_config cfg;
     proxy_worker *w;
@@ -192,12 +192,13 @@ static int fixture_setup(void **state) {
     assert_non_null(file);
     fputs(config_text, file);
     fclose(file);
-    assert_int_equal(crypto_transformer_set_load(f->config_path, NULL, &f->set, &err), 0);
+    assert_int_equal(proxy_config_load(f->config_path, NULL, &f->config, &err), 0);
     assert_int_equal(upstream_endpoint_parse("http://127.0.0.1:1", &f->etcd, &err), 0);
     f->cfg = (proxy_worker_config){
         .listen_host = "127.0.0.1",
         .listen_port = "0",
-        .env = {.set = f->set, .max_request_bytes = 1 << 20},
+        .config = f->config,
+        .env = {.max_request_bytes = 1 << 20},
         .endpoints = &f->etcd,
         .n_endpoints = 1,
         .drain_ms = 10000,
@@ -215,7 +216,7 @@ static int fixture_teardown(void **state) {
         close(f->etcd_fd);
     }
     upstream_endpoint_free(&f->etcd);
-    crypto_transformer_set_free(f->set);
+    proxy_config_unref(f->config);
     unlink(f->config_path);
     free(f);
     return 0;
