@@ -72,7 +72,8 @@ void proxy_config_unref(proxy_config *c) {
     }
 }
 
-int proxy_gen_new(struct event_base *base, proxy_config *c, proxy_gen **out, ep_err *err) {
+int proxy_gen_new(struct event_base *base, proxy_config *c, ep_metrics_shard *metrics,
+                  proxy_gen **out, ep_err *err) {
     proxy_gen *g = ep_calloc(1, sizeof(*g));
     if (g == NULL) {
         return ep_err_set(err, EP_ERR_NOMEM, "out of memory");
@@ -82,6 +83,7 @@ int proxy_gen_new(struct event_base *base, proxy_config *c, proxy_gen **out, ep_
         ep_free(g);
         return rv;
     }
+    kms_set_observe(g->kms, metrics);
     g->config = proxy_config_ref(c);
     g->refs = 1;
     *out = g;

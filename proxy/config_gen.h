@@ -50,10 +50,11 @@ int proxy_config_hash_file(const char *path, char out[PROXY_CONFIG_HASH_LEN], ep
 proxy_config *proxy_config_ref(proxy_config *c);
 void proxy_config_unref(proxy_config *c);
 
-/* A generation of |c| (one reference to it taken) with plugin clients on |base|. The returned
- * generation has one reference. Returns 0, EP_ERR_CONFIG (a plugin client could not be made)
- * or EP_ERR_NOMEM. */
-int proxy_gen_new(struct event_base *base, proxy_config *c, proxy_gen **out, ep_err *err);
+/* A generation of |c| (one reference to it taken) with plugin clients on |base| that count into
+ * |metrics| (may be NULL). The returned generation has one reference. Returns 0, EP_ERR_CONFIG
+ * (a plugin client could not be made) or EP_ERR_NOMEM. */
+int proxy_gen_new(struct event_base *base, proxy_config *c, ep_metrics_shard *metrics,
+                  proxy_gen **out, ep_err *err);
 
 /* Worker thread only. The last unref frees the plugin clients and drops the config reference.
  * Safe on NULL. */

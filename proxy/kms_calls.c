@@ -19,6 +19,7 @@
 #include "net/kms_v1beta1.pb-c.h"
 #include "net/kms_v2.pb-c.h"
 #include "proxy/kms_client_internal.h"
+#include "proxy/metrics.h"
 
 /* ---- requests ---- */
 
@@ -85,6 +86,8 @@ static void on_op_result(const grpc_call_result *r, void *arg) {
     kms_op *op = arg;
     op->gc = NULL;
     kms_client *c = op->client;
+    kmsc_observe(c, op->call->kind == CRYPTO_KMS_CALL_V1_WRAP ? "Encrypt" : "Decrypt", r->status,
+                 op->started_ns);
     if (r->status != GRPC_STATUS_OK) {
         if (c->api == 1) { /* v2 health is the poller's */
             c->health = -1;
@@ -117,6 +120,7 @@ static void op_send(kms_op *op) {
     }
     ep_err err = {{0}};
     int rv;
+    op->started_ns = proxy_metrics_now_ns();
     if (call->kind == CRYPTO_KMS_CALL_V1_DECRYPT) {
         V1beta1__DecryptRequest m = V1BETA1__DECRYPT_REQUEST__INIT;
         m.version = V1_VERSION;
@@ -153,6 +157,7 @@ static void op_send_v2(kms_op *op) {
             ptrs[i] = &entries[i];
         }
         V2__DecryptRequest m = V2__DECRYPT_REQUEST__INIT;
+        op->started_ns = proxy_metrics_now_ns();
         m.ciphertext = kmsc_pb_bytes(call->ciphertext);
         m.uid = uid;
         m.key_id = kmsc_pb_bytes(call->key_id);

@@ -45,6 +45,7 @@
 #include "net/kms_v1beta1.pb-c.h"
 #include "net/kms_v2.pb-c.h"
 #include "proxy/kms_client_internal.h"
+#include "proxy/metrics.h"
 
 _Atomic uint64_t kmsc_seed_encrypt_calls;
 
@@ -126,6 +127,22 @@ int kmsc_start_call(kms_client *c, const char *method, const ProtobufCMessage *m
     explicit_bzero(packed, len);
     ep_free(packed);
     return rv;
+}
+
+void kmsc_observe(const kms_client *c, const char *method, int status_code, uint64_t started_ns) {
+    if (c->set->metrics == NULL || c->api != 2) {
+        return;
+    }
+    char path[64];
+    snprintf(path, sizeof(path), "/v2.KeyManagementService/%s", method);
+    str labels[] = {str_cstr(kmsc_client_name(c)), str_cstr(path),
+                    str_cstr(grpc_status_go_name(status_code))};
+    ep_metrics_observe(c->set->metrics, PM_KMS_LATENCY, labels,
+                       proxy_metrics_now_ns() - started_ns);
+}
+
+void kms_set_observe(kms_set *s, ep_metrics_shard *metrics) {
+    s->metrics = metrics;
 }
 
 /* ---- the set ---- */

@@ -29,6 +29,7 @@
 #include <event2/event.h>
 
 #include "common/err.h"
+#include "common/metrics.h"
 #include "crypto/kms_provider.h"
 #include "crypto/transformer_set.h"
 
@@ -81,6 +82,10 @@ void kms_request_cancel(kms_request *req);
 /* One line per provider for logs and `check-config --probe`: name, api version, whether the
  * last Status/Version succeeded, key_id hash, state expiry. Never fails. */
 void kms_set_describe(const kms_set *s, FILE *f);
+
+/* Plugin call latencies and Status refusals are counted in |metrics| (the owning worker's;
+ * NULL: not counted). Never fails. */
+void kms_set_observe(kms_set *s, ep_metrics_shard *metrics);
 
 /* The providers of |s|, and the health of provider |i| as the set's own thread last saw it:
  * 1 healthy, -1 failing, 0 not contacted yet; |*name| and |*api| (1 or 2) describe it. Call on

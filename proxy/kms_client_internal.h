@@ -12,6 +12,7 @@
 #include <event2/event.h>
 #include <protobuf-c/protobuf-c.h>
 
+#include "common/metrics.h"
 #include "common/secret.h"
 #include "net/grpc_client.h"
 #include "proxy/kms_client.h"
@@ -35,6 +36,7 @@ struct kms_op {
     grpc_call *gc;
     int64_t deadline_ms;
     bool waiting_version;
+    uint64_t started_ns; /* for the latency metric */
     bool done;
     TAILQ_ENTRY(kms_op) link;
 };
@@ -73,6 +75,7 @@ struct kms_client {
     char last_error[EP_ERR_MSG_MAX];
     char key_id_hash[KEY_ID_HASH_LEN];
     int64_t state_until_ms;
+    uint64_t poll_started_ns; /* the running Status or Encrypt of the poller */
 };
 
 TAILQ_HEAD(request_list, kms_request);
@@ -90,12 +93,17 @@ struct kms_set {
     uint64_t ok_interval_ns;
     uint64_t retry_interval_ns;
     uint64_t validity_ns;
+    ep_metrics_shard *metrics; /* the worker's; NULL: not counted */
 };
 
 /* Encrypt calls of fresh seeds made by every poller (tests). */
 extern _Atomic uint64_t kmsc_seed_encrypt_calls;
 
 int64_t kmsc_now_ms(void);
+
+/* Counts one finished v2 plugin call in apiserver_envelope_encryption_kms_operations_latency_
+ * seconds (upstream records v2 only). Never fails. */
+void kmsc_observe(const kms_client *c, const char *method, int status_code, uint64_t started_ns);
 
 const char *kmsc_client_name(const kms_client *c);
 

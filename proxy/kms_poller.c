@@ -18,6 +18,7 @@
 #include "net/kms_v1beta1.pb-c.h"
 #include "net/kms_v2.pb-c.h"
 #include "proxy/kms_client_internal.h"
+#include "proxy/metrics.h"
 
 /* ---- v2 Status poller ---- */
 
@@ -89,6 +90,7 @@ static void on_seed_encrypted(const grpc_call_result *r, void *arg) {
     kms_client *c = arg;
     char reason[EP_ERR_MSG_MAX + 32];
     c->poll_call = NULL;
+    kmsc_observe(c, "Encrypt", r->status, c->poll_started_ns);
     if (r->status != GRPC_STATUS_OK) {
         snprintf(reason, sizeof(reason), "Encrypt: %s: %s", grpc_status_name(r->status),
                  r->message);
@@ -141,6 +143,7 @@ static void rotate(kms_client *c, str key_id) {
     m.plaintext = kmsc_pb_bytes(secret_str(&c->seed));
     m.uid = uid;
     atomic_fetch_add(&kmsc_seed_encrypt_calls, 1);
+    c->poll_started_ns = proxy_metrics_now_ns();
     if (kmsc_start_call(c, "Encrypt", &m.base, c->timeout_ns, on_seed_encrypted, c, &c->poll_call,
                         &err) != 0) {
         c->poll_call = NULL;
@@ -165,6 +168,11 @@ static bool status_healthy(kms_client *c, const V2__StatusResponse *m, char *rea
         return false;
     }
     if (m->key_id.len == 0 || m->key_id.len > CRYPTO_KMSV2_KEY_ID_MAX) {
+        if (c->set->metrics != NULL) {
+            str labels[] = {str_cstr(kmsc_client_name(c)),
+                            m->key_id.len == 0 ? STR_LIT("empty") : STR_LIT("too_long")};
+            ep_metrics_add(c->set->metrics, PM_INVALID_KEY_ID, labels, 1);
+        }
         snprintf(reason, len, "failed to validate key id: keyID is %s",
                  m->key_id.len == 0 ? "empty" : "longer than 1024 bytes");
         return false;
@@ -180,6 +188,7 @@ static void on_status(const grpc_call_result *r, void *arg) {
     kms_client *c = arg;
     char reason[EP_ERR_MSG_MAX + 32];
     c->poll_call = NULL;
+    kmsc_observe(c, "Status", r->status, c->poll_started_ns);
     if (r->status != GRPC_STATUS_OK) {
         snprintf(reason, sizeof(reason), "Status: %s: %s", grpc_status_name(r->status), r->message);
         poll_failed(c, reason);
@@ -209,6 +218,7 @@ void kmsc_on_poll(evutil_socket_t fd, short what, void *arg) {
     if (c->poll_call) {
         return; /* a cycle is still running */
     }
+    c->poll_started_ns = proxy_metrics_now_ns();
     if (kmsc_start_call(c, "Status", &m.base, c->timeout_ns, on_status, c, &c->poll_call, &err) !=
         0) {
         c->poll_call = NULL;

@@ -39,7 +39,8 @@ typedef struct {
 
 static void build_gen(proxy_worker *w, void *arg) {
     gen_build *b = arg;
-    b->rv = proxy_gen_new(proxy_worker_base(w), b->config, &b->gen, &b->err);
+    b->rv =
+        proxy_gen_new(proxy_worker_base(w), b->config, proxy_worker_metrics(w), &b->gen, &b->err);
 }
 
 static void install_gen(proxy_worker *w, void *arg) {

@@ -448,7 +448,7 @@ static int setup(proxy_worker *w, ep_err *err) {
     }
     w->cfg.env.metrics = w->metrics;
     w->call_ev = event_new(w->base, -1, 0, on_call, w);
-    int rv = w->call_ev ? proxy_gen_new(w->base, w->cfg.config, &w->gen, err)
+    int rv = w->call_ev ? proxy_gen_new(w->base, w->cfg.config, w->metrics, &w->gen, err)
                         : ep_err_set(err, EP_ERR_NOMEM, "out of memory");
     if (rv != 0) {
         return rv;
