@@ -46,6 +46,7 @@
 #define RESERVED_FDS 128 /* etcd and KMS connections, files, logs: never handed to clients */
 #define KMS_HEALTH_CHECK_MS 10000 /* how often worker 0 looks for health changes to log */
 #define RELOAD_DEBOUNCE_MS 500
+#define KEY_CHECK_MS 10000 /* how often the aesgcm write counts are looked at */
 
 /* ---- running ---- */
 
@@ -270,6 +271,7 @@ static void log_kms_health(server *sv) {
     if (len > 0 && (!sv->last_health || !same_health(text, sv->last_health))) {
         log_health(text);
         free(sv->last_health);
+        serve_key_warnings_free(sv);
         sv->last_health = text;
         return;
     }
@@ -388,7 +390,11 @@ static int wait_loop(server *sv, int sigfd, int inofd) {
     bool dirty = false;
     for (;;) {
         struct pollfd p[2] = {{sigfd, POLLIN, 0}, {inofd, POLLIN, 0}};
-        int n = poll(p, inofd >= 0 ? 2 : 1, dirty ? RELOAD_DEBOUNCE_MS : -1);
+        int n = poll(p, inofd >= 0 ? 2 : 1, dirty ? RELOAD_DEBOUNCE_MS : KEY_CHECK_MS);
+        if (n == 0 && !dirty) {
+            serve_check_key_writes(sv);
+            continue;
+        }
         if (n == 0 && dirty) { /* quiet for the debounce time: the swap is complete */
             dirty = false;
             serve_reload_config(sv, "a change of the file", false);

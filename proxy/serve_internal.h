@@ -35,8 +35,15 @@ typedef struct {
     pthread_mutex_t prime_lock;
     pthread_cond_t primed_cond;
     bool primed;
-    char *last_health; /* the last kms_set_describe output logged */
+    char *last_health;                /* the last kms_set_describe output logged */
+    struct key_warning *key_warnings; /* aesgcm keys near their write budget, warned so far */
+    size_t n_key_warnings;
 } server;
+
+/* Logs a warning when an aesgcm key nears or passes the 200,000 writes upstream allows it
+ * (counted since this process started). Runs on the main thread. Never fails. */
+void serve_check_key_writes(server *sv);
+void serve_key_warnings_free(server *sv);
 
 /* Starts the v2 pollers of |kms| on worker 0's loop (directly before its thread runs); then
  * serve_kms_wait waits until each had its first Status+Encrypt, or KMS_PRIME_WAIT_MS passed.
