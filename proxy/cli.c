@@ -14,6 +14,7 @@
  */
 #include "proxy/cli.h"
 
+#include <ctype.h>
 #include <event2/event.h>
 #include <getopt.h>
 #include <stdbool.h>
@@ -101,7 +102,7 @@ static const char decrypt_usage[] =
 /* Parses |argv| into |o|. Returns 0, or 2 after printing a usage error. */
 static int parse_options(int argc, char **argv, const char *usage, bool need_key, cli_options *o) {
     memset(o, 0, sizeof(*o));
-    optind = 1;
+    optind = 0; /* 0, not 1: glibc then also forgets a half-read bundle of short options */
     opterr = 0;
     int c;
     while ((c = getopt_long(argc, argv, "", long_options, NULL)) != -1) {
@@ -125,8 +126,12 @@ static int parse_options(int argc, char **argv, const char *usage, bool need_key
             o->help = true;
             break;
         default:
-            fprintf(stderr, "%s: unknown or incomplete option %s\n%s", argv[0], argv[optind - 1],
-                    usage);
+            if (optopt > 0 && optopt < 128 && isalnum(optopt)) { /* a short one, maybe in -xy */
+                fprintf(stderr, "%s: unknown or incomplete option -%c\n%s", argv[0], optopt, usage);
+            } else {
+                fprintf(stderr, "%s: unknown or incomplete option %s\n%s", argv[0],
+                        argv[optind - 1], usage);
+            }
             return 2;
         }
     }
@@ -189,19 +194,33 @@ typedef struct {
     struct event_base *base;
     kms_set *kms;
     struct event *give_up;
+    struct event *tick;
+    bool v2_priming; /* the v2 pollers have not all answered yet */
 } cli_kms;
 
 static void on_loop_done(void *arg) {
     event_base_loopbreak(arg);
 }
 
+static void on_v2_primed(void *arg) {
+    ((cli_kms *)arg)->v2_priming = false;
+}
+
+/* Ends the loop once the v2 pollers and the v1 Version probes all answered. */
+static void on_tick(evutil_socket_t fd, short what, void *arg) {
+    cli_kms *c = arg;
+    if (!c->v2_priming && !kms_set_probing(c->kms)) {
+        event_base_loopbreak(c->base);
+    }
+}
+
 static void on_give_up(evutil_socket_t fd, short what, void *arg) {
     event_base_loopbreak(arg);
 }
 
-/* Creates the plugin clients for |set| and, when |prime| and a v2 provider exists, runs the
- * loop until every v2 provider had its first Status + Encrypt (or CLI_PRIME_WAIT_S passed).
- * Returns 0 or EP_ERR_NOMEM / EP_ERR_CONFIG (message in |err|). */
+/* Creates the plugin clients for |set| and, when |prime|, runs the loop until every v2 provider
+ * had its first Status + Encrypt and every v1 plugin answered Version (or CLI_PRIME_WAIT_S
+ * passed). Returns 0 or EP_ERR_NOMEM / EP_ERR_CONFIG (message in |err|). */
 static int cli_kms_open(cli_kms *c, const crypto_transformer_set *set, bool prime, ep_err *err) {
     memset(c, 0, sizeof(*c));
     c->base = event_base_new();
@@ -209,17 +228,22 @@ static int cli_kms_open(cli_kms *c, const crypto_transformer_set *set, bool prim
         return ep_err_set(err, EP_ERR_NOMEM, "cannot create an event loop");
     }
     int rv = kms_set_new(c->base, set, &c->kms, err);
-    if (rv != 0 || !prime || !proxy_uses_kms(set, 2)) {
+    if (rv != 0 || !prime || !proxy_uses_kms(set, 0)) {
         return rv;
     }
-    struct timeval wait = {CLI_PRIME_WAIT_S, 0};
+    struct timeval wait = {CLI_PRIME_WAIT_S, 0}, every = {0, 20000};
     c->give_up = evtimer_new(c->base, on_give_up, c->base);
-    if (!c->give_up || evtimer_add(c->give_up, &wait) != 0 ||
-        kms_set_start_pollers(c->kms, on_loop_done, c->base) != 0) {
+    c->tick = event_new(c->base, -1, EV_PERSIST, on_tick, c);
+    c->v2_priming = proxy_uses_kms(set, 2);
+    if (!c->give_up || !c->tick || evtimer_add(c->give_up, &wait) != 0 ||
+        event_add(c->tick, &every) != 0 ||
+        (c->v2_priming && kms_set_start_pollers(c->kms, on_v2_primed, c) != 0)) {
         return ep_err_set(err, EP_ERR_NOMEM, "out of memory starting the KMS pollers");
     }
+    kms_set_probe_v1(c->kms);
     event_base_dispatch(c->base);
     evtimer_del(c->give_up);
+    event_del(c->tick);
     return 0;
 }
 
@@ -229,6 +253,9 @@ static void cli_kms_close(cli_kms *c) {
     }
     if (c->give_up) {
         event_free(c->give_up);
+    }
+    if (c->tick) {
+        event_free(c->tick);
     }
     if (c->base) {
         event_base_free(c->base);

@@ -240,11 +240,9 @@ static void on_version(const grpc_call_result *r, void *arg) {
     release_version_wait(c, code, msg);
 }
 
-/* Queues |op| behind the connection's Version call (started if needed). */
-static void wait_for_version(kms_op *op) {
-    kms_client *c = op->client;
-    op->waiting_version = true;
-    TAILQ_INSERT_TAIL(&c->version_wait, op, link);
+/* Starts a Version call on |c| unless one runs; its answer sets the health and releases the
+ * ops waiting for it. */
+static void start_version(kms_client *c) {
     if (c->version_call) {
         return;
     }
@@ -254,8 +252,35 @@ static void wait_for_version(kms_op *op) {
     if (kmsc_start_call(c, "Version", &m.base, c->timeout_ns, on_version, c, &c->version_call,
                         &err) != 0) {
         c->version_call = NULL;
+        c->health = -1;
+        snprintf(c->last_error, sizeof(c->last_error), "%s", err.msg);
         release_version_wait(c, GRPC_STATUS_INTERNAL, err.msg);
     }
+}
+
+/* Queues |op| behind the connection's Version call (started if needed). */
+static void wait_for_version(kms_op *op) {
+    kms_client *c = op->client;
+    op->waiting_version = true;
+    TAILQ_INSERT_TAIL(&c->version_wait, op, link);
+    start_version(c);
+}
+
+void kms_set_probe_v1(kms_set *s) {
+    for (size_t i = 0; i < s->nclients; i++) {
+        if (s->clients[i].api == 1) {
+            start_version(&s->clients[i]);
+        }
+    }
+}
+
+bool kms_set_probing(const kms_set *s) {
+    for (size_t i = 0; i < s->nclients; i++) {
+        if (s->clients[i].api == 1 && s->clients[i].version_call != NULL) {
+            return true;
+        }
+    }
+    return false;
 }
 
 static void op_start(kms_op *op) {

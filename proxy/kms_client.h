@@ -83,6 +83,14 @@ void kms_request_cancel(kms_request *req);
  * last Status/Version succeeded, key_id hash, state expiry. Never fails. */
 void kms_set_describe(const kms_set *s, FILE *f);
 
+/* Asks every v1 plugin for its Version (the v1 API's only health call), as kube-apiserver's
+ * kms-provider healthz checks it; the answers set what kms_set_health reports. Never fails
+ * (a call that cannot start marks the provider unhealthy). */
+void kms_set_probe_v1(kms_set *s);
+
+/* True while a probe's Version call runs. Never fails. */
+bool kms_set_probing(const kms_set *s);
+
 /* Plugin call latencies and Status refusals are counted in |metrics| (the owning worker's;
  * NULL: not counted). Never fails. */
 void kms_set_observe(kms_set *s, ep_metrics_shard *metrics);

@@ -278,8 +278,12 @@ static void log_kms_health(server *sv) {
     free(text);
 }
 
+/* Worker 0, every KMS_HEALTH_CHECK_MS: the v1 plugins are asked for their Version (v2 ones
+ * answer their poller's Status), and a change of health is logged. */
 static void on_health_check(void *arg) {
-    log_kms_health(arg);
+    server *sv = arg;
+    kms_set_probe_v1(proxy_worker_kms(sv->workers[0]));
+    log_kms_health(sv);
 }
 
 /* Worker 0: every v2 provider had its first Status+Encrypt attempt. */
@@ -332,9 +336,6 @@ bool serve_kms_wait(server *sv) {
 /* Starts the pollers of the first configuration, before the workers run. Returns 0 or
  * EP_ERR_NOMEM. */
 static int start_kms(server *sv, ep_err *err) {
-    if (proxy_worker_every(sv->workers[0], KMS_HEALTH_CHECK_MS, on_health_check, sv) != 0) {
-        return ep_err_set(err, EP_ERR_NOMEM, "out of memory starting the KMS pollers");
-    }
     return serve_kms_start(sv, sv->workers[0], proxy_worker_kms(sv->workers[0]), err);
 }
 
@@ -418,6 +419,11 @@ static int wait_loop(server *sv, int sigfd, int inofd) {
 static int run(server *sv, int sigfd) {
     ep_err err;
     bool kms = proxy_uses_kms(sv->config->set, 0);
+    /* Always: a reload may add KMS providers. */
+    if (proxy_worker_every(sv->workers[0], KMS_HEALTH_CHECK_MS, on_health_check, sv) != 0) {
+        ep_log(EP_LOG_ERROR, "out of memory starting the KMS health checks");
+        return 1;
+    }
     if (kms && start_kms(sv, &err) != 0) {
         ep_log(EP_LOG_ERROR, "%s", err.msg);
         return 1;

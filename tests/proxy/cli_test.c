@@ -192,6 +192,14 @@ static void test_usage_errors(void **state) {
         cli_decrypt_main,
         ARGV("decrypt", "-k", SECRET_KEY, "--encryption-provider-config", aesgcm_path),
         "decrypt: unknown or incomplete option -k\n"); /* no short options */
+    /* a bundle names its first bad letter, and leaves nothing behind for the next parse */
+    expect_usage_error(cli_check_config_main,
+                       ARGV("check-config", "-xy", "--encryption-provider-config", aesgcm_path),
+                       "check-config: unknown or incomplete option -x\n");
+    result ok = run(cli_check_config_main, "", 0,
+                    ARGV("check-config", "--encryption-provider-config", aesgcm_path));
+    assert_int_equal(ok.status, 0);
+    result_free(&ok);
     /* serve's flags are not the offline commands' */
     expect_usage_error(cli_check_config_main,
                        ARGV("check-config", "--encryption-provider-config", aesgcm_path,
@@ -254,6 +262,28 @@ static void test_probe_without_kms(void **state) {
     assert_int_equal(r.status, 0);
     assert_non_null(strstr(r.out, "no KMS providers\n"));
     result_free(&r);
+}
+
+/* A v1 plugin is asked for its Version: one that cannot be reached fails the probe too. */
+static void test_probe_unreachable_v1(void **state) {
+    char path[128];
+    snprintf(path, sizeof(path), "%s/kms-v1.yaml", dir);
+    write_file(path, "apiVersion: apiserver.config.k8s.io/v1\n"
+                     "kind: EncryptionConfiguration\n"
+                     "resources:\n"
+                     "  - resources: [secrets]\n"
+                     "    providers:\n"
+                     "      - kms:\n"
+                     "          name: old\n"
+                     "          endpoint: unix:///nonexistent/kms-v1.sock\n"
+                     "          timeout: 1s\n");
+    result r = run(cli_check_config_main, "", 0,
+                   ARGV("check-config", "--encryption-provider-config", path, "--probe"));
+    assert_int_equal(r.status, 1);
+    assert_non_null(strstr(r.out, "kms provider \"old\": api v1"));
+    assert_non_null(strstr(r.out, "unhealthy"));
+    result_free(&r);
+    unlink(path);
 }
 
 /* A v2 plugin that cannot be reached is reported unhealthy, and the probe exits 1. */
@@ -377,6 +407,7 @@ int main(void) {
         cmocka_unit_test(test_check_config_invalid),
         cmocka_unit_test(test_probe_without_kms),
         cmocka_unit_test(test_probe_unreachable_v2),
+        cmocka_unit_test(test_probe_unreachable_v1),
         cmocka_unit_test(test_round_trip),
         cmocka_unit_test(test_encrypt_uncovered_key),
         cmocka_unit_test(test_decrypt_refuses),
