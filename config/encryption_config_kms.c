@@ -5,6 +5,7 @@
  */
 #include <errno.h>
 #include <limits.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -147,15 +148,59 @@ static int decode_kms_endpoint(loader *ld, const config_yaml_node *n, config_kms
     return rv == EP_OK ? cfg_dup_string(ld, v, &kms->endpoint) : cfg_nomem(ld);
 }
 
-static int parse_int32(const config_yaml_node *v, int32_t *out) {
-    const char *s = v->value;
-    const char *digits = (*s == '-' || *s == '+') ? s + 1 : s;
-    if (v->type != CONFIG_YAML_INT || strspn(digits, "0123456789") != strlen(digits)) {
-        return EP_ERR_INVALID;
+/* The value of a digit in |base|, or -1. */
+static int digit_value(char c, int base) {
+    int d = c >= '0' && c <= '9'   ? c - '0'
+            : c >= 'a' && c <= 'f' ? c - 'a' + 10
+            : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                   : 99;
+    return d < base ? d : -1;
+}
+
+/* |s| in |base| into |*x|, the sign applied. Returns false for a stray digit or a value
+ * beyond int32. */
+static bool digits_in(const char *s, int base, bool negative, long long *x) {
+    *x = 0;
+    for (; *s != '\0'; s++) {
+        int d = digit_value(*s, base);
+        if (d < 0 || *x > ((long long)INT32_MAX + 1 - d) / base) {
+            return false;
+        }
+        *x = *x * base + d;
     }
-    errno = 0;
-    long long x = strtoll(s, NULL, 10);
-    if (errno != 0 || x < INT32_MIN || x > INT32_MAX) {
+    *x = negative ? -*x : *x;
+    return *x >= INT32_MIN && *x <= INT32_MAX;
+}
+
+/* An integer scalar as kube-apiserver reads it: go-yaml v2 drops every '_' and parses with Go's
+ * strconv.ParseInt(s, 0, 64) (so "010" is octal 8, "0x10" 16, "0o10" 8, "0b11" 3); what that
+ * refuses but reads as a float ("09") becomes the number 9 in the JSON the decoder sees, which
+ * then needs it to fit an int32. Returns 0 or EP_ERR_INVALID. */
+static int parse_int32(const config_yaml_node *v, int32_t *out) {
+    char plain[64];
+    size_t n = 0;
+    for (const char *p = v->value; *p != '\0' && n + 1 < sizeof(plain); p++) {
+        if (*p != '_') {
+            plain[n++] = *p;
+        }
+    }
+    plain[n] = '\0';
+    const char *s = plain;
+    bool negative = *s == '-';
+    s += *s == '-' || *s == '+';
+    int base = 10;
+    char x1 = s[0] == '0' ? s[1] : '\0';
+    if (x1 == 'x' || x1 == 'X' || x1 == 'o' || x1 == 'O' || x1 == 'b' || x1 == 'B') {
+        base = x1 == 'x' || x1 == 'X' ? 16 : x1 == 'o' || x1 == 'O' ? 8 : 2;
+        s += 2;
+    } else if (x1 != '\0') {
+        base = 8;
+    }
+    long long x;
+    bool ok = v->type == CONFIG_YAML_INT && *s != '\0' && strlen(v->value) < sizeof(plain) &&
+              (digits_in(s, base, negative, &x) ||
+               (base == 8 && x1 >= '0' && x1 <= '9' && digits_in(s, 10, negative, &x)));
+    if (!ok) {
         return EP_ERR_INVALID;
     }
     *out = (int32_t)x;
@@ -176,7 +221,7 @@ static int decode_kms_cachesize(loader *ld, const config_yaml_node *n, config_km
                         config_yaml_doc_type_name(v));
     }
     if (parse_int32(v, &kms->cachesize) != EP_OK) {
-        return cfg_fail(ld, v->mark, "cachesize must be a decimal 32-bit integer");
+        return cfg_fail(ld, v->mark, "cachesize must be a 32-bit integer");
     }
     if (kms->cachesize == 0) {
         return cfg_fail(ld, v->mark,

@@ -159,8 +159,16 @@ static void test_cachesize_values(void **state) {
                      "  - kms: {name: a, endpoint: 'unix:///a', cachesize: +7}\n"
                      "  - kms: {name: a, endpoint: 'unix:///a', cachesize: null}\n"
                      "  - kms: {name: a, endpoint: 'unix:///a', cachesize: 09}\n"
-                     "  - kms: {apiVersion: v2, name: v, endpoint: 'unix:///a', cachesize: ~}\n");
-    static const int32_t want[] = {1, -1, INT32_MAX, INT32_MIN, 7, 1000, 9, 0};
+                     "  - kms: {apiVersion: v2, name: v, endpoint: 'unix:///a', cachesize: ~}\n"
+                     /* go-yaml v2 reads these with Go's ParseInt(s, 0, 64), underscores gone */
+                     "  - kms: {name: a, endpoint: 'unix:///a', cachesize: 010}\n"
+                     "  - kms: {name: a, endpoint: 'unix:///a', cachesize: 0x10}\n"
+                     "  - kms: {name: a, endpoint: 'unix:///a', cachesize: 0o10}\n"
+                     "  - kms: {name: a, endpoint: 'unix:///a', cachesize: 0b11}\n"
+                     "  - kms: {name: a, endpoint: 'unix:///a', cachesize: 1_000}\n"
+                     "  - kms: {name: a, endpoint: 'unix:///a', cachesize: -0x10}\n");
+    static const int32_t want[] = {1, -1, INT32_MAX, INT32_MIN, 7, 1000, 9,
+                                   0, 8,  16,        8,         3, 1000, -16};
     for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
         assert_int_equal(kms_at(cfg, i)->cachesize, want[i]);
     }
@@ -617,22 +625,17 @@ static const invalid_case invalid_cases[] = {
      "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- "
      "resources: [secrets]\n  providers:\n  - kms: {name: a, endpoint: unix:///a, cachesize: "
      "2147483648}\n",
-     "t.yaml:6:52: resources[0].providers[0].kms: cachesize must be a decimal 32-bit integer"},
+     "t.yaml:6:52: resources[0].providers[0].kms: cachesize must be a 32-bit integer"},
     {"cachesize below int32",
      "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- "
      "resources: [secrets]\n  providers:\n  - kms: {name: a, endpoint: unix:///a, cachesize: "
      "-2147483649}\n",
-     "t.yaml:6:52: resources[0].providers[0].kms: cachesize must be a decimal 32-bit integer"},
+     "t.yaml:6:52: resources[0].providers[0].kms: cachesize must be a 32-bit integer"},
     {"cachesize far beyond int64",
      "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- "
      "resources: [secrets]\n  providers:\n  - kms: {name: a, endpoint: unix:///a, cachesize: "
      "99999999999999999999}\n",
-     "t.yaml:6:52: resources[0].providers[0].kms: cachesize must be a decimal 32-bit integer"},
-    {"cachesize hex",
-     "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- "
-     "resources: [secrets]\n  providers:\n  - kms: {name: a, endpoint: unix:///a, cachesize: "
-     "0x10}\n",
-     "t.yaml:6:52: resources[0].providers[0].kms: cachesize must be a decimal 32-bit integer"},
+     "t.yaml:6:52: resources[0].providers[0].kms: cachesize must be a 32-bit integer"},
     {"cachesize minus zero",
      "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- "
      "resources: [secrets]\n  providers:\n  - kms: {name: a, endpoint: unix:///a, cachesize: -0}\n",

@@ -454,7 +454,7 @@ static const invalid_case invalid_cases[] = {
      "t.yaml:6:52: resources[0].providers[0].kms: cachesize must be an integer, got a string"},
     {"kms cachesize beyond int32",
      RULE("secrets") "  - kms: {name: a, endpoint: unix:///a, cachesize: 3000000000}\n",
-     "t.yaml:6:52: resources[0].providers[0].kms: cachesize must be a decimal 32-bit integer"},
+     "t.yaml:6:52: resources[0].providers[0].kms: cachesize must be a 32-bit integer"},
     {"kms timeout 0s", RULE("secrets") "  - kms: {name: a, endpoint: unix:///a, timeout: 0s}\n",
      "t.yaml:6:50: resources[0].providers[0].kms: timeout must be greater than 0"},
     {"kms timeout negative",
