@@ -426,6 +426,9 @@ static size_t count_annotations(str body) {
 
 /* Sorts |entries| into |out| by key, keeping the last entry of each key. Returns the count. */
 static size_t dedupe_annotations(positioned *entries, size_t n, crypto_kmsv2_annotation *out) {
+    if (n == 0) {
+        return 0; /* |entries| may be NULL: qsort must not see it */
+    }
     qsort(entries, n, sizeof(*entries), compare_positioned);
     size_t kept = 0;
     for (size_t i = 0; i < n; i++) {

@@ -999,6 +999,7 @@ static void test_new_stream_refused(void **state) {
     c.down.refuse_user_data = true;
     assert_null(proxy_stream_new(&c.env, &c.conn, &c.up, 1));
     assert_true(TAILQ_EMPTY(&c.conn.streams));
+    ep_metrics_shard_free(c.metrics);
 }
 
 int main(void) {
