@@ -341,13 +341,18 @@ int ep_metrics_escape(buf *out, str v) {
 
 static int appendf(buf *out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static int appendf(buf *out, const char *fmt, ...) {
-    char tmp[256];
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
+    int n = vsnprintf(NULL, 0, fmt, ap); /* HELP texts run long: the whole line, never a cut */
     va_end(ap);
-    return n < 0 ? EP_ERR_INVALID
-                 : buf_append(out, tmp, (size_t)n < sizeof(tmp) ? (size_t)n : sizeof(tmp) - 1);
+    if (n < 0 || buf_reserve(out, (size_t)n + 1) != EP_OK) {
+        return EP_ERR_NOMEM;
+    }
+    va_start(ap, fmt);
+    vsnprintf((char *)out->data + out->len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    out->len += (size_t)n;
+    return EP_OK;
 }
 
 int ep_metrics_write_header(buf *out, const char *name, const char *help, ep_metric_type type) {

@@ -45,11 +45,27 @@ int proxy_config_load(const char *path, const char *etcd_prefix, proxy_config **
     if (c == NULL) {
         return ep_err_set(err, EP_ERR_NOMEM, "out of memory");
     }
+    /* The file is read twice (hash, then load): a swap in between would label one config
+     * with another's hash, so the hash is taken again after the load until both agree. */
     int rv = proxy_config_hash_file(path, c->hash, err);
-    if (rv == EP_OK) {
+    for (int tries = 0; rv == EP_OK; tries++) {
+        char after[PROXY_CONFIG_HASH_LEN];
         rv = crypto_transformer_set_load(path, etcd_prefix, &c->set, err);
+        if (rv == EP_OK) {
+            rv = proxy_config_hash_file(path, after, err);
+        }
+        if (rv != EP_OK || strcmp(after, c->hash) == 0) {
+            break;
+        }
+        crypto_transformer_set_free(c->set);
+        c->set = NULL;
+        memcpy(c->hash, after, sizeof(after));
+        if (tries == 3) {
+            rv = ep_err_set(err, EP_ERR_IO, "%s: changed while it was being read", path);
+        }
     }
     if (rv != EP_OK) {
+        crypto_transformer_set_free(c->set);
         ep_free(c);
         return rv;
     }

@@ -159,17 +159,23 @@ void serve_reload_config(server *sv, const char *why, bool force) {
 void serve_reload_tls(server *sv) {
     const proxy_serve_opts *o = &sv->opts;
     ep_err err = {{0}};
+    bool failed = false;
     if (sv->server_tls && net_tls_reload_pair(sv->server_tls, o->cert_file, o->key_file, &err)) {
         ep_log(EP_LOG_ERROR, "--cert-file/--key-file not reloaded, the old pair keeps serving: %s",
                err.msg);
+        failed = true;
     }
     if (sv->client_tls && net_tls_reload_pair(sv->client_tls, o->cert, o->key, &err) != 0) {
         ep_log(EP_LOG_ERROR, "--cert/--key not reloaded, the old pair keeps serving: %s", err.msg);
+        failed = true;
     }
     if (proxy_admin_reload_tls(sv->admin, &err) != 0) {
         ep_log(EP_LOG_ERROR, "metrics certificate not reloaded: %s", err.msg);
+        failed = true;
     }
-    ep_log(EP_LOG_INFO, "certificates reloaded: new connections present them");
+    if (!failed && (sv->server_tls || sv->client_tls || sv->admin)) {
+        ep_log(EP_LOG_INFO, "certificates reloaded: new connections present them");
+    }
 }
 
 int serve_watch_config(server *sv) {
