@@ -12,6 +12,7 @@ EP_DEBIAN_PACKAGES=(
     libp11-kit-dev softhsm2 opensc
     clang libclang-rt-14-dev valgrind util-linux
     podman buildah mmdebstrap runc systemd python3-yaml
+    prometheus python3-prometheus-client
 )
 
 ep_missing_packages() {
