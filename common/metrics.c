@@ -110,7 +110,11 @@ static size_t encode_labels(const str *labels, size_t n, uint8_t enc[MAX_LABEL_B
         }
         len += labels[i].len;
     }
-    return len == 0 ? 1 : len; /* a family without labels still has a (zero-byte) key */
+    if (len == 0) { /* a family without labels still has a key: one zero byte */
+        enc[0] = 0;
+        return 1;
+    }
+    return len;
 }
 
 static uint64_t hash_key(size_t family, const uint8_t *enc, size_t len) {

@@ -238,6 +238,7 @@ static int keyed_decrypt(const tr_provider *p, str etcd_key, str body, buf *out,
         if (rv == EP_ERR_NOMEM) {
             return rv;
         }
+        rs->key_name = k->name; /* the key that refused, for metrics */
         errors_add(&rs->errors, rv, rs->scratch.msg);
     }
     if (!matched) {
@@ -563,6 +564,7 @@ int crypto_transformer_decrypt(const crypto_transformer *t, str etcd_key, str st
         int mark_code = rs.errors.code; /* to roll back an empty-prefix entry's refusal */
         size_t mark_n = rs.errors.n, mark_len = rs.errors.len;
         rs.stale = false;
+        rs.key_name = "";
         int rv = p->kind->decrypt(p, etcd_key, str_skip(stored, p->prefix.len), out, &rs);
         if (rv == EP_OK) {
             fill_info(info, p, i, &rs);
@@ -577,7 +579,7 @@ int crypto_transformer_decrypt(const crypto_transformer *t, str etcd_key, str st
         }
         if (info != NULL && p->prefix.len > 0) { /* metrics name the provider that refused */
             info->provider = p->kind->name;
-            info->key_name = "";
+            info->key_name = rs.key_name; /* the inner key that refused; "" when none matched */
             info->prefix = (const char *)p->prefix.ptr;
         }
         if (p->prefix.len == 0) { /* an empty-prefix entry's refusal is not an error */

@@ -78,15 +78,15 @@ int crypto_transformer_encrypt(const crypto_transformer *t, str etcd_key, str pl
                                crypto_kms_pending *pending, ep_err *err);
 
 /* Decrypts |stored| read at |etcd_key| and appends the plaintext to |out|; fills |info| if not
- * NULL (on failure only its prefix is meaningful: the last provider that refused, or NULL when
- * no prefix matched). Returns 0, or on failure EP_ERR_AUTH (tampered, wrong key, moved to another
- * key under an AEAD provider), EP_ERR_INVALID (truncated or malformed), EP_ERR_NOMATCH (no provider
- * or key prefix matched), EP_ERR_NOMEM, EP_ERR_PROVIDER, EP_ERR_UNAVAILABLE (a kms plugin call it
- * needed failed, or |pending| is NULL); |err| then says which provider failed and why, in
- * kube-apiserver's words where it has them. EP_ERR_AGAIN: a kms provider needs plugin calls,
- * now in |pending|; the read walk stopped there (no later provider was tried) and the caller
- * must perform the calls and run the whole decrypt again. |out| may hold partial output on
- * failure: callers wipe it. */
+ * NULL (on failure: the last provider that refused, with the inner key that refused or "", or a
+ * NULL prefix when no prefix matched). Returns 0, or on failure EP_ERR_AUTH (tampered, wrong key,
+ * moved to another key under an AEAD provider), EP_ERR_INVALID (truncated or malformed),
+ * EP_ERR_NOMATCH (no provider or key prefix matched), EP_ERR_NOMEM, EP_ERR_PROVIDER,
+ * EP_ERR_UNAVAILABLE (a kms plugin call it needed failed, or |pending| is NULL); |err| then says
+ * which provider failed and why, in kube-apiserver's words where it has them. EP_ERR_AGAIN: a kms
+ * provider needs plugin calls, now in |pending|; the read walk stopped there (no later provider was
+ * tried) and the caller must perform the calls and run the whole decrypt again. |out| may hold
+ * partial output on failure: callers wipe it. */
 int crypto_transformer_decrypt(const crypto_transformer *t, str etcd_key, str stored, buf *out,
                                crypto_read_info *info, crypto_kms_pending *pending, ep_err *err);
 

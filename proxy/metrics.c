@@ -133,7 +133,13 @@ const ep_metric_family proxy_metric_families[PM_COUNT] = {
 };
 
 int proxy_metrics_new(ep_metrics_shard **out) {
-    return ep_metrics_shard_new(proxy_metric_families, PM_COUNT, SHARD_SERIES, out);
+    int rv = ep_metrics_shard_new(proxy_metric_families, PM_COUNT, SHARD_SERIES, out);
+    if (rv == EP_OK) { /* series without labels show 0 before anything happened */
+        ep_metrics_add(*out, PM_CACHE_MISSES, NULL, 0);
+        ep_metrics_gauge_add(*out, PM_STREAMS, NULL, 0);
+        ep_metrics_gauge_add(*out, PM_WATCHES, NULL, 0);
+    }
+    return rv;
 }
 
 uint64_t proxy_metrics_now_ns(void) {
@@ -197,10 +203,8 @@ void proxy_metrics_transformation(ep_metrics_shard *m, const crypto_transformer_
                  : !write && used.prefix[0] == '\0' ? STR_LIT("identity")
                                                     : str_cstr(used.prefix);
     record(m, resource, type, prefix, rv, elapsed_ns);
-    if (rv != EP_OK) {
-        return;
-    }
-    if (keyed_provider(used.provider) && used.key_name[0] != '\0') {
+    /* the nested key list records too, a refusal of a key that matched included */
+    if (used.prefix != NULL && keyed_provider(used.provider) && used.key_name[0] != '\0') {
         char key_prefix[300]; /* the nested key-level transformer's prefix: "<name>:" */
         size_t n = strlen(used.key_name);
         n = n < sizeof(key_prefix) - 2 ? n : sizeof(key_prefix) - 2;
@@ -208,7 +212,7 @@ void proxy_metrics_transformation(ep_metrics_shard *m, const crypto_transformer_
         key_prefix[n] = ':';
         record(m, resource, type, str_make(key_prefix, n + 1), rv, elapsed_ns);
     }
-    if (write) {
+    if (write && rv == EP_OK) {
         str w[] = {str_cstr(used.provider), str_cstr(used.key_name)};
         ep_metrics_add(m, PM_KEY_WRITES, w, 1);
     }

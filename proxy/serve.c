@@ -357,11 +357,23 @@ static void teardown(server *sv) {
     proxy_serve_opts_free(&sv->opts);
 }
 
-/* Reads what inotify queued (the names do not matter: any change re-hashes the file). */
-static void drain_inotify(int fd) {
+/* Reads what inotify queued. Returns true when an event names the config file, or an entry
+ * of Kubernetes' atomic writer ("..data", "..2026_12_01..."), which swaps the file under it;
+ * other files of the directory (a log, an editor's) do not count. */
+static bool drain_inotify(int fd, const char *config_path) {
+    const char *slash = strrchr(config_path, '/');
+    const char *base = slash ? slash + 1 : config_path;
     char events[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
-    while (read(fd, events, sizeof(events)) > 0) {
+    bool relevant = false;
+    ssize_t n;
+    while ((n = read(fd, events, sizeof(events))) > 0) {
+        for (char *p = events; p < events + n;) {
+            const struct inotify_event *e = (const struct inotify_event *)p;
+            relevant |= e->len == 0 || strcmp(e->name, base) == 0 || strncmp(e->name, "..", 2) == 0;
+            p += sizeof(*e) + e->len;
+        }
     }
+    return relevant;
 }
 
 /* Handles one signal. Returns the signal when it stops the proxy, else 0. */
@@ -401,8 +413,8 @@ static int wait_loop(server *sv, int sigfd, int inofd) {
             serve_reload_config(sv, "a change of the file", false);
             continue;
         }
-        if (n > 0 && inofd >= 0 && (p[1].revents & POLLIN)) {
-            drain_inotify(inofd);
+        if (n > 0 && inofd >= 0 && (p[1].revents & POLLIN) &&
+            drain_inotify(inofd, sv->opts.config_path)) {
             dirty = true;
         }
         struct signalfd_siginfo si;

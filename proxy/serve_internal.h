@@ -35,7 +35,8 @@ typedef struct {
     pthread_mutex_t prime_lock;
     pthread_cond_t primed_cond;
     bool primed;
-    char *last_health;                /* the last kms_set_describe output logged */
+    char *last_health;                       /* the last kms_set_describe output logged */
+    char failed_hash[PROXY_CONFIG_HASH_LEN]; /* the bytes the last failed reload refused */
     struct key_warning *key_warnings; /* aesgcm keys near their write budget, warned so far */
     size_t n_key_warnings;
 } server;

@@ -125,9 +125,13 @@ static int install(server *sv, proxy_config *c, proxy_gen *g0, ep_err *err) {
 void serve_reload_config(server *sv, const char *why, bool force) {
     ep_err err = {{0}};
     char hash[PROXY_CONFIG_HASH_LEN];
-    if (!force && proxy_config_hash_file(sv->opts.config_path, hash, &err) == 0 &&
-        strcmp(hash, sv->config->hash) == 0) {
-        return; /* touched, not changed */
+    if (proxy_config_hash_file(sv->opts.config_path, hash, &err) != 0) {
+        snprintf(hash, sizeof(hash), "unreadable");
+    }
+    /* Touched but not changed, or the same bytes a reload already refused: a file watch must
+     * not retry a broken file on every event in its directory (SIGHUP still does). */
+    if (!force && (strcmp(hash, sv->config->hash) == 0 || strcmp(hash, sv->failed_hash) == 0)) {
+        return;
     }
     proxy_config *c = NULL;
     int rv = proxy_config_load(sv->opts.config_path, sv->opts.etcd_prefix, &c, &err);
@@ -145,8 +149,10 @@ void serve_reload_config(server *sv, const char *why, bool force) {
                sv->config->hash, err.msg);
         count_reload(sv, false, NULL);
         proxy_config_unref(c);
+        memcpy(sv->failed_hash, hash, sizeof(hash));
         return;
     }
+    sv->failed_hash[0] = '\0';
     rv = install(sv, c, b.gen, &err);
     proxy_config *old = sv->config;
     sv->config = c;

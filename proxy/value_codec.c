@@ -59,8 +59,8 @@ static const void *bound_writer(void *ctx, str key) {
 /* Counts a finished transformation (a round that only recorded plugin calls is not one). */
 static void observe(value_codec *vc, const crypto_transformer *t, str key, bool write, int rv,
                     const crypto_read_info *info, uint64_t start_ns) {
-    if (vc->metrics == NULL) {
-        return;
+    if (vc->metrics == NULL || t == crypto_transformer_bare_identity()) {
+        return; /* no rule covers the key: kube-apiserver has no transformer to count there */
     }
     if (rv == EP_ERR_AGAIN) {
         if (!write) { /* the DEK was not cached: upstream's cache miss */
