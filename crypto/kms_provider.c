@@ -35,6 +35,7 @@
 #include <time.h>
 
 #include "common/alloc.h"
+#include "common/clock.h"
 #include "crypto/aesgcm.h"
 #include "crypto/dek_cache.h"
 #include "crypto/kms_provider_internal.h"
@@ -51,14 +52,8 @@
 
 /* ---- clock ---- */
 
-static uint64_t monotonic_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * NS_PER_SEC + (uint64_t)ts.tv_nsec;
-}
-
 void crypto_kms_provider_set_clock(crypto_kms_provider *p, uint64_t (*now_ns)(void)) {
-    p->now_ns = now_ns != NULL ? now_ns : monotonic_ns;
+    p->now_ns = now_ns != NULL ? now_ns : ep_clock_ns;
 }
 
 /* ---- provider lifetime and accessors ---- */
@@ -98,7 +93,7 @@ int crypto_kms_provider_new(const config_provider *cfg, crypto_kms_provider **ou
              "%s%s:", k->api_version == 2 ? CRYPTO_KMSV2_PREFIX : CRYPTO_KMSV1_PREFIX, k->name);
     p->api_version = k->api_version;
     p->timeout_ns = k->timeout_ns;
-    p->now_ns = monotonic_ns;
+    p->now_ns = ep_clock_ns;
     pthread_mutex_init(&p->state_lock, NULL);
     atomic_init(&p->current, NULL);
     *out = p;

@@ -31,6 +31,7 @@
 
 #include "common/alloc.h"
 #include "common/buf.h"
+#include "common/clock.h"
 #include "common/log.h"
 #include "net/grpc.h"
 #include "net/grpc_frame.h"
@@ -92,12 +93,6 @@ static const h2_settings client_settings = {
 static void log_event(const grpc_channel *ch, const char *what, const char *detail) {
     ep_log(EP_LOG_WARN, "%s (%s): %s%s%s", ch->log_name, ch->socket_path, what, detail ? ": " : "",
            detail ? detail : "");
-}
-
-static int64_t now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* ---- call lifetime ---- */
@@ -180,7 +175,7 @@ static nghttp2_nv make_nv(const char *name, const char *value) {
  * nghttp2 error (stream ids exhausted, no memory) with |c| on no list. */
 static int submit(grpc_channel *ch, grpc_call *c) {
     char timeout[GRPC_TIMEOUT_BUF_LEN];
-    int64_t left_ms = c->deadline_ms - now_ms();
+    int64_t left_ms = c->deadline_ms - ep_clock_ms();
     grpc_timeout_format((uint64_t)(left_ms > 1 ? left_ms : 1) * 1000000u, timeout);
     nghttp2_nv nva[] = {
         make_nv(":method", "POST"),
@@ -564,7 +559,7 @@ int grpc_call_start(grpc_channel *ch, const char *path, str request, uint64_t ti
     c->cb = cb;
     c->arg = arg;
     c->timeout_ns = timeout_ns;
-    c->deadline_ms = now_ms() + (int64_t)(timeout_ns / 1000000u);
+    c->deadline_ms = ep_clock_ms() + (int64_t)(timeout_ns / 1000000u);
     struct timeval tv = {(time_t)(timeout_ns / 1000000000u),
                          (suseconds_t)(timeout_ns % 1000000000u / 1000u)};
     event_add(c->deadline_ev, &tv);

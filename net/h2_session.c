@@ -36,6 +36,7 @@
 #include <openssl/ssl.h>
 
 #include "common/alloc.h"
+#include "common/clock.h"
 
 #define OUTPUT_LOW_WATER (64 * 1024)
 #define READS_PER_WAKE 4
@@ -157,17 +158,11 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint
                            str_make(value, valuelen), s->arg);
 }
 
-static int64_t now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 bool h2_session_penalize(h2_session *s, unsigned cost) {
     if (s->role != H2_ROLE_SERVER || s->calmed || s->closing) {
         return !s->calmed && !s->closing;
     }
-    int64_t now = now_ms();
+    int64_t now = ep_clock_ms();
     s->abuse_millitokens += (now - s->abuse_refilled_ms) * H2_ABUSE_PER_SEC;
     if (s->abuse_millitokens > (int64_t)H2_ABUSE_BURST * 1000) {
         s->abuse_millitokens = (int64_t)H2_ABUSE_BURST * 1000;
@@ -564,7 +559,7 @@ int h2_session_new(h2_session **out, struct bufferevent *bev, h2_role role, bool
     s->h = handler;
     s->arg = arg;
     s->abuse_millitokens = (int64_t)H2_ABUSE_BURST * 1000;
-    s->abuse_refilled_ms = now_ms();
+    s->abuse_refilled_ms = ep_clock_ms();
     s->flush_ev = event_new(bufferevent_get_base(bev), -1, 0, on_flush, s);
     if (!s->flush_ev || create_ng(s) != 0 || arm_handshake(s) != 0) {
         h2_session_free(s);

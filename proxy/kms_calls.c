@@ -113,7 +113,7 @@ static void on_op_result(const grpc_call_result *r, void *arg) {
 static void op_send(kms_op *op) {
     kms_client *c = op->client;
     crypto_kms_call *call = op->call;
-    int64_t left = op->deadline_ms - kmsc_now_ms();
+    int64_t left = op->deadline_ms - ep_clock_ms();
     uint64_t timeout_ns = (uint64_t)(left > 1 ? left : 1) * 1000000u;
     if (left >= (int64_t)(c->timeout_ns / 1000000u)) {
         timeout_ns = c->timeout_ns;
@@ -343,7 +343,7 @@ int kms_set_perform(kms_set *s, crypto_kms_pending *pending, kms_done_cb done, v
         request_free(req);
         return EP_ERR_NOMEM;
     }
-    int64_t start = kmsc_now_ms();
+    int64_t start = ep_clock_ms();
     req->outstanding = req->nops + 1; /* held until every op started: no early done */
     for (size_t i = 0; i < req->nops; i++) {
         kms_op *op = &req->ops[i];

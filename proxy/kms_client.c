@@ -37,6 +37,7 @@
 #include <protobuf-c/protobuf-c.h>
 
 #include "common/alloc.h"
+#include "common/clock.h"
 #include "common/log.h"
 #include "common/secret.h"
 #include "crypto/random.h"
@@ -54,12 +55,6 @@ uint64_t kms_set_encrypt_calls(void) {
 }
 
 /* ---- small helpers ---- */
-
-int64_t kmsc_now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 const char *kmsc_client_name(const kms_client *c) {
     return crypto_kms_provider_name(c->provider);
@@ -248,7 +243,7 @@ static void describe_client(const kms_client *c, FILE *f) {
         fprintf(f, "healthy");
     }
     if (c->api == 2 && c->key_id_hash[0]) {
-        int64_t left = c->state_until_ms - kmsc_now_ms();
+        int64_t left = c->state_until_ms - ep_clock_ms();
         fprintf(f, ", key_id %s, ", c->key_id_hash);
         if (left > 0) {
             fprintf(f, "write state valid for %llds", (long long)(left / 1000));

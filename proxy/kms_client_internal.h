@@ -12,6 +12,7 @@
 #include <event2/event.h>
 #include <protobuf-c/protobuf-c.h>
 
+#include "common/clock.h"
 #include "common/metrics.h"
 #include "common/secret.h"
 #include "net/grpc_client.h"
@@ -98,8 +99,6 @@ struct kms_set {
 
 /* Encrypt calls of fresh seeds made by every poller (tests). */
 extern _Atomic uint64_t kmsc_seed_encrypt_calls;
-
-int64_t kmsc_now_ms(void);
 
 /* Counts one finished v2 plugin call in apiserver_envelope_encryption_kms_operations_latency_
  * seconds (upstream records v2 only). Never fails. */

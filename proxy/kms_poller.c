@@ -68,7 +68,7 @@ static void poll_ok(kms_client *c, str key_id, bool new_state) {
     c->health = 1;
     c->last_error[0] = '\0';
     memcpy(c->key_id_hash, hash, sizeof(hash));
-    c->state_until_ms = kmsc_now_ms() + (int64_t)(c->set->validity_ns / 1000000u);
+    c->state_until_ms = ep_clock_ms() + (int64_t)(c->set->validity_ns / 1000000u);
     poll_schedule(c, c->set->ok_interval_ns);
     cycle_ended(c);
 }

@@ -142,12 +142,6 @@ int proxy_metrics_new(ep_metrics_shard **out) {
     return rv;
 }
 
-uint64_t proxy_metrics_now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 str proxy_metrics_resource(const crypto_transformer_set *set, str etcd_key, char *tmp, size_t cap) {
     size_t n = config_keymap_resource(crypto_transformer_set_keymap(set), etcd_key, tmp, cap);
     return str_make(tmp, n);

@@ -108,7 +108,7 @@ int64_t proxy_stream_remaining_ms(const proxy_stream *st) {
     if (st->deadline_ms < 0) {
         return -1;
     }
-    int64_t left = st->deadline_ms - proxy_now_ms();
+    int64_t left = st->deadline_ms - ep_clock_ms();
     return left > 0 ? left : 0;
 }
 

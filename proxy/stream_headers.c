@@ -133,7 +133,7 @@ int proxy_stream_on_request_header(proxy_stream *st, str name, str value) {
         uint64_t nanos;
         if (grpc_timeout_parse(value, &nanos, NULL) == 0) {
             uint64_t ms = nanos / 1000000 + (nanos % 1000000 != 0);
-            st->deadline_ms = proxy_now_ms() + (ms > INT32_MAX ? INT32_MAX : (int64_t)ms);
+            st->deadline_ms = ep_clock_ms() + (ms > INT32_MAX ? INT32_MAX : (int64_t)ms);
         }
         return 0; /* regenerated with the time left when submitted */
     }

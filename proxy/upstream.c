@@ -206,7 +206,7 @@ static void fail_streams_on(upstream *u, h2_session *h2, const char *reason) {
 
 static void expire_waiting(evutil_socket_t fd, short what, void *arg) {
     upstream *u = arg;
-    int64_t now = proxy_now_ms();
+    int64_t now = ep_clock_ms();
     upstream_link *l = TAILQ_FIRST(&u->waiting);
     while (l) {
         upstream_link *next = TAILQ_NEXT(l, entry);
@@ -243,7 +243,7 @@ void upstream_start(upstream *u, upstream_link *l, int64_t remaining_ms) {
     }
     int64_t wait = remaining_ms >= 0 && remaining_ms < MAX_WAIT_MS ? remaining_ms : MAX_WAIT_MS;
     l->state = UPSTREAM_LINK_WAITING;
-    l->wait_until_ms = proxy_now_ms() + wait;
+    l->wait_until_ms = ep_clock_ms() + wait;
     TAILQ_INSERT_TAIL(&u->waiting, l, entry);
     if (!event_pending(u->wait_ev, EV_TIMEOUT, NULL)) {
         struct timeval tick = {0, WAIT_TICK_MS * 1000};

@@ -28,6 +28,7 @@
 #include <event2/event.h>
 #include <openssl/ssl.h>
 
+#include "common/clock.h"
 #include "common/err.h"
 #include "common/metrics.h"
 #include "common/str.h"
@@ -88,14 +89,6 @@ typedef struct {
     char timeout[GRPC_TIMEOUT_BUF_LEN]; /* room for the grpc-timeout value */
     nghttp2_data_provider body;
 } upstream_request;
-
-/* Monotonic clock in milliseconds (streams' deadlines, upstream waits, worker logs). Never
- * fails. */
-static inline int64_t proxy_now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* Creates the manager and starts connecting. Returns 0 or EP_ERR_NOMEM. */
 int upstream_new(upstream **out, struct event_base *base, const upstream_config *cfg, ep_err *err);

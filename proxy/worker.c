@@ -79,7 +79,7 @@ static const h2_session_handler down_handler;
 /* Logs one refusal (connection or stream turned away, accept failing) unless one was logged
  * in the last LOG_EVERY_MS; the line then counts those in between. */
 static void log_refusal(proxy_worker *w, const char *what) {
-    int64_t now = proxy_now_ms();
+    int64_t now = ep_clock_ms();
     w->refusals++;
     if (w->refusal_logged_ms != 0 && now - w->refusal_logged_ms < LOG_EVERY_MS) {
         return;
