@@ -54,6 +54,7 @@ static uint64_t load(const _Atomic uint64_t *v) {
 int ep_metrics_shard_new(const ep_metric_family *families, size_t nfamilies, size_t capacity,
                          ep_metrics_shard **out) {
     size_t index_size = 16;
+    capacity += EP_METRICS_RESERVE;
     while (index_size < 2 * capacity) {
         index_size *= 2;
     }
@@ -159,7 +160,9 @@ static series *find(ep_metrics_shard *s, size_t family, const str *labels) {
     for (size_t i = h & s->index_mask;; i = (i + 1) & s->index_mask) {
         uint32_t slot = s->index[i];
         if (slot == 0) {
-            series *e = count < s->capacity ? make_series(s, family, h, enc, len) : NULL;
+            size_t room =
+                s->families[family].reserved ? s->capacity : s->capacity - EP_METRICS_RESERVE;
+            series *e = count < room ? make_series(s, family, h, enc, len) : NULL;
             if (e == NULL) {
                 bump(&s->dropped, 1);
                 return NULL;

@@ -10,13 +10,15 @@
  * (version 0.0.4). So a request pays a hash of its label values and a few stores into memory its
  * own thread owns, however many threads scrape or serve.
  *
- * A shard holds at most |capacity| series. Label values can come from what clients send (an
- * etcd key names a resource), so a full shard drops new series and counts them instead of
- * growing: memory stays bounded whatever the peers do.
+ * A shard holds at most |capacity| series, plus EP_METRICS_RESERVE for families marked
+ * |reserved|. Label values can come from what clients send (an etcd key names a resource), so
+ * a full shard drops new series and counts them instead of growing: memory stays bounded
+ * whatever the peers do, and the series health checks read are never the ones dropped.
  */
 #ifndef EP_COMMON_METRICS_H
 #define EP_COMMON_METRICS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -31,6 +33,7 @@ typedef enum {
 
 #define EP_METRIC_MAX_LABELS 4
 #define EP_METRIC_MAX_BUCKETS 32
+#define EP_METRICS_RESERVE 256
 
 /* One metric family. Histogram buckets are start * factor^i for i < nbuckets (upper bounds, as
  * client_golang's ExponentialBuckets), plus +Inf. */
@@ -42,6 +45,8 @@ typedef struct {
     double bucket_start;
     double bucket_factor;
     size_t nbuckets;
+    bool reserved; /* label values come from the process, never from peers: held in a reserve
+                    * that series with peer-chosen labels cannot fill (health reads them) */
 } ep_metric_family;
 
 typedef struct ep_metrics_shard ep_metrics_shard;

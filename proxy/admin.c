@@ -309,7 +309,9 @@ static void reply(struct evhttp_request *req, int status, const char *type, cons
         evhttp_send_error(req, 500, "out of memory");
         return;
     }
-    evbuffer_add(b, body->data, body->len);
+    if (evhttp_request_get_command(req) != EVHTTP_REQ_HEAD) { /* HEAD: headers only */
+        evbuffer_add(b, body->data, body->len);
+    }
     evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", type);
     evhttp_add_header(evhttp_request_get_output_headers(req), "Cache-Control", "no-store");
     const char *phrase = status == 200 ? "OK" : status == 404 ? "Not Found" : "Service Unavailable";

@@ -55,7 +55,8 @@ int proxy_admin_start(proxy_admin **out, const char *urls, const char *cert_file
  * 0 or EP_ERR_CONFIG naming the file (the old certificate keeps serving). */
 int proxy_admin_reload_tls(proxy_admin *a, ep_err *err);
 
-/* Stops the thread and releases everything. Safe on NULL. */
+/* Stops the thread and releases everything (the process must have called
+ * evthread_use_pthreads(), as serve does, for the stop to reach the thread). Safe on NULL. */
 void proxy_admin_stop(proxy_admin *a);
 
 /* The body and status /readyz (|live| false) or /livez (true) would answer: 200 or 503. |check|

@@ -14,13 +14,14 @@
 
 #define S(lit) STR_LIT(lit)
 
-enum { REQUESTS, IN_FLIGHT, DURATION, PLAIN, NFAMILIES };
+enum { REQUESTS, IN_FLIGHT, DURATION, PLAIN, HEALTH, NFAMILIES };
 
 static const ep_metric_family families[] = {
-    {"t_requests_total", "Requests.", EP_METRIC_COUNTER, {"method", "code"}, 0, 0, 0},
-    {"t_in_flight", "Streams open.", EP_METRIC_GAUGE, {NULL}, 0, 0, 0},
-    {"t_duration_seconds", "Durations.", EP_METRIC_HISTOGRAM, {"method"}, 0.001, 10, 3},
-    {"t_plain_total", "No labels.", EP_METRIC_COUNTER, {NULL}, 0, 0, 0},
+    {"t_requests_total", "Requests.", EP_METRIC_COUNTER, {"method", "code"}, 0, 0, 0, false},
+    {"t_in_flight", "Streams open.", EP_METRIC_GAUGE, {NULL}, 0, 0, 0, false},
+    {"t_duration_seconds", "Durations.", EP_METRIC_HISTOGRAM, {"method"}, 0.001, 10, 3, false},
+    {"t_plain_total", "No labels.", EP_METRIC_COUNTER, {NULL}, 0, 0, 0, false},
+    {"t_healthy", "Health.", EP_METRIC_GAUGE, {"check"}, 0, 0, 0, true},
 };
 
 static ep_metrics_shard *shard(size_t capacity) {
@@ -108,6 +109,14 @@ static void test_full_shard_drops_and_counts(void **state) {
     str huge[] = {str_make(big, sizeof(big)), S("OK")};
     ep_metrics_add(s, REQUESTS, huge, 1); /* too long to key: dropped, not truncated */
     assert_int_equal(ep_metrics_dropped(&s, 1), 97);
+    /* what health checks read is held in the reserve, however full the rest is */
+    str check[] = {S("etcd")};
+    ep_metrics_gauge_set(s, HEALTH, check, 1);
+    assert_int_equal(ep_metrics_value(&s, 1, HEALTH, check), 1);
+    for (int i = 0; i < 1000; i++) {
+        ep_metrics_add(s, REQUESTS, huge, 1);
+    }
+    assert_int_equal(ep_metrics_dropped(&s, 1), 1097);
     ep_metrics_shard_free(s);
 }
 
