@@ -20,7 +20,8 @@
 
 #define MAX_LABEL_BYTES 512
 
-typedef struct {
+struct ep_metrics_series {
+    const ep_metric_family *fam;
     size_t family;
     uint64_t hash;
     size_t labels_len;
@@ -28,7 +29,8 @@ typedef struct {
     _Atomic uint64_t value;     /* counter, gauge (int64 bits) */
     _Atomic uint64_t sum_ns;    /* histogram */
     _Atomic uint64_t buckets[]; /* histogram: per bucket (not cumulative), the last is +Inf */
-} series;
+};
+typedef struct ep_metrics_series series;
 
 struct ep_metrics_shard {
     const ep_metric_family *families;
@@ -138,6 +140,7 @@ static series *make_series(ep_metrics_shard *s, size_t family, uint64_t hash, co
         return NULL;
     }
     memcpy(copy, enc, len);
+    e->fam = f;
     e->family = family;
     e->hash = hash;
     e->labels = copy;
@@ -203,6 +206,13 @@ void ep_metrics_gauge_set(ep_metrics_shard *s, size_t family, const str *labels,
 
 /* The bucket of |ns|: the first upper bound at or above it, else +Inf (index nbuckets). */
 static size_t bucket_of(const ep_metric_family *f, uint64_t ns) {
+    if (f->bucket_factor == 2 && f->bucket_start * 1e9 >= 1) {
+        /* doubling bounds: the bucket is ceil(log2(ns / start)), no float loop per value */
+        uint64_t start = (uint64_t)(f->bucket_start * 1e9 + 0.5);
+        uint64_t r = ns / start + (ns % start != 0);
+        size_t i = r <= 1 ? 0 : (size_t)(64 - __builtin_clzll(r - 1));
+        return i < f->nbuckets ? i : f->nbuckets;
+    }
     double bound = f->bucket_start * 1e9, v = (double)ns;
     for (size_t i = 0; i < f->nbuckets; i++, bound *= f->bucket_factor) {
         if (v <= bound) {
@@ -210,6 +220,23 @@ static size_t bucket_of(const ep_metric_family *f, uint64_t ns) {
         }
     }
     return f->nbuckets;
+}
+
+ep_metrics_series *ep_metrics_series_of(ep_metrics_shard *s, size_t family, const str *labels) {
+    return find(s, family, labels);
+}
+
+void ep_metrics_series_add(ep_metrics_series *e, uint64_t n) {
+    if (e != NULL) {
+        bump(&e->value, n);
+    }
+}
+
+void ep_metrics_series_observe(ep_metrics_series *e, uint64_t ns) {
+    if (e != NULL && e->fam->type == EP_METRIC_HISTOGRAM) {
+        bump(&e->buckets[bucket_of(e->fam, ns)], 1);
+        bump(&e->sum_ns, ns);
+    }
 }
 
 void ep_metrics_observe(ep_metrics_shard *s, size_t family, const str *labels, uint64_t ns) {

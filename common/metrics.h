@@ -67,6 +67,14 @@ void ep_metrics_gauge_add(ep_metrics_shard *s, size_t family, const str *labels,
 void ep_metrics_gauge_set(ep_metrics_shard *s, size_t family, const str *labels, int64_t value);
 void ep_metrics_observe(ep_metrics_shard *s, size_t family, const str *labels, uint64_t ns);
 
+/* A handle on one series, for a path that records into the same series again and again
+ * (found once, then no hash per update). NULL when it could not be held (counted as dropped);
+ * the calls below accept NULL. Owner thread only; valid as long as the shard. */
+typedef struct ep_metrics_series ep_metrics_series;
+ep_metrics_series *ep_metrics_series_of(ep_metrics_shard *s, size_t family, const str *labels);
+void ep_metrics_series_add(ep_metrics_series *e, uint64_t n); /* counters; gauges: (uint64_t)d */
+void ep_metrics_series_observe(ep_metrics_series *e, uint64_t ns);
+
 /* Any thread: the sum over |shards| of the counter or gauge |family| with |labels| (0 when
  * absent). Never fails. */
 int64_t ep_metrics_value(ep_metrics_shard *const *shards, size_t n, size_t family,

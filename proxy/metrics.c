@@ -174,25 +174,65 @@ static bool keyed_provider(const char *provider) {
            strcmp(provider, "secretbox") == 0;
 }
 
-/* One operations sample, and on success its duration. */
-static void record(ep_metrics_shard *m, str resource, str type, str prefix, int rv,
-                   uint64_t elapsed_ns) {
-    str ops[] = {resource, type, prefix, status_of(rv)};
-    ep_metrics_add(m, PM_TRANSFORM_OPS, ops, 1);
-    if (rv == EP_OK) {
-        str d[] = {type, prefix};
-        ep_metrics_observe(m, PM_TRANSFORM_DURATION, d, elapsed_ns);
+/* The part of |etcd_key| the resource label depends on: the path prefix and the next two
+ * segments ("/registry/secrets/ns/", "/registry/example.com/widgets/"). Empty when it does not
+ * fit the cache (then nothing is cached). */
+static str key_head(const crypto_transformer_set *set, str etcd_key) {
+    const char *prefix = config_keymap_path_prefix(crypto_transformer_set_keymap(set));
+    size_t at = strlen(prefix), slashes = 0;
+    if (!str_has_prefix(etcd_key, str_cstr(prefix))) {
+        at = 0;
+    }
+    while (at < etcd_key.len && slashes < 2) {
+        slashes += etcd_key.ptr[at++] == '/';
+    }
+    return at <= PROXY_METRICS_HEAD_MAX ? str_make(etcd_key.ptr, at) : str_make(NULL, 0);
+}
+
+static bool cache_hit(const proxy_metrics_cache *c, const crypto_transformer *t, bool write, int rv,
+                      const crypto_read_info *used, str head) {
+    return c != NULL && c->valid && c->t == t && c->write == write && c->rv == rv &&
+           c->prefix == used->prefix && c->key_name == used->key_name && head.len > 0 &&
+           head.len == c->head_len && memcmp(head.ptr, c->head, head.len) == 0;
+}
+
+/* Finds the series one transformation updates. */
+static void find_series(ep_metrics_shard *m, const crypto_transformer_set *set, str etcd_key,
+                        bool write, int rv, const crypto_read_info *used, proxy_metrics_cache *c) {
+    char tmp[128];
+    str resource = proxy_metrics_resource(set, etcd_key, tmp, sizeof(tmp));
+    str type = write ? STR_LIT("to_storage") : STR_LIT("from_storage");
+    str prefix = used->prefix == NULL                ? STR_LIT("unknown")
+                 : !write && used->prefix[0] == '\0' ? STR_LIT("identity")
+                                                     : str_cstr(used->prefix);
+    str ops[] = {resource, type, prefix, status_of(rv)}, dur[] = {type, prefix};
+    c->ops = ep_metrics_series_of(m, PM_TRANSFORM_OPS, ops);
+    c->dur = rv == EP_OK ? ep_metrics_series_of(m, PM_TRANSFORM_DURATION, dur) : NULL;
+    c->ops_key = c->dur_key = c->writes = NULL;
+    /* the nested key list records too, a refusal of a key that matched included */
+    if (used->prefix != NULL && keyed_provider(used->provider) && used->key_name[0] != '\0') {
+        char key_prefix[300]; /* the nested key-level transformer's prefix: "<name>:" */
+        size_t n = strlen(used->key_name);
+        n = n < sizeof(key_prefix) - 2 ? n : sizeof(key_prefix) - 2;
+        memcpy(key_prefix, used->key_name, n);
+        key_prefix[n] = ':';
+        ops[2] = dur[1] = str_make(key_prefix, n + 1);
+        c->ops_key = ep_metrics_series_of(m, PM_TRANSFORM_OPS, ops);
+        c->dur_key = rv == EP_OK ? ep_metrics_series_of(m, PM_TRANSFORM_DURATION, dur) : NULL;
+    }
+    if (write && rv == EP_OK) {
+        str w[] = {str_cstr(used->provider), str_cstr(used->key_name)};
+        c->writes = ep_metrics_series_of(m, PM_KEY_WRITES, w);
     }
 }
 
-void proxy_metrics_transformation(ep_metrics_shard *m, const crypto_transformer_set *set,
-                                  const crypto_transformer *t, str etcd_key, bool write, int rv,
-                                  const crypto_read_info *info, uint64_t elapsed_ns) {
+void proxy_metrics_transformation(ep_metrics_shard *m, proxy_metrics_cache *cache,
+                                  const crypto_transformer_set *set, const crypto_transformer *t,
+                                  str etcd_key, bool write, int rv, const crypto_read_info *info,
+                                  uint64_t elapsed_ns) {
     if (m == NULL) {
         return;
     }
-    char tmp[128];
-    str resource = proxy_metrics_resource(set, etcd_key, tmp, sizeof(tmp));
     crypto_read_info used;
     if (write) {
         crypto_transformer_write_info(t, &used);
@@ -200,25 +240,25 @@ void proxy_metrics_transformation(ep_metrics_shard *m, const crypto_transformer_
         used = *info;
     } else {
         used.prefix = NULL;
+        used.provider = used.key_name = "";
     }
-    str type = write ? STR_LIT("to_storage") : STR_LIT("from_storage");
-    str prefix = used.prefix == NULL                ? STR_LIT("unknown")
-                 : !write && used.prefix[0] == '\0' ? STR_LIT("identity")
-                                                    : str_cstr(used.prefix);
-    record(m, resource, type, prefix, rv, elapsed_ns);
-    /* the nested key list records too, a refusal of a key that matched included */
-    if (used.prefix != NULL && keyed_provider(used.provider) && used.key_name[0] != '\0') {
-        char key_prefix[300]; /* the nested key-level transformer's prefix: "<name>:" */
-        size_t n = strlen(used.key_name);
-        n = n < sizeof(key_prefix) - 2 ? n : sizeof(key_prefix) - 2;
-        memcpy(key_prefix, used.key_name, n);
-        key_prefix[n] = ':';
-        record(m, resource, type, str_make(key_prefix, n + 1), rv, elapsed_ns);
+    str head = key_head(set, etcd_key);
+    proxy_metrics_cache local;
+    proxy_metrics_cache *c = cache != NULL ? cache : &local;
+    if (!cache_hit(cache, t, write, rv, &used, head)) {
+        find_series(m, set, etcd_key, write, rv, &used, c);
+        *c = (proxy_metrics_cache){
+            c->ops,        c->ops_key, c->dur, c->dur_key,   c->writes, t,  used.prefix,
+            used.key_name, rv,         write,  head.len > 0, head.len,  {0}};
+        if (head.len > 0) {
+            memcpy(c->head, head.ptr, head.len);
+        }
     }
-    if (write && rv == EP_OK) {
-        str w[] = {str_cstr(used.provider), str_cstr(used.key_name)};
-        ep_metrics_add(m, PM_KEY_WRITES, w, 1);
-    }
+    ep_metrics_series_add(c->ops, 1);
+    ep_metrics_series_add(c->ops_key, 1);
+    ep_metrics_series_observe(c->dur, elapsed_ns);
+    ep_metrics_series_observe(c->dur_key, elapsed_ns);
+    ep_metrics_series_add(c->writes, 1);
 }
 
 /* The methods etcd serves (spec 6.1): any other path a client sends counts as "other", so a
@@ -294,4 +334,20 @@ void proxy_metrics_request(ep_metrics_shard *m, str method, int code, uint64_t e
     str labels[] = {path, str_cstr(grpc_status_go_name(code))};
     ep_metrics_add(m, PM_REQUESTS, labels, 1);
     ep_metrics_observe(m, PM_REQUEST_DURATION, &path, elapsed_ns);
+}
+
+void proxy_metrics_calls_init(ep_metrics_shard *m, proxy_metrics_calls *out) {
+    memset(out, 0, sizeof(*out));
+    if (m == NULL) {
+        return;
+    }
+    for (int client = 0; client < 2; client++) {
+        for (int received = 0; received < 2; received++) {
+            str labels[] = {client ? STR_LIT("client") : STR_LIT("etcd"),
+                            received ? STR_LIT("received") : STR_LIT("sent")};
+            out->bytes[client][received] = ep_metrics_series_of(m, PM_BYTES, labels);
+        }
+    }
+    out->streams = ep_metrics_series_of(m, PM_STREAMS, NULL);
+    out->watches = ep_metrics_series_of(m, PM_WATCHES, NULL);
 }

@@ -48,14 +48,42 @@ int proxy_metrics_new(ep_metrics_shard **out);
  * key names none. Never fails. */
 str proxy_metrics_resource(const crypto_transformer_set *set, str etcd_key, char *tmp, size_t cap);
 
+#define PROXY_METRICS_HEAD_MAX 128
+
+/* The series every call of a worker updates, found once per worker. */
+typedef struct {
+    ep_metrics_series *bytes[2][2]; /* [client][received] */
+    ep_metrics_series *streams, *watches;
+} proxy_metrics_calls;
+
+/* Fills |out| from the worker's shard |m|. Never fails (a series that cannot be held stays
+ * NULL, which the update calls ignore). */
+void proxy_metrics_calls_init(ep_metrics_shard *m, proxy_metrics_calls *out);
+
+/* The series the last transformation of one codec updated: a LIST or a watch reads value after
+ * value of one resource through one provider, so the next value usually updates the same ones
+ * without hashing a label. Owner thread only; zero it to start. */
+typedef struct {
+    ep_metrics_series *ops, *ops_key, *dur, *dur_key, *writes;
+    const crypto_transformer *t;
+    const char *prefix, *key_name;
+    int rv;
+    bool write;
+    bool valid;
+    size_t head_len;
+    uint8_t head[PROXY_METRICS_HEAD_MAX];
+} proxy_metrics_cache;
+
 /* One to_storage (|write|) or from_storage transformation of a value at |etcd_key|, as
  * kube-apiserver's RecordTransformation: the operations counter with the chain's prefix (and
  * the key-level "<name>:" sample for aes and secretbox), the duration histogram on success,
- * and for writes the per-key write counter. |info| is what a successful read used (NULL for
- * writes and failures); |rv| the crypto result. Never fails. */
-void proxy_metrics_transformation(ep_metrics_shard *m, const crypto_transformer_set *set,
-                                  const crypto_transformer *t, str etcd_key, bool write, int rv,
-                                  const crypto_read_info *info, uint64_t elapsed_ns);
+ * and for writes the per-key write counter. |info| is what the read used (NULL for writes);
+ * |rv| the crypto result; |cache| (may be NULL) remembers the series for the next call. Never
+ * fails. */
+void proxy_metrics_transformation(ep_metrics_shard *m, proxy_metrics_cache *cache,
+                                  const crypto_transformer_set *set, const crypto_transformer *t,
+                                  str etcd_key, bool write, int rv, const crypto_read_info *info,
+                                  uint64_t elapsed_ns);
 
 /* One finished client call: its gRPC |method| path (bounded: unknown paths count as "other"),
  * status |code| and duration. Never fails. */

@@ -44,6 +44,7 @@ typedef struct {
     kms_set *kms;              /* this worker's KMS plugin clients; NULL: values never wait */
     proxy_gen *gen;            /* what set and kms belong to; NULL: not counted (tests) */
     ep_metrics_shard *metrics; /* this worker's; NULL: nothing is counted */
+    proxy_metrics_calls calls; /* its series every call updates */
     size_t max_request_bytes;  /* larger request messages: RESOURCE_EXHAUSTED */
 } proxy_stream_env;
 

@@ -141,9 +141,9 @@ void proxy_stream_count_call(proxy_stream *st, int delta) {
         return;
     }
     uint64_t now = proxy_metrics_now_ns();
-    ep_metrics_gauge_add(m, PM_STREAMS, NULL, delta);
+    ep_metrics_series_add(st->env->calls.streams, (uint64_t)(int64_t)delta);
     if (st->method == ETCD_METHOD_WATCH) {
-        ep_metrics_gauge_add(m, PM_WATCHES, NULL, delta);
+        ep_metrics_series_add(st->env->calls.watches, (uint64_t)(int64_t)delta);
     }
     if (delta > 0) {
         st->started_ns = now;
@@ -155,9 +155,5 @@ void proxy_stream_count_call(proxy_stream *st, int delta) {
 }
 
 void proxy_stream_count_bytes(proxy_stream *st, bool client, bool received, size_t n) {
-    if (st->env->metrics != NULL && n > 0) {
-        str labels[] = {client ? STR_LIT("client") : STR_LIT("etcd"),
-                        received ? STR_LIT("received") : STR_LIT("sent")};
-        ep_metrics_add(st->env->metrics, PM_BYTES, labels, n);
-    }
+    ep_metrics_series_add(st->env->calls.bytes[client][received], n);
 }

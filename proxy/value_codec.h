@@ -18,6 +18,7 @@
 #include "crypto/kms_provider.h"
 #include "crypto/transformer_set.h"
 #include "proxy/etcd_msg.h"
+#include "proxy/metrics.h"
 
 /* A codec with a place to record plugin calls. |codec.ctx| points at the struct itself, so it
  * must not be copied or moved after value_codec_bind. */
@@ -27,6 +28,7 @@ typedef struct {
     crypto_kms_pending *pending; /* NULL: a miss fails (EP_ERR_UNAVAILABLE), never EP_ERR_AGAIN */
     bool last_attempt;         /* the calls were performed already: a miss is EP_ERR_UNAVAILABLE */
     ep_metrics_shard *metrics; /* where transformations are counted; NULL: not counted */
+    proxy_metrics_cache cache; /* the series the last value updated */
 } value_codec;
 
 /* Fills |codec| so that it encrypts and decrypts with the transformers of |set|, which must

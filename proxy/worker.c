@@ -447,6 +447,7 @@ static int setup(proxy_worker *w, ep_err *err) {
         return ep_err_set(err, EP_ERR_NOMEM, "out of memory");
     }
     w->cfg.env.metrics = w->metrics;
+    proxy_metrics_calls_init(w->metrics, &w->cfg.env.calls);
     w->call_ev = event_new(w->base, -1, 0, on_call, w);
     int rv = w->call_ev ? proxy_gen_new(w->base, w->cfg.config, w->metrics, &w->gen, err)
                         : ep_err_set(err, EP_ERR_NOMEM, "out of memory");

@@ -80,6 +80,27 @@ static void test_histogram_buckets_are_cumulative(void **state) {
     ep_metrics_shard_free(s);
 }
 
+/* kube-apiserver's doubling layout (5e-6 s x 2^i): each bound is the top of its bucket. */
+static void test_doubling_buckets(void **state) {
+    static const ep_metric_family fam[] = {
+        {"t_d", "D.", EP_METRIC_HISTOGRAM, {NULL}, 5e-6, 2, 4, false},
+    };
+    ep_metrics_shard *s = NULL;
+    assert_int_equal(ep_metrics_shard_new(fam, 1, 8, &s), EP_OK);
+    static const uint64_t ns[] = {1, 5000, 5001, 10000, 10001, 20000, 40000, 40001, 1000000000};
+    for (size_t i = 0; i < sizeof(ns) / sizeof(ns[0]); i++) {
+        ep_metrics_observe(s, 0, NULL, ns[i]);
+    }
+    char *text = text_of(&s, 1);
+    assert_non_null(strstr(text, "t_d_bucket{le=\"5e-06\"} 2\n"
+                                 "t_d_bucket{le=\"1e-05\"} 4\n"
+                                 "t_d_bucket{le=\"2e-05\"} 6\n"
+                                 "t_d_bucket{le=\"4e-05\"} 7\n"
+                                 "t_d_bucket{le=\"+Inf\"} 9\n"));
+    ep_free(text);
+    ep_metrics_shard_free(s);
+}
+
 static void test_label_values_are_escaped(void **state) {
     ep_metrics_shard *s = shard(8);
     str odd[] = {S("a\"b\\c\nd"), S("")};
@@ -204,6 +225,7 @@ int main(void) {
         cmocka_unit_test(test_sums_shards_and_writes_text),
         cmocka_unit_test(test_histogram_buckets_are_cumulative),
         cmocka_unit_test(test_label_values_are_escaped),
+        cmocka_unit_test(test_doubling_buckets),
         cmocka_unit_test(test_full_shard_drops_and_counts),
         cmocka_unit_test(test_each_visits_summed_series),
         cmocka_unit_test(test_scrape_while_writing),

@@ -168,7 +168,7 @@ static void test_resource_label(void **state) {
  * the key. Nothing else. */
 static void test_write_aesgcm(void **state) {
     ep_metrics_shard *m = *state;
-    proxy_metrics_transformation(m, set, at(SECRET), S(SECRET), true, EP_OK, NULL, 2000000);
+    proxy_metrics_transformation(m, NULL, set, at(SECRET), S(SECRET), true, EP_OK, NULL, 2000000);
     assert_int_equal(ops(m, "secrets", "to_storage", AESGCM, "OK"), 1);
     assert_int_equal(ops(m, "secrets", "to_storage", "k1:", "OK"), 1);
     assert_int_equal(series(m, PM_TRANSFORM_OPS), 2);
@@ -185,7 +185,7 @@ static void test_write_aesgcm(void **state) {
                           "transformation_type=\"to_storage\",transformer_prefix=\"k1:\"} 1\n");
     ep_free(text);
     /* counts add up */
-    proxy_metrics_transformation(m, set, at(SECRET), S(SECRET), true, EP_OK, NULL, 1000);
+    proxy_metrics_transformation(m, NULL, set, at(SECRET), S(SECRET), true, EP_OK, NULL, 1000);
     assert_int_equal(ops(m, "secrets", "to_storage", AESGCM, "OK"), 2);
     assert_int_equal(writes(m, "aesgcm", "k1"), 2);
 }
@@ -193,8 +193,10 @@ static void test_write_aesgcm(void **state) {
 /* aescbc and secretbox have the key-level sample too, under their own resource. */
 static void test_write_aescbc_and_secretbox(void **state) {
     ep_metrics_shard *m = *state;
-    proxy_metrics_transformation(m, set, at(CONFIGMAP), S(CONFIGMAP), true, EP_OK, NULL, 1000);
-    proxy_metrics_transformation(m, set, at(DEPLOYMENT), S(DEPLOYMENT), true, EP_OK, NULL, 1000);
+    proxy_metrics_transformation(m, NULL, set, at(CONFIGMAP), S(CONFIGMAP), true, EP_OK, NULL,
+                                 1000);
+    proxy_metrics_transformation(m, NULL, set, at(DEPLOYMENT), S(DEPLOYMENT), true, EP_OK, NULL,
+                                 1000);
     assert_int_equal(ops(m, "configmaps", "to_storage", "k8s:enc:aescbc:v1:", "OK"), 1);
     assert_int_equal(ops(m, "configmaps", "to_storage", "c1:", "OK"), 1);
     assert_int_equal(ops(m, "deployments.apps", "to_storage", "k8s:enc:secretbox:v1:", "OK"), 1);
@@ -207,7 +209,7 @@ static void test_write_aescbc_and_secretbox(void **state) {
 /* kms has no key-level transformer: one sample; its writes count under the provider name. */
 static void test_write_kms(void **state) {
     ep_metrics_shard *m = *state;
-    proxy_metrics_transformation(m, set, at(EVENT), S(EVENT), true, EP_OK, NULL, 1000);
+    proxy_metrics_transformation(m, NULL, set, at(EVENT), S(EVENT), true, EP_OK, NULL, 1000);
     assert_int_equal(ops(m, "events", "to_storage", KMS_P, "OK"), 1);
     assert_int_equal(ops(m, "events", "to_storage", "p:", "OK"), 0);
     assert_int_equal(series(m, PM_TRANSFORM_OPS), 1);
@@ -218,7 +220,7 @@ static void test_write_kms(void **state) {
  * and no key-level sample. */
 static void test_write_identity(void **state) {
     ep_metrics_shard *m = *state;
-    proxy_metrics_transformation(m, set, at(POD), S(POD), true, EP_OK, NULL, 1000);
+    proxy_metrics_transformation(m, NULL, set, at(POD), S(POD), true, EP_OK, NULL, 1000);
     assert_int_equal(ops(m, "pods", "to_storage", "", "OK"), 1);
     assert_int_equal(series(m, PM_TRANSFORM_OPS), 1);
     assert_int_equal(writes(m, "identity", ""), 1);
@@ -228,9 +230,12 @@ static void test_write_identity(void **state) {
  * (kube-apiserver's key-level transformer does), kms has none; no duration, no write counted. */
 static void test_write_failures(void **state) {
     ep_metrics_shard *m = *state;
-    proxy_metrics_transformation(m, set, at(EVENT), S(EVENT), true, EP_ERR_UNAVAILABLE, NULL, 1000);
-    proxy_metrics_transformation(m, set, at(SECRET), S(SECRET), true, EP_ERR_PROVIDER, NULL, 1000);
-    proxy_metrics_transformation(m, set, at(SECRET), S(SECRET), true, EP_ERR_NOMEM, NULL, 1000);
+    proxy_metrics_transformation(m, NULL, set, at(EVENT), S(EVENT), true, EP_ERR_UNAVAILABLE, NULL,
+                                 1000);
+    proxy_metrics_transformation(m, NULL, set, at(SECRET), S(SECRET), true, EP_ERR_PROVIDER, NULL,
+                                 1000);
+    proxy_metrics_transformation(m, NULL, set, at(SECRET), S(SECRET), true, EP_ERR_NOMEM, NULL,
+                                 1000);
     assert_int_equal(ops(m, "events", "to_storage", KMS_P, "Unavailable"), 1);
     assert_int_equal(ops(m, "events", "to_storage", "p:", "Unavailable"), 0);
     assert_int_equal(ops(m, "secrets", "to_storage", AESGCM, "unknown-non-grpc"), 2);
@@ -251,7 +256,7 @@ static void test_read_aesgcm(void **state) {
     ep_metrics_shard *m = *state;
     crypto_read_info info = read_back(SECRET);
     assert_string_equal(info.prefix, AESGCM);
-    proxy_metrics_transformation(m, set, at(SECRET), S(SECRET), false, EP_OK, &info, 1000);
+    proxy_metrics_transformation(m, NULL, set, at(SECRET), S(SECRET), false, EP_OK, &info, 1000);
     assert_int_equal(ops(m, "secrets", "from_storage", AESGCM, "OK"), 1);
     assert_int_equal(ops(m, "secrets", "from_storage", "k1:", "OK"), 1);
     assert_int_equal(series(m, PM_TRANSFORM_OPS), 2);
@@ -268,7 +273,7 @@ static void test_read_identity(void **state) {
     ep_metrics_shard *m = *state;
     crypto_read_info info = read_back(POD);
     assert_string_equal(info.prefix, "");
-    proxy_metrics_transformation(m, set, at(POD), S(POD), false, EP_OK, &info, 1000);
+    proxy_metrics_transformation(m, NULL, set, at(POD), S(POD), false, EP_OK, &info, 1000);
     assert_int_equal(ops(m, "pods", "from_storage", "identity", "OK"), 1);
     assert_int_equal(ops(m, "pods", "from_storage", "", "OK"), 0);
     assert_int_equal(series(m, PM_TRANSFORM_OPS), 1);
@@ -278,7 +283,7 @@ static void test_read_identity(void **state) {
 static void test_read_kms(void **state) {
     ep_metrics_shard *m = *state;
     crypto_read_info info = {false, "kms", "p", KMS_P};
-    proxy_metrics_transformation(m, set, at(EVENT), S(EVENT), false, EP_OK, &info, 1000);
+    proxy_metrics_transformation(m, NULL, set, at(EVENT), S(EVENT), false, EP_OK, &info, 1000);
     assert_int_equal(ops(m, "events", "from_storage", KMS_P, "OK"), 1);
     assert_int_equal(series(m, PM_TRANSFORM_OPS), 1);
     assert_int_equal(series(m, PM_KEY_WRITES), 0);
@@ -289,9 +294,11 @@ static void test_read_kms(void **state) {
  * and the key that refused when one matched. No duration either way. */
 static void test_read_failures(void **state) {
     ep_metrics_shard *m = *state;
-    proxy_metrics_transformation(m, set, at(SECRET), S(SECRET), false, EP_ERR_NOMATCH, NULL, 1000);
+    proxy_metrics_transformation(m, NULL, set, at(SECRET), S(SECRET), false, EP_ERR_NOMATCH, NULL,
+                                 1000);
     crypto_read_info none = {false, "aesgcm", "k1", NULL};
-    proxy_metrics_transformation(m, set, at(SECRET), S(SECRET), false, EP_ERR_NOMATCH, &none, 1000);
+    proxy_metrics_transformation(m, NULL, set, at(SECRET), S(SECRET), false, EP_ERR_NOMATCH, &none,
+                                 1000);
     assert_int_equal(ops(m, "secrets", "from_storage", "unknown", "unknown-non-grpc"), 2);
     assert_int_equal(series(m, PM_TRANSFORM_OPS), 1);
 
@@ -306,7 +313,7 @@ static void test_read_failures(void **state) {
     int rv = crypto_transformer_decrypt(at(SECRET), S(SECRET), buf_str(&stored), &plain, &info,
                                         NULL, &err);
     assert_int_equal(rv, EP_ERR_AUTH);
-    proxy_metrics_transformation(m, set, at(SECRET), S(SECRET), false, rv, &info, 1000);
+    proxy_metrics_transformation(m, NULL, set, at(SECRET), S(SECRET), false, rv, &info, 1000);
     assert_int_equal(ops(m, "secrets", "from_storage", AESGCM, "unknown-non-grpc"), 1);
     assert_int_equal(ops(m, "secrets", "from_storage", "k1:", "unknown-non-grpc"), 1);
 
@@ -317,13 +324,14 @@ static void test_read_failures(void **state) {
     assert_int_not_equal(rv, EP_OK);
     assert_int_not_equal(rv, EP_ERR_UNAVAILABLE);
     assert_string_equal(info.key_name, "");
-    proxy_metrics_transformation(m, set, at(SECRET), S(SECRET), false, rv, &info, 1000);
+    proxy_metrics_transformation(m, NULL, set, at(SECRET), S(SECRET), false, rv, &info, 1000);
     assert_int_equal(ops(m, "secrets", "from_storage", AESGCM, "unknown-non-grpc"), 2);
     assert_int_equal(ops(m, "secrets", "from_storage", "k1:", "unknown-non-grpc"), 1);
     assert_int_equal(ops(m, "secrets", "from_storage", "zz:", "unknown-non-grpc"), 0);
 
     crypto_read_info kms = {false, "kms", "p", KMS_P};
-    proxy_metrics_transformation(m, set, at(EVENT), S(EVENT), false, EP_ERR_UNAVAILABLE, &kms, 1);
+    proxy_metrics_transformation(m, NULL, set, at(EVENT), S(EVENT), false, EP_ERR_UNAVAILABLE, &kms,
+                                 1);
     assert_int_equal(ops(m, "events", "from_storage", KMS_P, "Unavailable"), 1);
     assert_int_equal(series(m, PM_TRANSFORM_OPS), 4);
     assert_int_equal(series(m, PM_TRANSFORM_DURATION), 0);
@@ -336,11 +344,11 @@ static void test_read_failures(void **state) {
 static void test_uncovered_keys(void **state) {
     ep_metrics_shard *m = *state;
     const char *lease = "/registry/leases/kube-system/l1";
-    proxy_metrics_transformation(m, set, at(lease), str_cstr(lease), true, EP_OK, NULL, 1000);
+    proxy_metrics_transformation(m, NULL, set, at(lease), str_cstr(lease), true, EP_OK, NULL, 1000);
     assert_int_equal(ops(m, "leases.coordination.k8s.io", "to_storage", "", "OK"), 1);
-    proxy_metrics_transformation(m, set, at("/x"), S("/x"), true, EP_OK, NULL, 1000);
+    proxy_metrics_transformation(m, NULL, set, at("/x"), S("/x"), true, EP_OK, NULL, 1000);
     assert_int_equal(ops(m, "", "to_storage", "", "OK"), 1);
-    proxy_metrics_transformation(NULL, set, at(SECRET), S(SECRET), true, EP_OK, NULL, 1);
+    proxy_metrics_transformation(NULL, NULL, set, at(SECRET), S(SECRET), true, EP_OK, NULL, 1);
     assert_int_equal(series(m, PM_TRANSFORM_OPS), 2);
 }
 
@@ -420,6 +428,41 @@ static void test_now_is_monotonic(void **state) {
 
 #define T(fn) cmocka_unit_test_setup_teardown(fn, new_shard, free_shard)
 
+/* The per-codec cache changes nothing the shard holds: a sequence of values of several
+ * resources, directions and outcomes, recorded with and without it, gives the same text. */
+static void test_cache_gives_the_same_series(void **state) {
+    ep_metrics_shard *plain = NULL, *cached = NULL;
+    assert_int_equal(proxy_metrics_new(&plain), EP_OK);
+    assert_int_equal(proxy_metrics_new(&cached), EP_OK);
+    proxy_metrics_cache cache;
+    memset(&cache, 0, sizeof(cache));
+    static const char *const keys[] = {SECRET,     SECRET, "/registry/secrets/kube-system/s2",
+                                       CONFIGMAP,  SECRET, DEPLOYMENT,
+                                       DEPLOYMENT, EVENT};
+    static const int outcomes[] = {EP_OK, EP_OK, EP_ERR_AUTH, EP_OK, EP_ERR_UNAVAILABLE};
+    for (int round = 0; round < 40; round++) {
+        const char *key = keys[round % 8];
+        bool write = round % 3 == 0;
+        int rv = outcomes[round % 5];
+        crypto_read_info info;
+        crypto_transformer_write_info(at(key), &info);
+        for (int k = 0; k < 2; k++) {
+            proxy_metrics_transformation(k ? cached : plain, k ? &cache : NULL, set, at(key),
+                                         str_cstr(key), write, rv, write ? NULL : &info,
+                                         1000 + (uint64_t)round);
+        }
+    }
+    buf a = BUF_INIT, b = BUF_INIT;
+    assert_int_equal(ep_metrics_write(&plain, 1, &a), EP_OK);
+    assert_int_equal(ep_metrics_write(&cached, 1, &b), EP_OK);
+    assert_int_equal(a.len, b.len);
+    assert_memory_equal(a.data, b.data, a.len);
+    buf_free(&a);
+    buf_free(&b);
+    ep_metrics_shard_free(plain);
+    ep_metrics_shard_free(cached);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_resource_label),
@@ -436,6 +479,7 @@ int main(void) {
         T(test_request_methods_and_codes),
         T(test_family_table),
         cmocka_unit_test(test_now_is_monotonic),
+        cmocka_unit_test(test_cache_gives_the_same_series),
     };
     return cmocka_run_group_tests(tests, load_set, free_set);
 }

@@ -393,6 +393,7 @@ static void call_init(call *c, bool with_kms) {
                                 .kms = with_kms ? (kms_set *)&plugin : NULL,
                                 .metrics = c->metrics,
                                 .max_request_bytes = 1 << 20};
+    proxy_metrics_calls_init(c->metrics, &c->env.calls);
     c->conn.h2 = &c->down;
     TAILQ_INIT(&c->conn.streams);
     memset(&plugin, 0, sizeof(plugin));
