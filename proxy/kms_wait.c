@@ -17,8 +17,10 @@ void proxy_kms_wait_init(proxy_kms_wait *w, const crypto_transformer_set *set, k
 
 void proxy_kms_wait_rebind(proxy_kms_wait *w, const crypto_transformer_set *set, kms_set *kms) {
     ep_metrics_shard *metrics = w->vc.metrics;
+    proxy_metrics_calls *calls = w->vc.calls;
     value_codec_bind(&w->vc, set, kms ? &w->pending : NULL);
     w->vc.metrics = metrics;
+    w->vc.calls = calls;
 }
 
 void proxy_kms_wait_stop(proxy_kms_wait *w) {

@@ -263,77 +263,100 @@ void proxy_metrics_transformation(ep_metrics_shard *m, proxy_metrics_cache *cach
 
 /* The methods etcd serves (spec 6.1): any other path a client sends counts as "other", so a
  * client cannot mint series. */
-static const char *const known_methods[] = {
-    "/etcdserverpb.KV/Range",
-    "/etcdserverpb.KV/RangeStream",
-    "/etcdserverpb.KV/Put",
-    "/etcdserverpb.KV/DeleteRange",
-    "/etcdserverpb.KV/Txn",
-    "/etcdserverpb.KV/Compact",
-    "/etcdserverpb.Watch/Watch",
-    "/etcdserverpb.Lease/LeaseGrant",
-    "/etcdserverpb.Lease/LeaseRevoke",
-    "/etcdserverpb.Lease/LeaseKeepAlive",
-    "/etcdserverpb.Lease/LeaseTimeToLive",
-    "/etcdserverpb.Lease/LeaseLeases",
-    "/etcdserverpb.Cluster/MemberAdd",
-    "/etcdserverpb.Cluster/MemberRemove",
-    "/etcdserverpb.Cluster/MemberUpdate",
-    "/etcdserverpb.Cluster/MemberList",
-    "/etcdserverpb.Cluster/MemberPromote",
-    "/etcdserverpb.Maintenance/Alarm",
-    "/etcdserverpb.Maintenance/Status",
-    "/etcdserverpb.Maintenance/Defragment",
-    "/etcdserverpb.Maintenance/Hash",
-    "/etcdserverpb.Maintenance/HashKV",
-    "/etcdserverpb.Maintenance/Snapshot",
-    "/etcdserverpb.Maintenance/MoveLeader",
-    "/etcdserverpb.Maintenance/Downgrade",
-    "/etcdserverpb.Auth/AuthEnable",
-    "/etcdserverpb.Auth/AuthDisable",
-    "/etcdserverpb.Auth/AuthStatus",
-    "/etcdserverpb.Auth/Authenticate",
-    "/etcdserverpb.Auth/UserAdd",
-    "/etcdserverpb.Auth/UserGet",
-    "/etcdserverpb.Auth/UserList",
-    "/etcdserverpb.Auth/UserDelete",
-    "/etcdserverpb.Auth/UserChangePassword",
-    "/etcdserverpb.Auth/UserGrantRole",
-    "/etcdserverpb.Auth/UserRevokeRole",
-    "/etcdserverpb.Auth/RoleAdd",
-    "/etcdserverpb.Auth/RoleGet",
-    "/etcdserverpb.Auth/RoleList",
-    "/etcdserverpb.Auth/RoleDelete",
-    "/etcdserverpb.Auth/RoleGrantPermission",
-    "/etcdserverpb.Auth/RoleRevokePermission",
-    "/v3lockpb.Lock/Lock",
-    "/v3lockpb.Lock/Unlock",
-    "/v3electionpb.Election/Campaign",
-    "/v3electionpb.Election/Proclaim",
-    "/v3electionpb.Election/Leader",
-    "/v3electionpb.Election/Observe",
-    "/v3electionpb.Election/Resign",
-    "/grpc.health.v1.Health/Check",
-    "/grpc.health.v1.Health/Watch",
+#define M(path)                                                                                    \
+    { path, sizeof(path) - 1 }
+static const struct {
+    const char *path;
+    size_t len;
+} known_methods[PROXY_METRICS_METHODS] = {
+    M("/etcdserverpb.KV/Range"),
+    M("/etcdserverpb.KV/RangeStream"),
+    M("/etcdserverpb.KV/Put"),
+    M("/etcdserverpb.KV/DeleteRange"),
+    M("/etcdserverpb.KV/Txn"),
+    M("/etcdserverpb.KV/Compact"),
+    M("/etcdserverpb.Watch/Watch"),
+    M("/etcdserverpb.Lease/LeaseGrant"),
+    M("/etcdserverpb.Lease/LeaseRevoke"),
+    M("/etcdserverpb.Lease/LeaseKeepAlive"),
+    M("/etcdserverpb.Lease/LeaseTimeToLive"),
+    M("/etcdserverpb.Lease/LeaseLeases"),
+    M("/etcdserverpb.Cluster/MemberAdd"),
+    M("/etcdserverpb.Cluster/MemberRemove"),
+    M("/etcdserverpb.Cluster/MemberUpdate"),
+    M("/etcdserverpb.Cluster/MemberList"),
+    M("/etcdserverpb.Cluster/MemberPromote"),
+    M("/etcdserverpb.Maintenance/Alarm"),
+    M("/etcdserverpb.Maintenance/Status"),
+    M("/etcdserverpb.Maintenance/Defragment"),
+    M("/etcdserverpb.Maintenance/Hash"),
+    M("/etcdserverpb.Maintenance/HashKV"),
+    M("/etcdserverpb.Maintenance/Snapshot"),
+    M("/etcdserverpb.Maintenance/MoveLeader"),
+    M("/etcdserverpb.Maintenance/Downgrade"),
+    M("/etcdserverpb.Auth/AuthEnable"),
+    M("/etcdserverpb.Auth/AuthDisable"),
+    M("/etcdserverpb.Auth/AuthStatus"),
+    M("/etcdserverpb.Auth/Authenticate"),
+    M("/etcdserverpb.Auth/UserAdd"),
+    M("/etcdserverpb.Auth/UserGet"),
+    M("/etcdserverpb.Auth/UserList"),
+    M("/etcdserverpb.Auth/UserDelete"),
+    M("/etcdserverpb.Auth/UserChangePassword"),
+    M("/etcdserverpb.Auth/UserGrantRole"),
+    M("/etcdserverpb.Auth/UserRevokeRole"),
+    M("/etcdserverpb.Auth/RoleAdd"),
+    M("/etcdserverpb.Auth/RoleGet"),
+    M("/etcdserverpb.Auth/RoleList"),
+    M("/etcdserverpb.Auth/RoleDelete"),
+    M("/etcdserverpb.Auth/RoleGrantPermission"),
+    M("/etcdserverpb.Auth/RoleRevokePermission"),
+    M("/v3lockpb.Lock/Lock"),
+    M("/v3lockpb.Lock/Unlock"),
+    M("/v3electionpb.Election/Campaign"),
+    M("/v3electionpb.Election/Proclaim"),
+    M("/v3electionpb.Election/Leader"),
+    M("/v3electionpb.Election/Observe"),
+    M("/v3electionpb.Election/Resign"),
+    M("/grpc.health.v1.Health/Check"),
+    M("/grpc.health.v1.Health/Watch"),
 };
+#undef M
 
-static str bounded_method(str path) {
-    for (size_t i = 0; i < sizeof(known_methods) / sizeof(known_methods[0]); i++) {
-        if (str_eq(path, str_cstr(known_methods[i]))) {
-            return path;
+/* The index of |path| in known_methods, or PROXY_METRICS_METHODS for "other". */
+static size_t method_index(str path) {
+    for (size_t i = 0; i < PROXY_METRICS_METHODS; i++) {
+        if (path.len == known_methods[i].len &&
+            memcmp(path.ptr, known_methods[i].path, path.len) == 0) {
+            return i;
         }
     }
-    return STR_LIT("other");
+    return PROXY_METRICS_METHODS;
 }
 
-void proxy_metrics_request(ep_metrics_shard *m, str method, int code, uint64_t elapsed_ns) {
+void proxy_metrics_request(ep_metrics_shard *m, proxy_metrics_calls *calls, str method, int code,
+                           uint64_t elapsed_ns) {
     if (m == NULL) {
         return;
     }
-    str path = bounded_method(method);
+    size_t i = method_index(method);
+    str path = i < PROXY_METRICS_METHODS ? str_make(known_methods[i].path, known_methods[i].len)
+                                         : STR_LIT("other");
+    bool cached = calls != NULL && code >= 0 && code < PROXY_METRICS_CODES;
+    ep_metrics_series **count = cached ? &calls->requests[i][code] : NULL;
+    ep_metrics_series **duration = calls != NULL ? &calls->durations[i] : NULL;
     str labels[] = {path, str_cstr(grpc_status_go_name(code))};
-    ep_metrics_add(m, PM_REQUESTS, labels, 1);
-    ep_metrics_observe(m, PM_REQUEST_DURATION, &path, elapsed_ns);
+    ep_metrics_series *c = count && *count ? *count : ep_metrics_series_of(m, PM_REQUESTS, labels);
+    ep_metrics_series *d =
+        duration && *duration ? *duration : ep_metrics_series_of(m, PM_REQUEST_DURATION, &path);
+    if (count) {
+        *count = c;
+    }
+    if (duration) {
+        *duration = d;
+    }
+    ep_metrics_series_add(c, 1);
+    ep_metrics_series_observe(d, elapsed_ns);
 }
 
 void proxy_metrics_calls_init(ep_metrics_shard *m, proxy_metrics_calls *out) {

@@ -50,16 +50,6 @@ str proxy_metrics_resource(const crypto_transformer_set *set, str etcd_key, char
 
 #define PROXY_METRICS_HEAD_MAX 128
 
-/* The series every call of a worker updates, found once per worker. */
-typedef struct {
-    ep_metrics_series *bytes[2][2]; /* [client][received] */
-    ep_metrics_series *streams, *watches;
-} proxy_metrics_calls;
-
-/* Fills |out| from the worker's shard |m|. Never fails (a series that cannot be held stays
- * NULL, which the update calls ignore). */
-void proxy_metrics_calls_init(ep_metrics_shard *m, proxy_metrics_calls *out);
-
 /* The series the last transformation of one codec updated: a LIST or a watch reads value after
  * value of one resource through one provider, so the next value usually updates the same ones
  * without hashing a label. Owner thread only; zero it to start. */
@@ -74,6 +64,24 @@ typedef struct {
     uint8_t head[PROXY_METRICS_HEAD_MAX];
 } proxy_metrics_cache;
 
+#define PROXY_METRICS_METHODS 51 /* the gRPC methods etcd serves (spec 6.1) */
+#define PROXY_METRICS_CODES 17   /* gRPC codes 0..16 */
+
+/* The series the calls of one worker update, found once (its thread only): a worker's calls
+ * go to a few methods and codes, and a LIST or a watch reads value after value of one
+ * resource through one provider, so nearly every update skips the label hash. */
+typedef struct {
+    ep_metrics_series *bytes[2][2]; /* [client][received] */
+    ep_metrics_series *streams, *watches;
+    ep_metrics_series *requests[PROXY_METRICS_METHODS + 1][PROXY_METRICS_CODES]; /* +1: other */
+    ep_metrics_series *durations[PROXY_METRICS_METHODS + 1];
+    proxy_metrics_cache reads, writes; /* the last transformation of each direction */
+} proxy_metrics_calls;
+
+/* Fills |out| from the worker's shard |m|. Never fails (a series that cannot be held stays
+ * NULL, which the update calls ignore). */
+void proxy_metrics_calls_init(ep_metrics_shard *m, proxy_metrics_calls *out);
+
 /* One to_storage (|write|) or from_storage transformation of a value at |etcd_key|, as
  * kube-apiserver's RecordTransformation: the operations counter with the chain's prefix (and
  * the key-level "<name>:" sample for aes and secretbox), the duration histogram on success,
@@ -86,8 +94,9 @@ void proxy_metrics_transformation(ep_metrics_shard *m, proxy_metrics_cache *cach
                                   uint64_t elapsed_ns);
 
 /* One finished client call: its gRPC |method| path (bounded: unknown paths count as "other"),
- * status |code| and duration. Never fails. */
-void proxy_metrics_request(ep_metrics_shard *m, str method, int code, uint64_t elapsed_ns);
+ * status |code| and duration; |calls| (may be NULL) keeps the series found. Never fails. */
+void proxy_metrics_request(ep_metrics_shard *m, proxy_metrics_calls *calls, str method, int code,
+                           uint64_t elapsed_ns);
 
 /* Monotonic nanoseconds, for durations (common/clock.h's). Never fails. */
 static inline uint64_t proxy_metrics_now_ns(void) {

@@ -87,6 +87,8 @@ proxy_stream *proxy_stream_new(const proxy_stream_env *env, proxy_conn *conn, up
     proxy_kms_wait_init(&st->request_wait, env->set, env->kms);
     proxy_kms_wait_init(&st->response_wait, env->set, env->kms);
     st->request_wait.vc.metrics = st->response_wait.vc.metrics = env->metrics;
+    /* the worker's own caches: only its thread touches them */
+    st->request_wait.vc.calls = st->response_wait.vc.calls = (proxy_metrics_calls *)&env->calls;
     if (!st->to_up.queue || !st->to_down.queue ||
         nghttp2_session_set_stream_user_data(h2_session_ng(conn->h2), stream_id, st) != 0) {
         stream_free(st);

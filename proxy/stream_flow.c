@@ -151,7 +151,8 @@ void proxy_stream_count_call(proxy_stream *st, int delta) {
     }
     /* A client that reset its stream before any status is what grpc-go counts as Canceled. */
     int code = st->status_code >= 0 ? st->status_code : GRPC_STATUS_CANCELLED;
-    proxy_metrics_request(m, buf_str(&st->path), code, now - st->started_ns);
+    proxy_metrics_request(m, (proxy_metrics_calls *)&st->env->calls, buf_str(&st->path), code,
+                          now - st->started_ns);
 }
 
 void proxy_stream_count_bytes(proxy_stream *st, bool client, bool received, size_t n) {

@@ -68,7 +68,10 @@ static void observe(value_codec *vc, const crypto_transformer *t, str key, bool 
         }
         return;
     }
-    proxy_metrics_transformation(vc->metrics, &vc->cache, vc->set, t, key, write, rv, info,
+    proxy_metrics_cache *cache = vc->calls == NULL ? NULL
+                                 : write           ? &vc->calls->writes
+                                                   : &vc->calls->reads;
+    proxy_metrics_transformation(vc->metrics, cache, vc->set, t, key, write, rv, info,
                                  proxy_metrics_now_ns() - start_ns);
 }
 
@@ -101,5 +104,5 @@ void value_codec_bind(value_codec *vc, const crypto_transformer_set *set,
     vc->pending = pending;
     vc->last_attempt = false;
     vc->metrics = NULL;
-    vc->cache.valid = false; /* its series name the old set's transformers */
+    vc->calls = NULL;
 }

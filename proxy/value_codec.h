@@ -26,9 +26,9 @@ typedef struct {
     etcd_value_codec codec;
     const crypto_transformer_set *set;
     crypto_kms_pending *pending; /* NULL: a miss fails (EP_ERR_UNAVAILABLE), never EP_ERR_AGAIN */
-    bool last_attempt;         /* the calls were performed already: a miss is EP_ERR_UNAVAILABLE */
-    ep_metrics_shard *metrics; /* where transformations are counted; NULL: not counted */
-    proxy_metrics_cache cache; /* the series the last value updated */
+    bool last_attempt;          /* the calls were performed already: a miss is EP_ERR_UNAVAILABLE */
+    ep_metrics_shard *metrics;  /* where transformations are counted; NULL: not counted */
+    proxy_metrics_calls *calls; /* the worker's series caches; NULL: none */
 } value_codec;
 
 /* Fills |codec| so that it encrypts and decrypts with the transformers of |set|, which must

@@ -534,6 +534,8 @@ struct event_base *proxy_worker_base(proxy_worker *w) {
 
 void proxy_worker_install(proxy_worker *w, proxy_gen *g) {
     proxy_gen *old = w->gen;
+    /* the cached series name the old set's transformers, whose memory may be reused */
+    w->cfg.env.calls.reads.valid = w->cfg.env.calls.writes.valid = false;
     w->gen = g;
     w->cfg.env.set = g->config->set;
     w->cfg.env.kms = g->kms;

@@ -361,15 +361,15 @@ static int64_t requests(ep_metrics_shard *m, const char *method, const char *cod
 
 static void test_request_methods_and_codes(void **state) {
     ep_metrics_shard *m = *state;
-    proxy_metrics_request(m, S("/etcdserverpb.KV/Range"), GRPC_STATUS_OK, 3000000);
-    proxy_metrics_request(m, S("/etcdserverpb.KV/Range"), GRPC_STATUS_OK, 1000000);
-    proxy_metrics_request(m, S("/etcdserverpb.Watch/Watch"), GRPC_STATUS_UNAVAILABLE, 1000);
-    proxy_metrics_request(m, S("/grpc.health.v1.Health/Check"), GRPC_STATUS_OK, 1000);
-    proxy_metrics_request(m, S("/etcdserverpb.KV/Ran"), GRPC_STATUS_OK, 1000); /* a prefix */
-    proxy_metrics_request(m, S("/etcdserverpb.KV/RangeX"), GRPC_STATUS_OK, 1000);
-    proxy_metrics_request(m, S("/evil/Method"), GRPC_STATUS_UNIMPLEMENTED, 1000);
-    proxy_metrics_request(m, S(""), 99, 1000);
-    proxy_metrics_request(NULL, S("/etcdserverpb.KV/Put"), GRPC_STATUS_OK, 1000);
+    proxy_metrics_request(m, NULL, S("/etcdserverpb.KV/Range"), GRPC_STATUS_OK, 3000000);
+    proxy_metrics_request(m, NULL, S("/etcdserverpb.KV/Range"), GRPC_STATUS_OK, 1000000);
+    proxy_metrics_request(m, NULL, S("/etcdserverpb.Watch/Watch"), GRPC_STATUS_UNAVAILABLE, 1000);
+    proxy_metrics_request(m, NULL, S("/grpc.health.v1.Health/Check"), GRPC_STATUS_OK, 1000);
+    proxy_metrics_request(m, NULL, S("/etcdserverpb.KV/Ran"), GRPC_STATUS_OK, 1000); /* a prefix */
+    proxy_metrics_request(m, NULL, S("/etcdserverpb.KV/RangeX"), GRPC_STATUS_OK, 1000);
+    proxy_metrics_request(m, NULL, S("/evil/Method"), GRPC_STATUS_UNIMPLEMENTED, 1000);
+    proxy_metrics_request(m, NULL, S(""), 99, 1000);
+    proxy_metrics_request(NULL, NULL, S("/etcdserverpb.KV/Put"), GRPC_STATUS_OK, 1000);
     assert_int_equal(requests(m, "/etcdserverpb.KV/Range", "OK"), 2);
     assert_int_equal(requests(m, "/etcdserverpb.Watch/Watch", "Unavailable"), 1);
     assert_int_equal(requests(m, "/grpc.health.v1.Health/Check", "OK"), 1);
