@@ -48,6 +48,20 @@ class Path:
         self.name, self.port, self.pid, self.range_prefix = name, port, pid, range_prefix
         self.error = None
         self.log = None
+        self.metrics_port = None  # scraped once a second while the run lasts
+
+
+def scrape_forever(paths, stop):
+    """What Prometheus does to the admin endpoint: GET /metrics every second."""
+    import urllib.request
+    while not stop.wait(1.0):
+        for p in paths:
+            if p.metrics_port:
+                try:
+                    urllib.request.urlopen("http://127.0.0.1:%d/metrics" % p.metrics_port,
+                                           timeout=5).read()
+                except OSError:
+                    pass
 
 
 def cpu_seconds(pid):
@@ -136,9 +150,17 @@ def start_plugin(d):
     return sock
 
 
-def start_proxy(d, etcd, args, name, config, prefix):
-    p = harness.Proxy(d, [etcd.url], config, workers=args.workers)
+def start_proxy(d, etcd, args, name, config, prefix, admin=False, binary=None):
+    extra, mport = [], None
+    if admin:
+        mport = harness.free_port()
+        extra = ["--listen-metrics-urls", "http://127.0.0.1:%d" % mport]
+    p = harness.Proxy(d, [etcd.url], config, workers=args.workers, extra=extra)
+    if binary:
+        args_of = p.args
+        p.args = lambda: [binary] + args_of()[1:]
     path = Path(name, p.port, range_prefix=prefix)
+    path.metrics_port = mport
     path.log = p.log
     try:
         p.start(timeout=30)
@@ -158,6 +180,14 @@ def start_paths(d, args):
         harness.write_encryption_config(config, provider)
         prefix = "/registry/secrets/bench/%s/" % ("enc" if provider == "aesgcm" else "plain")
         paths.append(start_proxy(d, etcd, args, "proxy " + provider, config, prefix))
+        if provider == "aesgcm" and args.admin:
+            paths.append(start_proxy(d, etcd, args, "proxy aesgcm +scraped", config, prefix,
+                                     admin=True))
+        if provider == "aesgcm" and args.baseline:
+            paths.append(start_proxy(d, etcd, args, "proxy aesgcm baseline", config, prefix,
+                                     binary=args.baseline))
+    if args.no_kms:
+        return finish_paths(d, args, etcd, paths)
     sock = start_plugin(d)
     for version in ("v2", "v1"):
         config = os.path.join(d, "kms-%s.yaml" % version)
@@ -165,6 +195,10 @@ def start_paths(d, args):
                                                                     sock)])
         paths.append(start_proxy(d, etcd, args, "proxy kms-" + version, config,
                                  "/registry/secrets/bench/kms-%s/" % version))
+    return finish_paths(d, args, etcd, paths)
+
+
+def finish_paths(d, args, etcd, paths):
     port = harness.free_port()
     proc = harness.spawn(["nghttpx", "--conf=/dev/null", "--single-process",
                           "--workers=%d" % args.workers, "--errorlog-file=" + os.path.join(d, "nghttpx.log"),
@@ -197,6 +231,10 @@ def run(args):
             with open(bodies[(name, prefix)], "wb") as f:
                 f.write(w.grpc_frame(msg))
     cells = {}  # (workload, path) -> list of (rps, ok, p50, p99, cpu, bad)
+    import threading
+    stop = threading.Event()
+    scraper = threading.Thread(target=scrape_forever, args=(live, stop), daemon=True)
+    scraper.start()
     for rnd in range(args.rounds):
         for name, kind, size, keys, clients, streams in WORKLOADS:
             # Each cell starts from a compacted, defragmented etcd, and the path that goes first
@@ -224,6 +262,8 @@ def run(args):
                 print("round %d  %-24s %-16s %9.0f req/s  p50 %.2f ms  p99 %.2f ms%s" % (
                     rnd + 1, name, p.name, rps, p50, p99, ("  FAILED: " + bad) if bad else ""),
                     file=sys.stderr, flush=True)
+    stop.set()
+    scraper.join()
     return paths, cells
 
 
@@ -279,6 +319,11 @@ def main():
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--no-admin", dest="admin", action="store_false",
+                    help="leave out the aesgcm proxy with its admin endpoint scraped each second")
+    ap.add_argument("--baseline", help="another proxy binary (an older build) run as a further "
+                    "aesgcm path, to compare builds in one run")
+    ap.add_argument("--no-kms", action="store_true", help="leave out the kms v1/v2 paths")
     ap.add_argument("--binary", default=os.environ.get("EP_BINARY") or
                     os.path.join(HERE, "..", "build", "etcd-encrypt-proxy"))
     args = ap.parse_args()
