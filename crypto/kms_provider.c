@@ -52,10 +52,6 @@
 
 /* ---- clock ---- */
 
-void crypto_kms_provider_set_clock(crypto_kms_provider *p, uint64_t (*now_ns)(void)) {
-    p->now_ns = now_ns != NULL ? now_ns : ep_clock_ns;
-}
-
 /* ---- provider lifetime and accessors ---- */
 
 int crypto_kms_provider_new(const config_provider *cfg, crypto_kms_provider **out, ep_err *err) {

@@ -137,10 +137,6 @@ int crypto_kms_call_complete(crypto_kms_call *call, str plaintext_or_edek, ep_er
  * EP_ERR_UNAVAILABLE and |reason|). Never fails. */
 void crypto_kms_call_fail(crypto_kms_call *call, const char *reason);
 
-/* Replaces the clock (CLOCK_MONOTONIC in ns) the v2 write-state expiry and the cache TTL use:
- * a test hook. Not thread-safe; call before use. */
-void crypto_kms_provider_set_clock(crypto_kms_provider *p, uint64_t (*now_ns)(void));
-
 /* Upper bound of the bytes a stored value adds to the plaintext (prefix, EDEK or
  * EncryptedObject fields at their limits, nonce, tag). Never fails. */
 size_t crypto_kms_provider_overhead(const crypto_kms_provider *p);

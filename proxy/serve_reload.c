@@ -4,7 +4,8 @@
  * A reload builds everything before it touches anything: the new file is loaded and validated
  * (the same loader as at start, so a broken file gets the same "file:line:col" message), worker
  * 0 gets a generation for it with its own plugin clients and the v2 pollers are started there,
- * and the reload goes on only once every v2 plugin of the new file answered Status and Encrypt.
+ * and the reload goes on only once every KMS plugin of the new file answered healthily (v2:
+ * Status and Encrypt; v1: Version).
  * Then each worker, on its own thread, installs a generation of the new config: calls that
  * start from then on use it, streams in flight move to it between messages (proxy/config_gen.h),
  * and the old generation goes when its last stream does. A failure at any step logs the located
@@ -56,33 +57,61 @@ typedef struct {
     char why[EP_ERR_MSG_MAX];
 } health_check;
 
-/* On worker 0: every v2 provider of the new generation is healthy. */
+/* On worker 0: every KMS provider of the new generation is healthy. */
 static void check_health(proxy_worker *w, void *arg) {
     health_check *h = arg;
     for (size_t i = 0; i < kms_set_count(h->kms) && h->why[0] == '\0'; i++) {
         const char *name;
         int api;
-        if (kms_set_health(h->kms, i, &name, &api) != 1 && api == 2) {
-            snprintf(h->why, sizeof(h->why),
-                     "kms provider \"%s\" did not answer Status and Encrypt healthily", name);
+        if (kms_set_health(h->kms, i, &name, &api) != 1) {
+            snprintf(h->why, sizeof(h->why), "kms provider \"%s\" did not answer %s healthily",
+                     name, api == 2 ? "Status and Encrypt" : "Version");
         }
+    }
+}
+
+typedef struct {
+    kms_set *kms;
+    bool probing;
+} v1_probe;
+
+static void start_probe(proxy_worker *w, void *arg) {
+    kms_set_probe_v1(((v1_probe *)arg)->kms);
+}
+
+static void is_probing(proxy_worker *w, void *arg) {
+    v1_probe *p = arg;
+    p->probing = kms_set_probing(p->kms);
+}
+
+/* Asks the new v1 plugins for their Version on worker 0 and waits (KMS_PRIME_WAIT_MS at most)
+ * for the answers. Never fails: the health check after it reads the outcome. */
+static void probe_v1(server *sv, kms_set *kms) {
+    v1_probe p = {kms, true};
+    proxy_worker_run_sync(sv->workers[0], start_probe, &p);
+    for (int waited = 0; p.probing && waited < KMS_PRIME_WAIT_MS; waited += 20) {
+        struct timespec tick = {0, 20 * 1000000};
+        nanosleep(&tick, NULL);
+        proxy_worker_run_sync(sv->workers[0], is_probing, &p);
     }
 }
 
 /* Starts the new generation's pollers on worker 0 and waits for them. Returns 0 or an
  * EP_ERR_* with the reason in |err|. */
 static int prime(server *sv, proxy_gen *g, ep_err *err) {
-    if (!proxy_uses_kms(g->config->set, 2)) {
-        return 0;
+    if (proxy_uses_kms(g->config->set, 2)) {
+        int rv = serve_kms_start(sv, sv->workers[0], g->kms, err);
+        if (rv != 0) {
+            return rv;
+        }
+        if (!serve_kms_wait(sv)) {
+            return ep_err_set(err, EP_ERR_UNAVAILABLE,
+                              "the new KMS v2 providers did not answer within %d ms",
+                              KMS_PRIME_WAIT_MS);
+        }
     }
-    int rv = serve_kms_start(sv, sv->workers[0], g->kms, err);
-    if (rv != 0) {
-        return rv;
-    }
-    if (!serve_kms_wait(sv)) {
-        return ep_err_set(err, EP_ERR_UNAVAILABLE,
-                          "the new KMS v2 providers did not answer within %d ms",
-                          KMS_PRIME_WAIT_MS);
+    if (proxy_uses_kms(g->config->set, 1)) {
+        probe_v1(sv, g->kms);
     }
     health_check h = {g->kms, ""};
     proxy_worker_run_sync(sv->workers[0], check_health, &h);

@@ -636,6 +636,57 @@ def broken_files():
 
 
 # ---------------------------------------------------------------------------------------------
+# 2b. a new KMS v1 plugin must answer Version before the reload is taken
+
+
+def kms_v1_reload():
+    import kmsfake
+    d = os.path.join(WORK, "kmsv1")
+    os.makedirs(d)
+    config = os.path.join(d, "enc.yaml")
+    k1 = new_key("v-key1")
+    write_atomic(config, config_text([("v-key1", k1)]))
+    proxy, log = start_proxy(config)
+    c = client(proxy.port)
+    sock = os.path.join(d, "kms-v1.sock")
+
+    def kms_config():
+        tmp = os.path.join(d, "next.yaml")
+        kmsfake.write_kms_config(tmp, [kmsfake.kms_provider_yaml("legacy", "v1", sock, "1s")])
+        with open(tmp, "rb") as f:
+            text = f.read()
+        os.unlink(tmp)
+        return text
+
+    write_atomic(config, kms_config())  # no plugin listens yet
+    m = log.wait(r"encryption config reload after a change of the file failed, sha256:[0-9a-f]{64} "
+                 r"keeps serving: (.*)", 20)
+    suite.check("a kms v1 provider whose plugin does not answer is refused before any call sees it",
+                m is not None and "did not answer Version healthily" in m.group(1),
+                m.group(0) if m else harness.log_tail(proxy.log))
+    k, v = "/registry/secrets/kmsv1/before", plain("before")
+    c.put(k, v)
+    problem = stored_as(k, v, "v-key1")
+    suite.check("the old config keeps serving (aesgcm v-key1)", problem is None, problem)
+    plugin = kmsfake.FakePlugin(sock, os.urandom(32)).start()
+    try:
+        proxy.proc.send_signal(signal.SIGHUP)
+        m = log.wait(r"encryption config reloaded after SIGHUP: (sha256:[0-9a-f]{64}) serving", 20)
+        suite.check("with the plugin up, SIGHUP takes the kms v1 config", m is not None,
+                    harness.log_tail(proxy.log))
+        k2, v2 = "/registry/secrets/kmsv1/after", plain("after")
+        c.put(k2, v2)
+        raw = raw_get(k2)
+        suite.check("new writes are kms v1 envelopes",
+                    raw is not None and raw.startswith(b"k8s:enc:kms:v1:legacy:"), raw[:40] if raw else raw)
+        suite.check("the kms v1 value reads back through the proxy", c.get(k2)[0] == v2)
+    finally:
+        c.close()
+        proxy.stop()
+        plugin.stop()
+
+
+# ---------------------------------------------------------------------------------------------
 # 3. automatic reload off
 
 
@@ -856,6 +907,7 @@ def cert_rotation():
 
 
 for name, fn in [("reload under load", reload_under_load), ("broken files", broken_files),
+                 ("kms v1 reload", kms_v1_reload),
                  ("automatic reload off", automatic_reload_off),
                  ("certificate rotation", cert_rotation)]:
     suite.run(name, fn)
