@@ -1,5 +1,6 @@
 /*
- * worker: accept loop, downstream connection handling and graceful stop for one thread.
+ * worker: accept loop, downstream connection handling and graceful stop for one thread (what
+ * other threads ask of it, its heartbeat and timers: worker_control.c).
  *
  * Each accepted socket becomes a proxy_conn with a server-role h2_session; its HTTP/2 events are
  * routed to the proxy_stream of each request, and new requests are handed to this worker's
@@ -15,6 +16,7 @@
  * take. Refusals are logged at most once per LOG_EVERY_MS.
  */
 #include "proxy/worker.h"
+#include "proxy/worker_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -38,41 +40,6 @@
 
 #define ACCEPT_RETRY_MS 200
 #define LOG_EVERY_MS 10000
-
-TAILQ_HEAD(proxy_conn_list, proxy_conn);
-
-struct proxy_worker {
-    int id;
-    proxy_worker_config cfg;
-    struct event_base *base;
-    struct evconnlistener *listener;
-    upstream *up;
-    struct proxy_conn_list conns;
-    size_t n_conns;
-    proxy_gen *gen;            /* what new calls use (env.set/kms/gen); streams hold their own */
-    pthread_mutex_t call_lock; /* proxy_worker_run_sync: one call at a time */
-    pthread_cond_t call_done;
-    void (*call_fn)(proxy_worker *w, void *arg);
-    void *call_arg;
-    bool call_pending;
-    struct event *call_ev;
-    struct event *accept_ev;
-    struct event *periodic_ev;
-    void (*periodic_cb)(void *arg);
-    void *periodic_arg;
-    struct event *stop_ev;
-    struct event *drain_ev;
-    bool stopping;
-    bool thread_started;
-    pthread_t thread;
-    h2_settings settings;
-    size_t n_streams;
-    struct event *accept_retry_ev;
-    ep_metrics_shard *metrics; /* this worker's: only this thread writes it */
-    struct event *heartbeat_ev;
-    int64_t refusal_logged_ms; /* when a refusal was last logged */
-    size_t refusals;           /* since then */
-};
 
 static const h2_session_handler down_handler;
 
@@ -388,50 +355,6 @@ static void on_stop(evutil_socket_t fd, short what, void *arg) {
 
 /* ---- lifecycle ---- */
 
-/* A proxy_worker_run_sync call, on the worker's thread. */
-static void on_call(evutil_socket_t fd, short what, void *arg) {
-    proxy_worker *w = arg;
-    pthread_mutex_lock(&w->call_lock);
-    void (*fn)(proxy_worker *, void *) = w->call_fn;
-    void *fn_arg = w->call_arg;
-    pthread_mutex_unlock(&w->call_lock);
-    fn(w, fn_arg);
-    pthread_mutex_lock(&w->call_lock);
-    w->call_pending = false;
-    pthread_cond_broadcast(&w->call_done);
-    pthread_mutex_unlock(&w->call_lock);
-}
-
-/* Once a second: the heartbeat livez reads, and on worker 0 (whose set runs the KMS v2
- * pollers) each KMS provider's health for readyz: 1 healthy, 0 failing, -1 not contacted. */
-static void on_heartbeat(evutil_socket_t fd, short what, void *arg) {
-    proxy_worker *w = arg;
-    char id[16];
-    snprintf(id, sizeof(id), "%d", w->id);
-    str worker = str_cstr(id);
-    ep_metrics_gauge_set(w->metrics, PM_HEARTBEAT, &worker, (int64_t)time(NULL));
-    for (size_t i = 0; w->id == 0 && i < kms_set_count(w->gen->kms); i++) {
-        const char *name;
-        int api;
-        int health = kms_set_health(w->gen->kms, i, &name, &api);
-        str provider = str_cstr(name);
-        ep_metrics_gauge_set(w->metrics, PM_KMS_HEALTHY, &provider,
-                             health > 0   ? 1
-                             : health < 0 ? 0
-                                          : -1);
-    }
-}
-
-static int start_heartbeat(proxy_worker *w) {
-    static const struct timeval every = {1, 0};
-    w->heartbeat_ev = event_new(w->base, -1, EV_PERSIST, on_heartbeat, w);
-    if (w->heartbeat_ev == NULL || event_add(w->heartbeat_ev, &every) != 0) {
-        return EP_ERR_NOMEM;
-    }
-    on_heartbeat(-1, 0, w); /* alive from the start */
-    return EP_OK;
-}
-
 /* Returns 0, EP_ERR_IO or EP_ERR_NOMEM. */
 static int setup(proxy_worker *w, ep_err *err) {
     w->base = event_base_new();
@@ -448,7 +371,7 @@ static int setup(proxy_worker *w, ep_err *err) {
     }
     w->cfg.env.metrics = w->metrics;
     proxy_metrics_calls_init(w->metrics, &w->cfg.env.calls);
-    w->call_ev = event_new(w->base, -1, 0, on_call, w);
+    w->call_ev = event_new(w->base, -1, 0, proxy_worker_on_call, w);
     int rv = w->call_ev ? proxy_gen_new(w->base, w->cfg.config, w->metrics, &w->gen, err)
                         : ep_err_set(err, EP_ERR_NOMEM, "out of memory");
     if (rv != 0) {
@@ -457,7 +380,7 @@ static int setup(proxy_worker *w, ep_err *err) {
     w->cfg.env.set = w->gen->config->set;
     w->cfg.env.kms = w->gen->kms;
     w->cfg.env.gen = w->gen;
-    if (start_heartbeat(w) != EP_OK) {
+    if (proxy_worker_start_heartbeat(w) != EP_OK) {
         return ep_err_set(err, EP_ERR_NOMEM, "out of memory");
     }
     int fd = open_listener(&w->cfg, err);
@@ -521,64 +444,6 @@ int proxy_worker_start(proxy_worker *w, ep_err *err) {
         return ep_err_set(err, EP_ERR_NOMEM, "cannot start worker thread %d", w->id);
     }
     w->thread_started = true;
-    return 0;
-}
-
-kms_set *proxy_worker_kms(proxy_worker *w) {
-    return w->gen->kms;
-}
-
-struct event_base *proxy_worker_base(proxy_worker *w) {
-    return w->base;
-}
-
-void proxy_worker_install(proxy_worker *w, proxy_gen *g) {
-    proxy_gen *old = w->gen;
-    /* the cached series name the old set's transformers, whose memory may be reused */
-    w->cfg.env.calls.reads.valid = w->cfg.env.calls.writes.valid = false;
-    w->gen = g;
-    w->cfg.env.set = g->config->set;
-    w->cfg.env.kms = g->kms;
-    w->cfg.env.gen = g;
-    proxy_gen_unref(old); /* freed with the last stream still using it */
-}
-
-void proxy_worker_run_sync(proxy_worker *w, void (*fn)(proxy_worker *w, void *arg), void *arg) {
-    if (!w->thread_started) {
-        fn(w, arg);
-        return;
-    }
-    pthread_mutex_lock(&w->call_lock);
-    while (w->call_pending) { /* another caller's turn */
-        pthread_cond_wait(&w->call_done, &w->call_lock);
-    }
-    w->call_fn = fn;
-    w->call_arg = arg;
-    w->call_pending = true;
-    event_active(w->call_ev, EV_READ, 0);
-    while (w->call_pending) {
-        pthread_cond_wait(&w->call_done, &w->call_lock);
-    }
-    pthread_mutex_unlock(&w->call_lock);
-}
-
-ep_metrics_shard *proxy_worker_metrics(proxy_worker *w) {
-    return w->metrics;
-}
-
-static void on_periodic(evutil_socket_t fd, short what, void *arg) {
-    proxy_worker *w = arg;
-    w->periodic_cb(w->periodic_arg);
-}
-
-int proxy_worker_every(proxy_worker *w, int ms, void (*cb)(void *arg), void *arg) {
-    struct timeval every = {ms / 1000, (ms % 1000) * 1000};
-    w->periodic_cb = cb;
-    w->periodic_arg = arg;
-    w->periodic_ev = event_new(w->base, -1, EV_PERSIST, on_periodic, w);
-    if (!w->periodic_ev || event_add(w->periodic_ev, &every) != 0) {
-        return EP_ERR_NOMEM;
-    }
     return 0;
 }
 
