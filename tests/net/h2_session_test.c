@@ -23,6 +23,7 @@
 #include <fcntl.h>
 
 #include "net/h2_session.c"
+#include "tests/support/test_files.h"
 
 #define DEADLINE_MS 10000
 
@@ -451,12 +452,6 @@ static void handshake(fixture *f) {
     sync_ping(f);
 }
 
-static int64_t elapsed_ms(const struct timespec *since) {
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    return (now.tv_sec - since->tv_sec) * 1000 + (now.tv_nsec - since->tv_nsec) / 1000000;
-}
-
 /* ---- creation ---- */
 
 /* Our SETTINGS carry what the settings ask for, and a wider connection window is announced with
@@ -562,7 +557,7 @@ static void test_handshake_timeout(void **state) {
     clock_gettime(CLOCK_MONOTONIC, &started);
     start_server(f, &settings);
     run_until(f, &f->o.closes, 1);
-    assert_true(elapsed_ms(&started) >= 75);
+    assert_true(ts_elapsed_ms(&started) >= 75);
     assert_non_null(strstr(f->o.reason, "handshake timeout"));
     run_until(f, &f->p.eof, 1);
     assert_int_equal(f->p.settings, 1); /* our SETTINGS went out; the peer never answered */
@@ -705,7 +700,7 @@ static void test_penalized_peer_that_stays_is_closed(void **state) {
     struct timespec started;
     clock_gettime(CLOCK_MONOTONIC, &started);
     run_until(f, &f->o.closes, 1);
-    assert_true(elapsed_ms(&started) >= LINGER_MS - 50);
+    assert_true(ts_elapsed_ms(&started) >= LINGER_MS - 50);
     assert_true(strncmp(f->o.reason, "peer misbehaved", 15) == 0);
     assert_int_equal(f->p.goaways, 1);
 }

@@ -10,6 +10,8 @@
 
 #include <cmocka.h>
 
+#include "tests/support/test_files.h"
+
 static void test_alpn_select(void **state) {
     const unsigned char *out = NULL;
     unsigned char outlen = 0;
@@ -98,15 +100,6 @@ static void test_server_ctx_loads_pair(void **state) {
     assert_int_equal(system(cmd), 0);
 }
 
-static void make_pair(const char *dir, const char *name) {
-    char cmd[1024];
-    snprintf(cmd, sizeof(cmd),
-             "cd %s && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
-             "-keyout %s.key -out %s.crt -subj /CN=%s -days 1 >/dev/null 2>&1",
-             dir, name, name, name);
-    assert_int_equal(system(cmd), 0);
-}
-
 static char *subject_of(SSL_CTX *ctx) {
     return X509_NAME_oneline(X509_get_subject_name(SSL_CTX_get0_certificate(ctx)), NULL, 0);
 }
@@ -115,8 +108,8 @@ static char *subject_of(SSL_CTX *ctx) {
 static void test_reload_pair(void **state) {
     char dir[] = "/tmp/ep-tls-reload-XXXXXX";
     assert_non_null(mkdtemp(dir));
-    make_pair(dir, "old");
-    make_pair(dir, "new");
+    ts_make_cert_pair(dir, "old");
+    ts_make_cert_pair(dir, "new");
     char oc[256], ok[256], nc[256], nk[256];
     snprintf(oc, sizeof(oc), "%s/old.crt", dir);
     snprintf(ok, sizeof(ok), "%s/old.key", dir);

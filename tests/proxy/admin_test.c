@@ -31,65 +31,39 @@
 #include "common/alloc.h"
 #include "proxy/admin.h"
 #include "proxy/metrics.h"
+#include "tests/support/test_files.h"
 
 #define KEY32 "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
 #define ETCD "https://127.0.0.1:2379"
 #define DEADLINE_MS 10000
 
-static const char aesgcm_yaml[] = "apiVersion: apiserver.config.k8s.io/v1\n"
-                                  "kind: EncryptionConfiguration\n"
-                                  "resources:\n"
-                                  "  - resources: [secrets]\n"
-                                  "    providers:\n"
-                                  "      - aesgcm: {keys: [{name: k1, secret: " KEY32 "}]}\n";
+static const char aesgcm_yaml[] =
+    TS_YAML_RULE("secrets") "      - aesgcm: {keys: [{name: k1, secret: " KEY32 "}]}\n";
 
 /* kms-provider-0 is the v2 "p", kms-provider-1 the v1 "legacy" (file order). */
-static const char kms_yaml[] = "apiVersion: apiserver.config.k8s.io/v1\n"
-                               "kind: EncryptionConfiguration\n"
-                               "resources:\n"
-                               "  - resources: [secrets]\n"
-                               "    providers:\n"
-                               "      - kms: {apiVersion: v2, name: p, endpoint: "
-                               "unix:///tmp/x.sock}\n"
-                               "  - resources: [configmaps]\n"
-                               "    providers:\n"
-                               "      - kms: {apiVersion: v1, name: legacy, endpoint: "
-                               "unix:///tmp/legacy.sock, cachesize: 10}\n";
+static const char kms_yaml[] =
+    TS_YAML_RULE("secrets") "      - kms: {apiVersion: v2, name: p, endpoint: "
+                            "unix:///tmp/x.sock}\n"
+                            "  - resources: [configmaps]\n"
+                            "    providers:\n"
+                            "      - kms: {apiVersion: v1, name: legacy, endpoint: "
+                            "unix:///tmp/legacy.sock, cachesize: 10}\n";
 
 static crypto_transformer_set *aesgcm_set, *kms_set;
+/* The TLS tests write their certificates here. */
 static char dir[64];
 
-static crypto_transformer_set *load(const char *name, const char *yaml) {
-    char path[128];
-    snprintf(path, sizeof(path), "%s/%s", dir, name);
-    FILE *f = fopen(path, "w");
-    assert_non_null(f);
-    fputs(yaml, f);
-    fclose(f);
-    crypto_transformer_set *s = NULL;
-    ep_err err = {{0}};
-    int rv = crypto_transformer_set_load(path, NULL, &s, &err);
-    unlink(path);
-    if (rv != EP_OK) {
-        fail_msg("loading %s: %s", name, err.msg);
-    }
-    return s;
-}
-
 static int load_sets(void **state) {
-    snprintf(dir, sizeof(dir), "/tmp/admin_test_XXXXXX");
-    assert_non_null(mkdtemp(dir));
-    aesgcm_set = load("aesgcm.yaml", aesgcm_yaml);
-    kms_set = load("kms.yaml", kms_yaml);
+    ts_make_dir(dir, sizeof(dir), "/tmp/admin_test_XXXXXX");
+    aesgcm_set = ts_transformer_set_from_yaml("aesgcm.yaml", aesgcm_yaml);
+    kms_set = ts_transformer_set_from_yaml("kms.yaml", kms_yaml);
     return 0;
 }
 
 static int free_sets(void **state) {
     crypto_transformer_set_free(aesgcm_set);
     crypto_transformer_set_free(kms_set);
-    char cmd[128];
-    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
-    return system(cmd);
+    return ts_remove_dir(dir);
 }
 
 /* ---- the state: two workers, both alive and connected ---- */
@@ -718,15 +692,6 @@ static void test_port_in_use(void **state) {
 
 /* ---- https ---- */
 
-static void make_pair(const char *name) {
-    char cmd[1024];
-    snprintf(cmd, sizeof(cmd),
-             "cd %s && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
-             "-keyout %s.key -out %s.crt -subj /CN=%s -days 1 >/dev/null 2>&1",
-             dir, name, name, name);
-    assert_int_equal(system(cmd), 0);
-}
-
 /* GET over TLS; returns the status and the peer certificate's CN in |cn|. */
 static int tls_get(int port, const char *target, char *cn, size_t cap) {
     SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
@@ -765,8 +730,8 @@ static int tls_get(int port, const char *target, char *cn, size_t cap) {
 
 static void test_https(void **state) {
     fixture *f = *state;
-    make_pair("old");
-    make_pair("new");
+    ts_make_cert_pair(dir, "old");
+    ts_make_cert_pair(dir, "new");
     char crt[128], key[128], new_crt[128], new_key[128], urls[128];
     snprintf(crt, sizeof(crt), "%s/old.crt", dir);
     snprintf(key, sizeof(key), "%s/old.key", dir);

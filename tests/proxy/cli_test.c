@@ -16,53 +16,38 @@
 #include <cmocka.h>
 
 #include "proxy/cli.h"
+#include "tests/support/test_files.h"
 
 #define KEY_B64 "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
 #define SECRET_KEY "/registry/secrets/default/db"
 
-static const char aesgcm_config[] = "apiVersion: apiserver.config.k8s.io/v1\n"
-                                    "kind: EncryptionConfiguration\n"
-                                    "resources:\n"
-                                    "  - resources: [secrets]\n"
-                                    "    providers:\n"
-                                    "      - aesgcm:\n"
-                                    "          keys: [{name: k1, secret: " KEY_B64 "}]\n"
-                                    "      - identity: {}\n";
+static const char aesgcm_config[] =
+    TS_YAML_RULE("secrets") "      - aesgcm:\n"
+                            "          keys: [{name: k1, secret: " KEY_B64 "}]\n"
+                            "      - identity: {}\n";
 
 /* The flow sequence opened on line 2 is still open at the end (3:1). */
 static const char broken_config[] = "apiVersion: apiserver.config.k8s.io/v1\n"
                                     "kind: [EncryptionConfiguration\n";
 
-static const char kms_v2_config[] = "apiVersion: apiserver.config.k8s.io/v1\n"
-                                    "kind: EncryptionConfiguration\n"
-                                    "resources:\n"
-                                    "  - resources: [secrets]\n"
-                                    "    providers:\n"
-                                    "      - kms:\n"
-                                    "          apiVersion: v2\n"
-                                    "          name: gone\n"
-                                    "          endpoint: unix:///nonexistent/kms.sock\n"
-                                    "          timeout: 1s\n";
+static const char kms_v2_config[] =
+    TS_YAML_RULE("secrets") "      - kms:\n"
+                            "          apiVersion: v2\n"
+                            "          name: gone\n"
+                            "          endpoint: unix:///nonexistent/kms.sock\n"
+                            "          timeout: 1s\n";
 
 static char dir[64];
 static char aesgcm_path[96], broken_path[96], kms_v2_path[96];
 
-static void write_file(const char *path, const char *text) {
-    FILE *f = fopen(path, "w");
-    assert_non_null(f);
-    fputs(text, f);
-    fclose(f);
-}
-
 static int write_configs(void **state) {
-    snprintf(dir, sizeof(dir), "/tmp/cli-test-XXXXXX");
-    assert_non_null(mkdtemp(dir));
+    ts_make_dir(dir, sizeof(dir), "/tmp/cli-test-XXXXXX");
     snprintf(aesgcm_path, sizeof(aesgcm_path), "%s/aesgcm.yaml", dir);
     snprintf(broken_path, sizeof(broken_path), "%s/broken.yaml", dir);
     snprintf(kms_v2_path, sizeof(kms_v2_path), "%s/kms-v2.yaml", dir);
-    write_file(aesgcm_path, aesgcm_config);
-    write_file(broken_path, broken_config);
-    write_file(kms_v2_path, kms_v2_config);
+    ts_write_file(aesgcm_path, aesgcm_config, sizeof(aesgcm_config) - 1);
+    ts_write_file(broken_path, broken_config, sizeof(broken_config) - 1);
+    ts_write_file(kms_v2_path, kms_v2_config, sizeof(kms_v2_config) - 1);
     return 0;
 }
 
@@ -268,15 +253,12 @@ static void test_probe_without_kms(void **state) {
 static void test_probe_unreachable_v1(void **state) {
     char path[128];
     snprintf(path, sizeof(path), "%s/kms-v1.yaml", dir);
-    write_file(path, "apiVersion: apiserver.config.k8s.io/v1\n"
-                     "kind: EncryptionConfiguration\n"
-                     "resources:\n"
-                     "  - resources: [secrets]\n"
-                     "    providers:\n"
-                     "      - kms:\n"
-                     "          name: old\n"
-                     "          endpoint: unix:///nonexistent/kms-v1.sock\n"
-                     "          timeout: 1s\n");
+    static const char yaml[] =
+        TS_YAML_RULE("secrets") "      - kms:\n"
+                                "          name: old\n"
+                                "          endpoint: unix:///nonexistent/kms-v1.sock\n"
+                                "          timeout: 1s\n";
+    ts_write_file(path, yaml, sizeof(yaml) - 1);
     result r = run(cli_check_config_main, "", 0,
                    ARGV("check-config", "--encryption-provider-config", path, "--probe"));
     assert_int_equal(r.status, 1);

@@ -22,27 +22,20 @@
 #include "common/alloc.h"
 #include "proxy/config_gen.h"
 #include "proxy/metrics.h"
+#include "tests/support/test_files.h"
 
 #define KEY32 "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
 
-static const char aesgcm_yaml[] = "apiVersion: apiserver.config.k8s.io/v1\n"
-                                  "kind: EncryptionConfiguration\n"
-                                  "resources:\n"
-                                  "  - resources: [secrets]\n"
-                                  "    providers:\n"
-                                  "      - aesgcm: {keys: [{name: k1, secret: " KEY32 "}]}\n";
+static const char aesgcm_yaml[] =
+    TS_YAML_RULE("secrets") "      - aesgcm: {keys: [{name: k1, secret: " KEY32 "}]}\n";
 
-static const char kms_yaml[] = "apiVersion: apiserver.config.k8s.io/v1\n"
-                               "kind: EncryptionConfiguration\n"
-                               "resources:\n"
-                               "  - resources: [secrets]\n"
-                               "    providers:\n"
-                               "      - kms: {apiVersion: v2, name: p, endpoint: "
-                               "unix:///tmp/x.sock}\n"
-                               "  - resources: [configmaps]\n"
-                               "    providers:\n"
-                               "      - kms: {apiVersion: v2, name: q, endpoint: "
-                               "unix:///tmp/y.sock}\n";
+static const char kms_yaml[] =
+    TS_YAML_RULE("secrets") "      - kms: {apiVersion: v2, name: p, endpoint: "
+                            "unix:///tmp/x.sock}\n"
+                            "  - resources: [configmaps]\n"
+                            "    providers:\n"
+                            "      - kms: {apiVersion: v2, name: q, endpoint: "
+                            "unix:///tmp/y.sock}\n";
 
 /* The flow sequence opened on line 2 is still open at the end (3:1). */
 static const char broken_yaml[] = "apiVersion: apiserver.config.k8s.io/v1\n"
@@ -50,30 +43,22 @@ static const char broken_yaml[] = "apiVersion: apiserver.config.k8s.io/v1\n"
 
 static char dir[64], aesgcm_path[96], kms_path[96], broken_path[96], big_path[96], empty_path[96];
 
-static void write_file(const char *path, const void *bytes, size_t len) {
-    FILE *f = fopen(path, "wb");
-    assert_non_null(f);
-    assert_int_equal(fwrite(bytes, 1, len, f), len);
-    assert_int_equal(fclose(f), 0);
-}
-
 static int make_files(void **state) {
-    snprintf(dir, sizeof(dir), "/tmp/config_gen_test_XXXXXX");
-    assert_non_null(mkdtemp(dir));
+    ts_make_dir(dir, sizeof(dir), "/tmp/config_gen_test_XXXXXX");
     snprintf(aesgcm_path, sizeof(aesgcm_path), "%s/aesgcm.yaml", dir);
     snprintf(kms_path, sizeof(kms_path), "%s/kms.yaml", dir);
     snprintf(broken_path, sizeof(broken_path), "%s/broken.yaml", dir);
     snprintf(big_path, sizeof(big_path), "%s/big.bin", dir);
     snprintf(empty_path, sizeof(empty_path), "%s/empty.bin", dir);
-    write_file(aesgcm_path, aesgcm_yaml, sizeof(aesgcm_yaml) - 1);
-    write_file(kms_path, kms_yaml, sizeof(kms_yaml) - 1);
-    write_file(broken_path, broken_yaml, sizeof(broken_yaml) - 1);
-    write_file(empty_path, "", 0);
+    ts_write_file(aesgcm_path, aesgcm_yaml, sizeof(aesgcm_yaml) - 1);
+    ts_write_file(kms_path, kms_yaml, sizeof(kms_yaml) - 1);
+    ts_write_file(broken_path, broken_yaml, sizeof(broken_yaml) - 1);
+    ts_write_file(empty_path, "", 0);
     static uint8_t big[3 * 8192 + 17]; /* more than one read chunk, not a multiple of it */
     for (size_t i = 0; i < sizeof(big); i++) {
         big[i] = (uint8_t)(i * 131 + 7);
     }
-    write_file(big_path, big, sizeof(big));
+    ts_write_file(big_path, big, sizeof(big));
     return 0;
 }
 
@@ -158,9 +143,9 @@ static void test_hash_changes_with_content(void **state) {
     char before[PROXY_CONFIG_HASH_LEN], after[PROXY_CONFIG_HASH_LEN];
     char path[128];
     snprintf(path, sizeof(path), "%s/changing.yaml", dir);
-    write_file(path, "a: 1\n", 5);
+    ts_write_file(path, "a: 1\n", 5);
     assert_int_equal(proxy_config_hash_file(path, before, NULL), EP_OK);
-    write_file(path, "a: 2\n", 5);
+    ts_write_file(path, "a: 2\n", 5);
     assert_int_equal(proxy_config_hash_file(path, after, NULL), EP_OK);
     unlink(path);
     assert_string_not_equal(before, after);
@@ -231,7 +216,7 @@ static void test_load_errors(void **state) {
                                   "  - resources: [secrets]\n"
                                   "    providers:\n"
                                   "      - rot13: {}\n";
-    write_file(path, unknown, sizeof(unknown) - 1);
+    ts_write_file(path, unknown, sizeof(unknown) - 1);
     assert_int_equal(proxy_config_load(path, NULL, &c, &err), EP_ERR_CONFIG);
     unlink(path);
     assert_true(strncmp(err.msg, path, strlen(path)) == 0);
@@ -408,7 +393,7 @@ static void test_gen_refused(void **state) {
                      "    providers:\n"
                      "      - kms: {apiVersion: v2, name: far, endpoint: unix:///tmp/%s}\n",
                      sock);
-    write_file(path, yaml, (size_t)n);
+    ts_write_file(path, yaml, (size_t)n);
     proxy_config *c = NULL;
     ep_err err = {{0}};
     assert_int_equal(proxy_config_load(path, NULL, &c, &err), EP_OK);

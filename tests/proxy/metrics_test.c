@@ -18,30 +18,27 @@
 #include "common/err.h"
 #include "net/grpc.h"
 #include "proxy/metrics.h"
+#include "tests/support/test_files.h"
 
 #define S(lit) STR_LIT(lit)
 #define KEY32 "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
 
-static const char config_yaml[] = "apiVersion: apiserver.config.k8s.io/v1\n"
-                                  "kind: EncryptionConfiguration\n"
-                                  "resources:\n"
-                                  "  - resources: [secrets]\n"
-                                  "    providers:\n"
-                                  "      - aesgcm: {keys: [{name: k1, secret: " KEY32 "}]}\n"
-                                  "  - resources: [configmaps]\n"
-                                  "    providers:\n"
-                                  "      - aescbc: {keys: [{name: c1, secret: " KEY32 "}]}\n"
-                                  "  - resources: [deployments.apps]\n"
-                                  "    providers:\n"
-                                  "      - secretbox: {keys: [{name: s1, secret: " KEY32 "}]}\n"
-                                  "  - resources: [events]\n"
-                                  "    providers:\n"
-                                  "      - kms: {apiVersion: v2, name: p, endpoint: "
-                                  "unix:///tmp/x.sock}\n"
-                                  "  - resources: [pods]\n"
-                                  "    providers:\n"
-                                  "      - identity: {}\n"
-                                  "      - aesgcm: {keys: [{name: k2, secret: " KEY32 "}]}\n";
+static const char config_yaml[] =
+    TS_YAML_RULE("secrets") "      - aesgcm: {keys: [{name: k1, secret: " KEY32 "}]}\n"
+                            "  - resources: [configmaps]\n"
+                            "    providers:\n"
+                            "      - aescbc: {keys: [{name: c1, secret: " KEY32 "}]}\n"
+                            "  - resources: [deployments.apps]\n"
+                            "    providers:\n"
+                            "      - secretbox: {keys: [{name: s1, secret: " KEY32 "}]}\n"
+                            "  - resources: [events]\n"
+                            "    providers:\n"
+                            "      - kms: {apiVersion: v2, name: p, endpoint: "
+                            "unix:///tmp/x.sock}\n"
+                            "  - resources: [pods]\n"
+                            "    providers:\n"
+                            "      - identity: {}\n"
+                            "      - aesgcm: {keys: [{name: k2, secret: " KEY32 "}]}\n";
 
 #define SECRET "/registry/secrets/default/s1"
 #define CONFIGMAP "/registry/configmaps/default/c1"
@@ -55,17 +52,7 @@ static const char config_yaml[] = "apiVersion: apiserver.config.k8s.io/v1\n"
 static crypto_transformer_set *set;
 
 static int load_set(void **state) {
-    char path[] = "/tmp/proxy_metrics_test_XXXXXX";
-    int fd = mkstemp(path);
-    assert_true(fd >= 0);
-    assert_int_equal(write(fd, config_yaml, sizeof(config_yaml) - 1), sizeof(config_yaml) - 1);
-    close(fd);
-    ep_err err = {{0}};
-    int rv = crypto_transformer_set_load(path, NULL, &set, &err);
-    unlink(path);
-    if (rv != EP_OK) {
-        fail_msg("loading the test config: %s", err.msg);
-    }
+    set = ts_transformer_set_from_yaml("the test config", config_yaml);
     return 0;
 }
 

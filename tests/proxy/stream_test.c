@@ -30,6 +30,7 @@
 #include <cmocka.h>
 
 #include "common/pbwire.h"
+#include "tests/support/test_files.h"
 
 #define S(lit) STR_LIT(lit)
 
@@ -258,18 +259,14 @@ static int plugin_answer(bool ok) {
 /* ---- the transformers: secrets under aesgcm, configmaps under a v1 plugin without a cache
  * (every read asks it) ---- */
 
-static const char config_yaml[] =
-    "apiVersion: apiserver.config.k8s.io/v1\n"
-    "kind: EncryptionConfiguration\n"
-    "resources:\n"
-    "  - resources: [secrets]\n"
-    "    providers:\n"
-    "      - aesgcm:\n"
-    "          keys: [{name: k1, secret: AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=}]\n"
-    "  - resources: [configmaps]\n"
-    "    providers:\n"
-    "      - kms: {apiVersion: v1, name: plugin, endpoint: unix:///nonexistent.sock,\n"
-    "              cachesize: -1}\n";
+static const char config_yaml[] = TS_YAML_RULE(
+    "secrets") "      - aesgcm:\n"
+               "          keys: [{name: k1, secret: "
+               "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=}]\n"
+               "  - resources: [configmaps]\n"
+               "    providers:\n"
+               "      - kms: {apiVersion: v1, name: plugin, endpoint: unix:///nonexistent.sock,\n"
+               "              cachesize: -1}\n";
 
 #define SECRET_KEY "/registry/secrets/default/s1"
 #define KMS_KEY "/registry/configmaps/default/c1"
@@ -277,17 +274,7 @@ static const char config_yaml[] =
 static crypto_transformer_set *transformers;
 
 static int load_set(void **state) {
-    char path[] = "/tmp/stream_test_XXXXXX";
-    int fd = mkstemp(path);
-    assert_true(fd >= 0);
-    assert_int_equal(write(fd, config_yaml, sizeof(config_yaml) - 1), sizeof(config_yaml) - 1);
-    close(fd);
-    ep_err err = {{0}};
-    int rv = crypto_transformer_set_load(path, NULL, &transformers, &err);
-    unlink(path);
-    if (rv != 0) {
-        fail_msg("loading the test config: %s", err.msg);
-    }
+    transformers = ts_transformer_set_from_yaml("the test config", config_yaml);
     return 0;
 }
 

@@ -13,43 +13,27 @@
 #include "common/pbwire.h"
 #include "proxy/etcd_msg.h"
 #include "proxy/value_codec.h"
+#include "tests/support/test_files.h"
 
 #define S(lit) STR_LIT(lit)
 
 /* secrets: aesgcm (writes) then identity; configmaps: identity then aesgcm (reads both). */
 static const char config_yaml[] =
-    "apiVersion: apiserver.config.k8s.io/v1\n"
-    "kind: EncryptionConfiguration\n"
-    "resources:\n"
-    "  - resources: [secrets]\n"
-    "    providers:\n"
-    "      - aesgcm:\n"
-    "          keys:\n"
-    "            - name: k1\n"
-    "              secret: AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n"
-    "      - identity: {}\n"
-    "  - resources: [configmaps]\n"
-    "    providers:\n"
-    "      - identity: {}\n"
-    "      - aesgcm:\n"
-    "          keys:\n"
-    "            - name: k1\n"
-    "              secret: AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n";
+    TS_YAML_RULE("secrets") "      - aesgcm:\n"
+                            "          keys:\n"
+                            "            - name: k1\n"
+                            "              secret: AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n"
+                            "      - identity: {}\n"
+                            "  - resources: [configmaps]\n"
+                            "    providers:\n"
+                            "      - identity: {}\n"
+                            "      - aesgcm:\n"
+                            "          keys:\n"
+                            "            - name: k1\n"
+                            "              secret: AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n";
 
 static int load_set(void **state) {
-    char path[] = "/tmp/value_codec_test_XXXXXX";
-    int fd = mkstemp(path);
-    assert_true(fd >= 0);
-    assert_int_equal(write(fd, config_yaml, sizeof(config_yaml) - 1), sizeof(config_yaml) - 1);
-    close(fd);
-    crypto_transformer_set *set = NULL;
-    ep_err err = {{0}};
-    int rv = crypto_transformer_set_load(path, NULL, &set, &err);
-    unlink(path);
-    if (rv != EP_OK) {
-        fail_msg("loading the test config: %s", err.msg);
-    }
-    *state = set;
+    *state = ts_transformer_set_from_yaml("the test config", config_yaml);
     return 0;
 }
 
@@ -143,15 +127,11 @@ static void test_plaintext_write_is_unchanged(void **state) {
  * A kms v2 provider (no plugin behind it) and one stored value from the reference vectors
  * (public-kms-v2-kdf, 15-bytes): reading it needs a plugin Decrypt of its seed. */
 
-static const char kms_yaml[] = "apiVersion: apiserver.config.k8s.io/v1\n"
-                               "kind: EncryptionConfiguration\n"
-                               "resources:\n"
-                               "  - resources: [secrets]\n"
-                               "    providers:\n"
-                               "      - kms:\n"
-                               "          apiVersion: v2\n"
-                               "          name: kmsv2-public\n"
-                               "          endpoint: unix:///nonexistent/kms.sock\n";
+static const char kms_yaml[] =
+    TS_YAML_RULE("secrets") "      - kms:\n"
+                            "          apiVersion: v2\n"
+                            "          name: kmsv2-public\n"
+                            "          endpoint: unix:///nonexistent/kms.sock\n";
 
 static const char kms_key[] = "/registry/secrets/prod/db-credentials";
 static const char kms_stored_b64[] =
@@ -169,22 +149,6 @@ static buf decoded(const char *b64) {
     return b;
 }
 
-static crypto_transformer_set *load_yaml(const char *yaml) {
-    char path[] = "/tmp/value_codec_test_XXXXXX";
-    int fd = mkstemp(path);
-    assert_true(fd >= 0);
-    assert_int_equal(write(fd, yaml, strlen(yaml)), (ssize_t)strlen(yaml));
-    close(fd);
-    crypto_transformer_set *set = NULL;
-    ep_err err = {{0}};
-    int rv = crypto_transformer_set_load(path, NULL, &set, &err);
-    unlink(path);
-    if (rv != EP_OK) {
-        fail_msg("loading the kms config: %s", err.msg);
-    }
-    return set;
-}
-
 /* A Range response holding the vector's value at its key. */
 static buf range_with_value(str stored) {
     buf kv = BUF_INIT, range = BUF_INIT;
@@ -196,7 +160,7 @@ static buf range_with_value(str stored) {
 }
 
 static void test_bound_codec_records_plugin_calls(void **state) {
-    crypto_transformer_set *set = load_yaml(kms_yaml);
+    crypto_transformer_set *set = ts_transformer_set_from_yaml("the kms config", kms_yaml);
     size_t n = 0;
     crypto_kms_provider *const *providers = crypto_transformer_set_kms_providers(set, &n);
     assert_int_equal(n, 1);

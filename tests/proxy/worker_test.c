@@ -22,15 +22,11 @@
 #include <poll.h>
 
 #include "proxy/worker.c"
+#include "tests/support/test_files.h"
 
 #define DEADLINE_MS 10000
 
-static const char config_text[] = "apiVersion: apiserver.config.k8s.io/v1\n"
-                                  "kind: EncryptionConfiguration\n"
-                                  "resources:\n"
-                                  "  - resources: [secrets]\n"
-                                  "    providers:\n"
-                                  "      - identity: {}\n";
+static const char config_text[] = TS_YAML_RULE("secrets") "      - identity: {}\n";
 
 /* ---- a raw HTTP/2 client ---- */
 
@@ -267,12 +263,6 @@ static void run_ready(fixture *f) {
     }
 }
 
-static int64_t elapsed_ms(const struct timespec *since) {
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    return (now.tv_sec - since->tv_sec) * 1000 + (now.tv_nsec - since->tv_nsec) / 1000000;
-}
-
 /* ---- creation ---- */
 
 static void test_new_bad_address(void **state) {
@@ -425,7 +415,7 @@ static void test_idle_timeout(void **state) {
     assert_int_equal(client_connect(&c, w->base, f->port), 0);
     client_preface(&c);
     run_until(f, &c.goaways, 1);
-    assert_true(elapsed_ms(&started) >= 95);
+    assert_true(ts_elapsed_ms(&started) >= 95);
     assert_int_equal(c.goaway_error, NGHTTP2_NO_ERROR);
     run_until(f, &c.eof, 1);
     run_down_to(f, &w->n_conns, 0);
@@ -454,7 +444,7 @@ static void test_accept_error_pauses(void **state) {
     run_ready(f);
     assert_int_equal(w->n_conns, 0); /* paused */
     run_until(f, &w->n_conns, 1);
-    assert_true(elapsed_ms(&started) >= ACCEPT_RETRY_MS - 20);
+    assert_true(ts_elapsed_ms(&started) >= ACCEPT_RETRY_MS - 20);
     client_close(&c);
 }
 
@@ -499,7 +489,7 @@ static void test_every(void **state) {
     clock_gettime(CLOCK_MONOTONIC, &started);
     assert_int_equal(proxy_worker_every(w, 20, count_tick, &ticks), 0);
     run_until(f, &ticks, 3);
-    assert_true(elapsed_ms(&started) >= 55);
+    assert_true(ts_elapsed_ms(&started) >= 55);
     assert_true(event_pending(w->periodic_ev, EV_TIMEOUT, NULL)); /* it goes on */
 }
 
@@ -549,7 +539,7 @@ static void test_stop_closes_idle_connections(void **state) {
     struct timespec started;
     clock_gettime(CLOCK_MONOTONIC, &started);
     event_base_loop(w->base, 0); /* returns once the worker asks its loop to exit */
-    assert_true(elapsed_ms(&started) < f->cfg.drain_ms);
+    assert_true(ts_elapsed_ms(&started) < f->cfg.drain_ms);
     assert_int_equal(w->n_conns, 0);
     assert_true(w->stopping);
     assert_null(w->listener);
@@ -576,7 +566,7 @@ static void test_stop_waits_for_calls(void **state) {
     struct timespec started;
     clock_gettime(CLOCK_MONOTONIC, &started);
     event_base_loop(w->base, 0);
-    assert_true(elapsed_ms(&started) < f->cfg.drain_ms);
+    assert_true(ts_elapsed_ms(&started) < f->cfg.drain_ms);
     assert_int_equal(c.goaways, 1); /* the loop ended because the client left after it */
     assert_int_equal(w->n_conns, 0);
     assert_int_equal(w->n_streams, 0);
@@ -598,7 +588,7 @@ static void test_drain_timeout(void **state) {
     struct timespec started;
     clock_gettime(CLOCK_MONOTONIC, &started);
     event_base_loop(w->base, 0);
-    assert_true(elapsed_ms(&started) >= 95);
+    assert_true(ts_elapsed_ms(&started) >= 95);
     assert_int_equal(w->n_conns, 1);
     event_free(c.ev); /* it lives on the worker's loop, which free releases */
     c.ev = NULL;
@@ -692,7 +682,7 @@ static void test_threaded_life_cycle(void **state) {
     clock_gettime(CLOCK_MONOTONIC, &started);
     proxy_worker_free(w); /* joins: the loop ended when the client left */
     f->w = NULL;
-    assert_true(elapsed_ms(&started) < DEADLINE_MS);
+    assert_true(ts_elapsed_ms(&started) < DEADLINE_MS);
     pthread_mutex_destroy(&t.lock);
     pthread_cond_destroy(&t.cond);
 }
