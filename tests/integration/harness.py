@@ -136,6 +136,20 @@ def tcp_accepts(port):
         return False
 
 
+def http_get(url, timeout=5):
+    """(status, body text); an HTTP error status is returned, not raised, and a connection error
+    gives (None, why)."""
+    import urllib.error
+    import urllib.request
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read().decode(errors="replace")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(errors="replace")
+    except OSError as e:
+        return None, str(e)
+
+
 def log_tail(path, lines=25):
     try:
         with open(path, "rb") as f:
@@ -414,6 +428,15 @@ def binary_problem(subcommand="serve"):
         return "%s does not implement '%s' yet (exit %d: %s)" % (
             path, subcommand, res.returncode, res.stderr.decode(errors="replace").strip()[:200])
     return None
+
+
+def require_binary(suite, subcommand, check_name):
+    """Ends |suite| with the failure |check_name| (not a skip) when the proxy binary is missing or
+    does not know |subcommand|."""
+    problem = binary_problem(subcommand)
+    if problem:
+        suite.check(check_name, False, problem)
+        suite.finish()
 
 
 def kms_plugin_binary():

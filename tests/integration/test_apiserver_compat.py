@@ -17,10 +17,7 @@ import harness  # noqa: E402
 etcd3 = harness.import_etcd3()
 
 suite = harness.Suite("apiserver compatibility")
-problem = harness.binary_problem("encrypt")
-if problem:
-    suite.check("etcd-encrypt-proxy encrypt is available", False, problem)
-    suite.finish()
+harness.require_binary(suite, "encrypt", "etcd-encrypt-proxy encrypt is available")
 env = harness.start_env(suite)
 direct = etcd3.client("127.0.0.1", env.etcd.port, timeout=20)  # etcd itself
 through = etcd3.client("127.0.0.1", env.client_port, timeout=20)  # the proxy

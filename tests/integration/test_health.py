@@ -25,31 +25,13 @@ import re
 import signal
 import sys
 import time
-import urllib.error
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
 
 suite = h.Suite("health")
-problem = h.binary_problem("serve")
-if problem or not os.access(h.kms_plugin_binary(), os.X_OK):
-    suite.check("proxy and reference KMS plugin are built", False,
-                problem or "%s is missing" % h.kms_plugin_binary())
-    suite.finish()
-PLUGIN = h.kms_plugin_binary()
+PLUGIN = h.require_proxy_and_plugin(suite)
 MARK = h.marker()
-
-
-def http_get(url, timeout=3):
-    """(status, body); HTTP error statuses are returned, connection errors give (None, why)."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status, r.read().decode(errors="replace")
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode(errors="replace")
-    except OSError as e:
-        return None, str(e)
 
 
 class Admin:
@@ -57,7 +39,7 @@ class Admin:
         self.base = "http://127.0.0.1:%d" % port
 
     def get(self, path):
-        return http_get(self.base + path)
+        return h.http_get(self.base + path, 3)
 
     def status(self, path):
         return self.get(path)[0]

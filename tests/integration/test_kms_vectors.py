@@ -26,10 +26,7 @@ import kmsfake  # noqa: E402
 
 etcd3 = harness.import_etcd3()
 suite = harness.Suite("kms vectors")
-problem = harness.binary_problem("decrypt")
-if problem:
-    suite.check("etcd-encrypt-proxy decrypt is available", False, problem)
-    suite.finish()
+harness.require_binary(suite, "decrypt", "etcd-encrypt-proxy decrypt is available")
 
 VECTORS = os.path.join(os.environ.get("EP_SHARED_DIR", "../shared"), "vectors",
                        "k8s-transformers.json")

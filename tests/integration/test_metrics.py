@@ -35,9 +35,7 @@ import re
 import shutil
 import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
@@ -72,17 +70,6 @@ require_tools()
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 
-def http_get(url, timeout=5):
-    """(status, body text); an HTTP error status is returned, not raised."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status, r.read().decode(errors="replace")
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode(errors="replace")
-    except OSError as e:
-        return None, str(e)
-
-
 class Prometheus:
     def __init__(self, d, targets):
         self.dir = os.path.join(d, "prometheus")
@@ -102,12 +89,12 @@ class Prometheus:
                              "--storage.tsdb.retention.time", "1h"], self.log)
         self.base = "http://127.0.0.1:%d" % self.port
         ok = h.wait_for(lambda: self.proc.poll() is not None
-                        or http_get(self.base + "/-/ready", 2)[0] == 200, 30, 0.2)
+                        or h.http_get(self.base + "/-/ready", 2)[0] == 200, 30, 0.2)
         if not ok or self.proc.poll() is not None:
             raise RuntimeError("prometheus did not become ready:\n" + h.log_tail(self.log))
 
     def api(self, path, **params):
-        status, body = http_get(self.base + path + "?" + urllib.parse.urlencode(params), 5)
+        status, body = h.http_get(self.base + path + "?" + urllib.parse.urlencode(params), 5)
         if status != 200:
             raise RuntimeError("prometheus %s -> %s: %s" % (path, status, body[:300]))
         res = json.loads(body)
@@ -173,8 +160,8 @@ try:
     proxy.start()
     t_started = time.time()
     METRICS = "http://127.0.0.1:%d/metrics" % mport
-    if not h.wait_for(lambda: http_get(METRICS, 2)[0] == 200, 10):
-        raise RuntimeError("no /metrics on port %d: %s" % (mport, http_get(METRICS, 2)))
+    if not h.wait_for(lambda: h.http_get(METRICS, 2)[0] == 200, 10):
+        raise RuntimeError("no /metrics on port %d: %s" % (mport, h.http_get(METRICS, 2)))
     prom = Prometheus(work, ["127.0.0.1:%d" % mport])
     suite.logs.append(prom.log)
 except Exception as e:  # noqa: BLE001
@@ -183,7 +170,7 @@ except Exception as e:  # noqa: BLE001
 
 
 def raw_metrics():
-    status, body = http_get(METRICS, 5)
+    status, body = h.http_get(METRICS, 5)
     if status != 200:
         raise RuntimeError("GET /metrics -> %s: %s" % (status, body[:200]))
     return body
@@ -437,7 +424,7 @@ def proxy_series():
     suite.check("%s == 0" % name, prom.scalar(name) == 0.0, prom.query(name))
 
     res = prom.query("etcd_encrypt_proxy_build_info")
-    status, body = http_get(METRICS.replace("/metrics", "/version"))
+    status, body = h.http_get(METRICS.replace("/metrics", "/version"))
     version = json.loads(body).get("version") if status == 200 else None
     suite.check("etcd_encrypt_proxy_build_info == 1 with the /version version label",
                 len(res) == 1 and res[0][1] == 1.0 and res[0][0].get("version") == version

@@ -12,10 +12,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 
 suite = harness.Suite("sd_notify")
-problem = harness.binary_problem("serve")
-if problem:
-    suite.check("proxy binary is built and serves", False, problem)
-    suite.finish()
+harness.require_binary(suite, "serve", "proxy binary is built and serves")
 
 WORK = harness.workdir("ep-notify")
 ETCD = harness.Etcd(WORK)

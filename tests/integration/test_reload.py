@@ -38,10 +38,7 @@ import harness  # noqa: E402
 
 suite = harness.Suite("reload")
 
-problem = harness.binary_problem("serve")
-if problem:
-    suite.check("proxy binary is built and serves", False, problem)
-    suite.finish()
+harness.require_binary(suite, "serve", "proxy binary is built and serves")
 try:
     etcd3 = harness.import_etcd3()
     import hpack  # noqa: E402
@@ -87,6 +84,16 @@ def config_text(keys, resources=("secrets", "configmaps")):
                   "              secret: " + base64.b64encode(key).decode()]
     lines += ["      - identity: {}", ""]
     return "\n".join(lines).encode()
+
+
+def scenario_config(name, first_key):
+    """A fresh directory WORK/|name| whose enc.yaml serves aesgcm under |first_key| (its name and
+    secret); returns the directory and the config path."""
+    d = os.path.join(WORK, name)
+    os.makedirs(d)
+    config = os.path.join(d, "enc.yaml")
+    write_atomic(config, config_text([first_key]))
+    return d, config
 
 
 def write_atomic(path, data):
@@ -352,11 +359,8 @@ class Watch:
 
 
 def reload_under_load():
-    d = os.path.join(WORK, "load")
-    os.makedirs(d)
-    config = os.path.join(d, "enc.yaml")
     k1, k2, k3, k4 = (new_key("key%d" % i) for i in (1, 2, 3, 4))
-    write_atomic(config, config_text([("key1", k1)]))
+    d, config = scenario_config("load", ("key1", k1))
     hash0 = sha256_of(config)
     proxy, log = start_proxy(config)
     s0, f0, _, hashes, ids = reload_state(proxy.metrics_port)
@@ -540,11 +544,8 @@ def reload_under_load():
 
 
 def broken_files():
-    d = os.path.join(WORK, "broken")
-    os.makedirs(d)
-    config = os.path.join(d, "enc.yaml")
     k1, k2 = new_key("b-key1"), new_key("b-key2")
-    write_atomic(config, config_text([("b-key1", k1)]))
+    d, config = scenario_config("broken", ("b-key1", k1))
     hash1 = sha256_of(config)
     proxy, log = start_proxy(config)
     c = client(proxy.port)
@@ -641,11 +642,7 @@ def broken_files():
 
 def kms_v1_reload():
     import kmsfake
-    d = os.path.join(WORK, "kmsv1")
-    os.makedirs(d)
-    config = os.path.join(d, "enc.yaml")
-    k1 = new_key("v-key1")
-    write_atomic(config, config_text([("v-key1", k1)]))
+    d, config = scenario_config("kmsv1", ("v-key1", new_key("v-key1")))
     proxy, log = start_proxy(config)
     c = client(proxy.port)
     sock = os.path.join(d, "kms-v1.sock")
@@ -691,11 +688,8 @@ def kms_v1_reload():
 
 
 def automatic_reload_off():
-    d = os.path.join(WORK, "noauto")
-    os.makedirs(d)
-    config = os.path.join(d, "enc.yaml")
     k1, k2 = new_key("n-key1"), new_key("n-key2")
-    write_atomic(config, config_text([("n-key1", k1)]))
+    d, config = scenario_config("noauto", ("n-key1", k1))
     hash1 = sha256_of(config)
     proxy, log = start_proxy(config, extra=["--encryption-provider-config-automatic-reload=false"])
     c = client(proxy.port)
