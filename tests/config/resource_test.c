@@ -76,18 +76,6 @@ static bool overlaps(const char *a, const char *b) {
     return o;
 }
 
-static void test_overlaps(void **state) {
-    assert_true(overlaps("*.*", "secrets"));
-    assert_true(overlaps("*.*", "*.apps"));
-    assert_true(overlaps("*.apps", "deployments.apps"));
-    assert_true(overlaps("*.apps", "*.apps"));
-    assert_true(overlaps("*.", "secrets"));
-    assert_false(overlaps("*.", "deployments.apps"));
-    assert_false(overlaps("*.apps", "jobs.batch"));
-    assert_false(overlaps("secrets", "configmaps"));
-    assert_false(overlaps("deployments.apps", "deployments.apps.example"));
-}
-
 static bool masks(const char *earlier, const char *later) {
     config_resource e = parse(earlier), l = parse(later);
     bool m = config_resource_masks(&e, &l);
@@ -96,17 +84,41 @@ static bool masks(const char *earlier, const char *later) {
     return m;
 }
 
+/* Whether two resources overlap (either order) and whether |a|, listed earlier, masks |b|. */
+static const struct {
+    const char *a, *b;
+    bool overlaps, masks;
+} pair_cases[] = {{"*.*", "secrets", true, true},
+                  {"*.*", "*.apps", true, true},
+                  {"*.*", "*.*", true, true},
+                  {"*.apps", "deployments.apps", true, true},
+                  {"*.apps", "*.apps", true, true},
+                  {"*.", "secrets", true, true},
+                  {"secrets", "*.", true, false},
+                  {"secrets", "secrets", false, false}, /* same resource twice: lists concatenate */
+                  {"*.apps", "*.*", true, false},
+                  {"deployments.apps", "*.apps", true, false},
+                  {"*.", "deployments.apps", false, false},
+                  {"*.apps", "jobs.batch", false, false},
+                  {"secrets", "configmaps", false, false},
+                  {"deployments.apps", "deployments.apps.example", false, false}};
+
+static void test_overlaps(void **state) {
+    for (size_t i = 0; i < sizeof(pair_cases) / sizeof(pair_cases[0]); i++) {
+        if (overlaps(pair_cases[i].a, pair_cases[i].b) != pair_cases[i].overlaps) {
+            fail_msg("overlaps(%s, %s) should be %d", pair_cases[i].a, pair_cases[i].b,
+                     pair_cases[i].overlaps);
+        }
+    }
+}
+
 static void test_masks(void **state) {
-    assert_true(masks("*.*", "secrets"));
-    assert_true(masks("*.*", "*.*"));
-    assert_true(masks("*.apps", "deployments.apps"));
-    assert_true(masks("*.apps", "*.apps"));
-    assert_true(masks("*.", "secrets"));
-    assert_false(masks("secrets", "*."));
-    assert_false(masks("secrets", "secrets")); /* same resource twice: lists concatenate */
-    assert_false(masks("*.apps", "*.*"));
-    assert_false(masks("*.apps", "jobs.batch"));
-    assert_false(masks("deployments.apps", "*.apps"));
+    for (size_t i = 0; i < sizeof(pair_cases) / sizeof(pair_cases[0]); i++) {
+        if (masks(pair_cases[i].a, pair_cases[i].b) != pair_cases[i].masks) {
+            fail_msg("masks(%s, %s) should be %d", pair_cases[i].a, pair_cases[i].b,
+                     pair_cases[i].masks);
+        }
+    }
 }
 
 static void test_alloc_failure(void **state) {
