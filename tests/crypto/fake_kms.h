@@ -61,10 +61,35 @@ static inline int fk_load_vectors(cJSON **vectors) {
     return *vectors ? 0 : -1;
 }
 
+/* The parsed vectors file, for the tests that take fk_setup_vectors and fk_free_vectors as
+ * their group setup and teardown. */
+static cJSON *fk_vectors;
+
+static inline int fk_setup_vectors(void **state) {
+    return fk_load_vectors(&fk_vectors);
+}
+
+static inline int fk_free_vectors(void **state) {
+    cJSON_Delete(fk_vectors);
+    fk_vectors = NULL;
+    return 0;
+}
+
 /* The string member |name| of |o|; NULL when absent or not a string. */
 static inline const char *fk_jstr(const cJSON *o, const char *name) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
     return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+/* Calls |run| with |arg| on each case of fk_vectors whose provider is a KMS one ("kms-..."). */
+static inline void fk_each_kms_case(void (*run)(const cJSON *c, void *arg), void *arg) {
+    const cJSON *c;
+    cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(fk_vectors, "cases")) {
+        const char *provider = fk_jstr(c, "provider");
+        if (provider != NULL && strncmp(provider, "kms-", 4) == 0) {
+            run(c, arg);
+        }
+    }
 }
 
 /* The config called |id|; fails the test when there is none. */

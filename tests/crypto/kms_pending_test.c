@@ -23,16 +23,10 @@
 #include "common/alloc.h"
 #include "crypto/kms_provider_internal.h"
 #include "crypto/kmsv1.h"
+#include "tests/support/test_files.h"
 
 static crypto_kms_provider *new_provider(const char *name, int version, int32_t cachesize) {
-    config_provider cfg;
-    memset(&cfg, 0, sizeof(cfg));
-    cfg.type = CONFIG_PROVIDER_KMS;
-    cfg.kms.name = (char *)name;
-    cfg.kms.api_version = version;
-    cfg.kms.cachesize = cachesize;
-    cfg.kms.timeout_ns = 3000000000ull;
-    cfg.kms.socket_path = (char *)"/run/kms.sock";
+    config_provider cfg = ts_kms_config(name, version, cachesize);
     crypto_kms_provider *p = NULL;
     ep_err err;
     assert_int_equal(crypto_kms_provider_new(&cfg, &p, &err), EP_OK);

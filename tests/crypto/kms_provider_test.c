@@ -30,11 +30,10 @@
 #include "crypto/transformer.h"
 #include "crypto/transformer_set.h"
 #include "fake_kms.h"
+#include "tests/support/test_files.h"
 
 #define EXPECTED_KMS_CASES 62
 #define MIN_NS (60ull * 1000000000)
-
-static cJSON *vectors;
 
 /* ---- the fake plugin ---- */
 
@@ -147,18 +146,6 @@ static const cJSON *kms_of(const cJSON *config) {
     return cJSON_GetObjectItemCaseSensitive(p, "kms");
 }
 
-static config_provider kms_config(const char *name, int version, int32_t cachesize) {
-    config_provider p;
-    memset(&p, 0, sizeof(p));
-    p.type = CONFIG_PROVIDER_KMS;
-    p.kms.name = (char *)name;
-    p.kms.api_version = version;
-    p.kms.cachesize = cachesize;
-    p.kms.timeout_ns = 3000000000ull;
-    p.kms.socket_path = (char *)"/run/kms.sock";
-    return p;
-}
-
 static crypto_transformer *chain_of(const config_provider *p) {
     const config_provider *list[] = {p};
     crypto_transformer *t = NULL;
@@ -205,7 +192,7 @@ static plugin plugin_for(const cJSON *kms) {
     plugin pl = {.kek_b64 = fk_jstr(fp, "kek_b64"), .key_id = fk_jstr(fp, "key_id")};
     const cJSON *old =
         cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(fp, "also_decrypts_key_ids"), 0);
-    const char *old_kek = old ? fk_kek_of_key_id(vectors, str_cstr(old->valuestring)) : NULL;
+    const char *old_kek = old ? fk_kek_of_key_id(fk_vectors, str_cstr(old->valuestring)) : NULL;
     if (old_kek != NULL) {
         pl.old_key_id = old->valuestring;
         pl.old_kek_b64 = old_kek;
@@ -229,11 +216,12 @@ typedef struct {
     int ran, ok, errors, fresh;
 } tally;
 
-static void run_case(const cJSON *c, tally *t) {
-    const cJSON *kms = kms_of(fk_config_by_id(vectors, fk_jstr(c, "config")));
+static void run_case(const cJSON *c, void *arg) {
+    tally *t = arg;
+    const cJSON *kms = kms_of(fk_config_by_id(fk_vectors, fk_jstr(c, "config")));
     const cJSON *fp = cJSON_GetObjectItemCaseSensitive(kms, "fake_plugin");
     bool v2 = strcmp(fk_jstr(kms, "apiVersion"), "v2") == 0;
-    config_provider cfg = kms_config(fk_jstr(kms, "name"), v2 ? 2 : 1, v2 ? 0 : 1000);
+    config_provider cfg = ts_kms_config(fk_jstr(kms, "name"), v2 ? 2 : 1, v2 ? 0 : 1000);
     crypto_transformer *tr = chain_of(&cfg);
     plugin pl = plugin_for(kms);
     bool legacy_writer = false;
@@ -295,12 +283,7 @@ static void run_case(const cJSON *c, tally *t) {
 
 static void test_vectors_through_transformer(void **state) {
     tally t = {0};
-    const cJSON *c;
-    cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(vectors, "cases")) {
-        if (strncmp(fk_jstr(c, "provider"), "kms-", 4) == 0) {
-            run_case(c, &t);
-        }
-    }
+    fk_each_kms_case(run_case, &t);
     printf("kms vectors through the transformer: %d cases (%d ok + fresh writes, %d errors with "
            "Go's message)\n",
            t.ran, t.ok, t.errors);
@@ -314,7 +297,7 @@ static const char *v1_kek = "96aka3uW8VzbgocWM/cpJd25Vzx4UKntLXci9gk1fj4=";
 
 /* |n| values v1-encrypted at /registry/secrets/ns/sN by a throwaway writer. */
 static void v1_values(const char *name, size_t n, buf *values) {
-    config_provider cfg = kms_config(name, 1, 1000);
+    config_provider cfg = ts_kms_config(name, 1, 1000);
     crypto_transformer *w = chain_of(&cfg);
     plugin pl = {.kek_b64 = v1_kek};
     ep_err err;
@@ -347,7 +330,7 @@ static int read_v1(const crypto_transformer *t, plugin *pl, buf *values, size_t 
 static void test_v1_cache_hit_and_lru(void **state) {
     buf values[4];
     v1_values("lru", 4, values);
-    config_provider cfg = kms_config("lru", 1, 2);
+    config_provider cfg = ts_kms_config("lru", 1, 2);
     crypto_transformer *t = chain_of(&cfg);
     plugin pl = {.kek_b64 = v1_kek};
     assert_int_equal(read_v1(t, &pl, values, 0), 1);
@@ -362,7 +345,7 @@ static void test_v1_cache_hit_and_lru(void **state) {
     crypto_transformer_free(t);
 
     /* Disabled cache: every read calls the plugin, the rerun uses the call's answer. */
-    cfg = kms_config("lru", 1, -1);
+    cfg = ts_kms_config("lru", 1, -1);
     t = chain_of(&cfg);
     pl.decrypts = 0;
     for (int i = 0; i < 3; i++) {
@@ -382,7 +365,7 @@ static void test_range_dedup_beyond_cache(void **state) {
     enum { N = 300 };
     static buf values[N];
     v1_values("range", N, values);
-    config_provider cfg = kms_config("range", 1, 10);
+    config_provider cfg = ts_kms_config("range", 1, 10);
     crypto_transformer *t = chain_of(&cfg);
     plugin pl = {.kek_b64 = v1_kek};
     crypto_kms_pending pending = CRYPTO_KMS_PENDING_INIT;
@@ -414,7 +397,7 @@ static void test_range_dedup_beyond_cache(void **state) {
 
 /* A Txn with three v1 puts: three wraps, one DEK each, matched in order on the rerun. */
 static void test_v1_writes_one_dek_each(void **state) {
-    config_provider cfg = kms_config("txn", 1, 1000);
+    config_provider cfg = ts_kms_config("txn", 1, 1000);
     crypto_transformer *t = chain_of(&cfg);
     plugin pl = {.kek_b64 = v1_kek};
     crypto_kms_pending pending = CRYPTO_KMS_PENDING_INIT;
@@ -465,7 +448,7 @@ static void test_v1_writes_one_dek_each(void **state) {
 static void test_failed_calls(void **state) {
     buf values[1];
     v1_values("f", 1, values);
-    config_provider cfg = kms_config("f", 1, 1000);
+    config_provider cfg = ts_kms_config("f", 1, 1000);
     crypto_transformer *t = chain_of(&cfg);
     plugin down = {.kek_b64 = v1_kek,
                    .fail = "rpc error: code = Unavailable desc = connection refused"};
@@ -516,7 +499,7 @@ static const char *seed1 = "iVhZOjAwrIeVglRMjyv25sFxgNkOPI5kulrEmIQpmR0=";
 static const char *seed2 = "3sdAOcED6v/yFaq73PiSQXmINgry3pe2bsgO0ys+LyA=";
 
 static void test_v2_state(void **state) {
-    config_provider cfg = kms_config("v2p", 2, 0);
+    config_provider cfg = ts_kms_config("v2p", 2, 0);
     crypto_transformer *t = chain_of(&cfg);
     crypto_kms_provider *k = provider_of(t);
     k->now_ns = now_hook; /* the provider's clock, for expiry without waiting */
@@ -588,7 +571,7 @@ static void test_v2_state(void **state) {
 /* ---- v2 derived-key cache ---- */
 
 static void test_v2_derived_key_cache(void **state) {
-    config_provider cfg = kms_config("dk", 2, 0);
+    config_provider cfg = ts_kms_config("dk", 2, 0);
     crypto_transformer *t = chain_of(&cfg);
     crypto_kms_provider *k = provider_of(t);
     k->now_ns = now_hook; /* the provider's clock, for expiry without waiting */
@@ -666,7 +649,7 @@ static void test_v2_derived_key_cache(void **state) {
     assert_true(kept <= 8192 && kept > 7500);
     crypto_transformer_free(t);
     /* v1 has none. */
-    config_provider v1 = kms_config("dk1", 1, 10);
+    config_provider v1 = ts_kms_config("dk1", 1, 10);
     t = chain_of(&v1);
     assert_int_equal(crypto_kms_provider_derived_cache_size(provider_of(t)), 0);
     crypto_transformer_free(t);
@@ -825,20 +808,25 @@ static void *reader(void *p) {
     return NULL;
 }
 
-static void test_threads_share_a_provider(void **state) {
-    v1_values("mt", SHARED_VALUES, shared_values);
-    config_provider cfg = kms_config("mt", 1, 16); /* smaller than the working set: churn */
-    crypto_transformer *t = chain_of(&cfg);
+/* Runs |worker| on THREADS threads over |t| (seeds 0, 13, 26, ...); none may count a failure. */
+static void run_workers(crypto_transformer *t, void *(*worker)(void *)) {
     pthread_t th[THREADS];
     worker_arg args[THREADS];
     for (int i = 0; i < THREADS; i++) {
         args[i] = (worker_arg){t, 0, i * 13};
-        assert_int_equal(pthread_create(&th[i], NULL, reader, &args[i]), 0);
+        assert_int_equal(pthread_create(&th[i], NULL, worker, &args[i]), 0);
     }
     for (int i = 0; i < THREADS; i++) {
         pthread_join(th[i], NULL);
         assert_int_equal(args[i].failures, 0);
     }
+}
+
+static void test_threads_share_a_provider(void **state) {
+    v1_values("mt", SHARED_VALUES, shared_values);
+    config_provider cfg = ts_kms_config("mt", 1, 16); /* smaller than the working set: churn */
+    crypto_transformer *t = chain_of(&cfg);
+    run_workers(t, reader);
     assert_true(crypto_kms_provider_cache_size(provider_of(t)) <= 16);
     crypto_transformer_free(t);
     for (int i = 0; i < SHARED_VALUES; i++) {
@@ -872,19 +860,10 @@ static void *v2_worker(void *p) {
 }
 
 static void test_v2_threads(void **state) {
-    config_provider cfg = kms_config("mt2", 2, 0);
+    config_provider cfg = ts_kms_config("mt2", 2, 0);
     crypto_transformer *t = chain_of(&cfg);
     install_state(provider_of(t), seed1, kek1, "key-1", NULL);
-    pthread_t th[THREADS];
-    worker_arg args[THREADS];
-    for (int i = 0; i < THREADS; i++) {
-        args[i] = (worker_arg){t, 0, i * 13};
-        assert_int_equal(pthread_create(&th[i], NULL, v2_worker, &args[i]), 0);
-    }
-    for (int i = 0; i < THREADS; i++) {
-        pthread_join(th[i], NULL);
-        assert_int_equal(args[i].failures, 0);
-    }
+    run_workers(t, v2_worker);
     assert_true(crypto_kms_provider_derived_cache_size(provider_of(t)) <= 8);
     crypto_transformer_free(t);
 }
@@ -894,7 +873,7 @@ static void test_v2_threads(void **state) {
 static void test_v1_empty_encrypted_dek(void **state) {
     const int32_t cachesizes[] = {1000, -1};
     for (size_t i = 0; i < 2; i++) {
-        config_provider cfg = kms_config("e1", 1, cachesizes[i]);
+        config_provider cfg = ts_kms_config("e1", 1, cachesizes[i]);
         crypto_transformer *t = chain_of(&cfg);
         plugin pl = {.kek_b64 = v1_kek};
         buf out = BUF_INIT;
@@ -915,7 +894,7 @@ static void test_v1_empty_encrypted_dek(void **state) {
  * threads write and read (a plugin rotating on every Status must not grow the process), and
  * values written under it stay readable. */
 static void test_v2_replaced_states_are_freed(void **state) {
-    config_provider cfg = kms_config("rot", 2, 0);
+    config_provider cfg = ts_kms_config("rot", 2, 0);
     crypto_transformer *t = chain_of(&cfg);
     crypto_kms_provider *k = provider_of(t);
     install_state(k, seed1, kek1, "key-1", NULL);
@@ -947,7 +926,7 @@ static void test_allocation_failure(void **state) {
     str key = STR_LIT("/registry/secrets/ns/s0");
     bool done = false;
     for (long n = 0; !done && n < 400; n++) {
-        config_provider c1 = kms_config("af", 1, 1000), c2 = kms_config("af2", 2, 0);
+        config_provider c1 = ts_kms_config("af", 1, 1000), c2 = ts_kms_config("af2", 2, 0);
         const config_provider *list[] = {&c2, &c1};
         crypto_transformer *t = NULL;
         ep_err err;
@@ -984,17 +963,6 @@ static void test_allocation_failure(void **state) {
     buf_free(&values[0]);
 }
 
-/* ---- setup ---- */
-
-static int load_vectors(void **state) {
-    return fk_load_vectors(&vectors);
-}
-
-static int free_vectors(void **state) {
-    cJSON_Delete(vectors);
-    return 0;
-}
-
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_vectors_through_transformer),
@@ -1012,5 +980,5 @@ int main(void) {
         cmocka_unit_test(test_v1_empty_encrypted_dek),
         cmocka_unit_test(test_allocation_failure),
     };
-    return cmocka_run_group_tests(tests, load_vectors, free_vectors);
+    return cmocka_run_group_tests(tests, fk_setup_vectors, fk_free_vectors);
 }

@@ -32,8 +32,6 @@
 
 #define EXPECTED_CASES 62
 
-static cJSON *vectors;
-
 /* ---- small helpers ------------------------------------------------------------------- */
 
 static void b64(const char *text, buf *out) {
@@ -110,7 +108,7 @@ static const char *kek_for(const cJSON *plugin, str key_id) {
     const cJSON *id;
     cJSON_ArrayForEach(id, cJSON_GetObjectItemCaseSensitive(plugin, "also_decrypts_key_ids")) {
         if (str_eq(key_id, str_cstr(id->valuestring))) {
-            return fk_kek_of_key_id(vectors, key_id);
+            return fk_kek_of_key_id(fk_vectors, key_id);
         }
     }
     return NULL;
@@ -449,8 +447,9 @@ typedef struct {
     int ran, ok, errors, exact_messages, recorded_checked, fresh;
 } tally;
 
-static void run_case(const cJSON *c, tally *t) {
-    const cJSON *kms = kms_of(fk_config_by_id(vectors, fk_jstr(c, "config")));
+static void run_case(const cJSON *c, void *arg) {
+    tally *t = arg;
+    const cJSON *kms = kms_of(fk_config_by_id(fk_vectors, fk_jstr(c, "config")));
     str etcd_key = str_cstr(fk_jstr(c, "etcd_key"));
     assert_true(str_eq(etcd_key, str_cstr(fk_jstr(c, "authenticated_data"))));
     buf stored = BUF_INIT, plain = BUF_INIT;
@@ -500,12 +499,7 @@ static void run_case(const cJSON *c, tally *t) {
 
 static void test_kms_vectors(void **state) {
     tally t = {0};
-    const cJSON *c;
-    cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(vectors, "cases")) {
-        if (strncmp(fk_jstr(c, "provider"), "kms-", 4) == 0) {
-            run_case(c, &t);
-        }
-    }
+    fk_each_kms_case(run_case, &t);
     printf("kms vectors: %d cases (%d ok, %d errors; %d with Go's exact message), %d recorded "
            "kms fields checked, %d fresh writes read back\n",
            t.ran, t.ok, t.errors, t.exact_messages, t.recorded_checked, t.fresh);
@@ -519,18 +513,9 @@ static void test_kms_vectors(void **state) {
     assert_int_equal(t.exact_messages, t.errors);
 }
 
-static int load_vectors(void **state) {
-    return fk_load_vectors(&vectors);
-}
-
-static int free_vectors(void **state) {
-    cJSON_Delete(vectors);
-    return 0;
-}
-
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_kms_vectors),
     };
-    return cmocka_run_group_tests(tests, load_vectors, free_vectors);
+    return cmocka_run_group_tests(tests, fk_setup_vectors, fk_free_vectors);
 }

@@ -70,6 +70,21 @@ static inline int64_t ts_elapsed_ms(const struct timespec *since) {
     return (now.tv_sec - since->tv_sec) * 1000 + (now.tv_nsec - since->tv_nsec) / 1000000;
 }
 
+/* A KMS provider configuration as the loader would make it: |name|, API |version| (1 or 2),
+ * |cachesize| (v1; 0 for the default, < 0 for none), a 3 s timeout and a socket that is never
+ * dialled. The strings are borrowed, so the result must not go to config_provider_free. */
+static inline config_provider ts_kms_config(const char *name, int version, int32_t cachesize) {
+    config_provider p;
+    memset(&p, 0, sizeof(p));
+    p.type = CONFIG_PROVIDER_KMS;
+    p.kms.name = (char *)name;
+    p.kms.api_version = version;
+    p.kms.cachesize = cachesize;
+    p.kms.timeout_ns = 3000000000ull;
+    p.kms.socket_path = (char *)"/run/kms.sock";
+    return p;
+}
+
 /* Loads the transformer set that |yaml| configures: the loader reads only files, so the text
  * goes to a temp file first, removed before this returns. Fails the test (naming |what|) when
  * the configuration is refused. */
