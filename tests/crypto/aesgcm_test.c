@@ -236,15 +236,7 @@ static void test_threads(void **state) {
         assert_int_equal(crypto_aesgcm_key_new(str_make(shared_raw[i], 32), &shared_keys[i], &err),
                          EP_OK);
     }
-    pthread_t threads[4];
-    for (uintptr_t t = 0; t < 4; t++) {
-        assert_int_equal(pthread_create(&threads[t], NULL, thread_main, (void *)t), 0);
-    }
-    for (int t = 0; t < 4; t++) {
-        void *failures;
-        assert_int_equal(pthread_join(threads[t], &failures), 0);
-        assert_int_equal((uintptr_t)failures, 0);
-    }
+    ts_run_threads(thread_main, 4);
     crypto_aesgcm_key_free(shared_keys[0]);
     crypto_aesgcm_key_free(shared_keys[1]);
 }

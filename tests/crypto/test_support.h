@@ -14,6 +14,7 @@
 #include <stdlib.h>
 
 #include <cmocka.h>
+#include <pthread.h>
 
 #include "common/alloc.h"
 #include "common/buf.h"
@@ -82,6 +83,21 @@ static inline void ts_alloc_failure(ts_full_round_trip_fn round_trip, long runs)
         buf_free(&opened);
     }
     assert_true(saw_nomem && saw_ok);
+}
+
+/* Runs |thread_main| on |n| threads (at most 16), passing each its index as a uintptr_t; each
+ * returns its count of failures as a uintptr_t, and every count must be 0. */
+static inline void ts_run_threads(void *(*thread_main)(void *), uintptr_t n) {
+    pthread_t threads[16];
+    assert_true(n <= 16);
+    for (uintptr_t t = 0; t < n; t++) {
+        assert_int_equal(pthread_create(&threads[t], NULL, thread_main, (void *)t), 0);
+    }
+    for (uintptr_t t = 0; t < n; t++) {
+        void *failures;
+        assert_int_equal(pthread_join(threads[t], &failures), 0);
+        assert_int_equal((uintptr_t)failures, 0);
+    }
 }
 
 #endif

@@ -14,6 +14,7 @@
 
 #include "common/alloc.h"
 #include "crypto/transformer.h"
+#include "tests/crypto/test_support.h"
 
 #define MAX_KEYS 4
 
@@ -443,15 +444,7 @@ static void test_threads(void **state) {
         const config_provider *chain[] = {&tp.p};
         ep_err err;
         assert_int_equal(crypto_transformer_new(chain, 1, &shared, &err), EP_OK);
-        pthread_t threads[4];
-        for (uintptr_t t = 0; t < 4; t++) {
-            assert_int_equal(pthread_create(&threads[t], NULL, thread_main, (void *)t), 0);
-        }
-        for (int t = 0; t < 4; t++) {
-            void *failures;
-            assert_int_equal(pthread_join(threads[t], &failures), 0);
-            assert_int_equal((uintptr_t)failures, 0);
-        }
+        ts_run_threads(thread_main, 4);
         crypto_transformer_free(shared);
         free_provider(&tp);
     }

@@ -23,6 +23,7 @@
 #include <fcntl.h>
 
 #include "net/h2_session.c"
+#include "tests/support/h2_frame.h"
 #include "tests/support/test_files.h"
 
 #define DEADLINE_MS 10000
@@ -80,15 +81,8 @@ static void peer_write(peer *p, const void *bytes, size_t len) {
 
 static void peer_frame(peer *p, uint8_t type, uint8_t flags, int32_t stream_id, const void *payload,
                        size_t len) {
-    uint8_t hd[9] = {(uint8_t)(len >> 16),
-                     (uint8_t)(len >> 8),
-                     (uint8_t)len,
-                     type,
-                     flags,
-                     (uint8_t)(stream_id >> 24),
-                     (uint8_t)(stream_id >> 16),
-                     (uint8_t)(stream_id >> 8),
-                     (uint8_t)stream_id};
+    uint8_t hd[9];
+    ts_h2_frame_header(hd, len, type, flags, stream_id);
     peer_write(p, hd, sizeof(hd));
     if (len > 0) {
         peer_write(p, payload, len);
@@ -101,15 +95,9 @@ static void peer_preface(peer *p) {
     peer_frame(p, NGHTTP2_SETTINGS, 0, 0, NULL, 0);
 }
 
-static nghttp2_nv nv(const char *name, const char *value) {
-    nghttp2_nv v = {(uint8_t *)name, (uint8_t *)value, strlen(name), strlen(value),
-                    NGHTTP2_NV_FLAG_NONE};
-    return v;
-}
-
 static void peer_headers(peer *p, int32_t stream_id, bool end_stream) {
-    nghttp2_nv nva[] = {nv(":method", "POST"), nv(":scheme", "http"), nv(":path", "/svc/M"),
-                        nv(":authority", "test")};
+    nghttp2_nv nva[] = {ts_nv(":method", "POST"), ts_nv(":scheme", "http"),
+                        ts_nv(":path", "/svc/M"), ts_nv(":authority", "test")};
     uint8_t block[256];
     ssize_t n = nghttp2_hd_deflate_hd(p->hd, block, sizeof(block), nva, 4);
     assert_true(n > 0);
@@ -134,7 +122,8 @@ static void peer_ping(peer *p) {
     peer_frame(p, NGHTTP2_PING, 0, 0, "syncsync", 8);
 }
 
-static void peer_on_frame(peer *p, const uint8_t *hd, const uint8_t *payload) {
+static void peer_on_frame(void *arg, const uint8_t *hd, const uint8_t *payload) {
+    peer *p = arg;
     size_t len = (size_t)hd[0] << 16 | (size_t)hd[1] << 8 | hd[2];
     uint8_t type = hd[3], flags = hd[4];
     int32_t stream_id = (int32_t)(be32(hd + 5) & 0x7fffffff);
@@ -200,16 +189,7 @@ static void peer_parse(peer *p) {
         assert_true(p->preface_ok);
         evbuffer_drain(p->in, NGHTTP2_CLIENT_MAGIC_LEN);
     }
-    while (evbuffer_get_length(p->in) >= 9) {
-        const uint8_t *hd = evbuffer_pullup(p->in, 9);
-        size_t len = (size_t)hd[0] << 16 | (size_t)hd[1] << 8 | hd[2];
-        if (evbuffer_get_length(p->in) < 9 + len) {
-            return;
-        }
-        const uint8_t *frame = evbuffer_pullup(p->in, (ssize_t)(9 + len));
-        peer_on_frame(p, frame, frame + 9);
-        evbuffer_drain(p->in, 9 + len);
-    }
+    ts_h2_take_frames(p->in, peer_on_frame, p);
 }
 
 static void peer_on_readable(evutil_socket_t fd, short what, void *arg) {
@@ -279,7 +259,7 @@ static int o_begin_headers(h2_session *s, const nghttp2_frame *frame, void *arg)
 }
 
 static void o_respond(owner *o, int32_t stream_id) {
-    nghttp2_nv nva[] = {nv(":status", "200")};
+    nghttp2_nv nva[] = {ts_nv(":status", "200")};
     nghttp2_data_provider prd = h2_body_provider(&o->body);
     assert_int_equal(nghttp2_submit_response(h2_session_ng(o->s), stream_id, nva, 1,
                                              o->body.queue ? &prd : NULL),
@@ -354,7 +334,7 @@ static void o_drain(h2_body *b, void *arg) {
 static void o_eof(h2_body *b, int32_t stream_id, void *arg) {
     owner *o = arg;
     o->eofs++;
-    nghttp2_nv nva[] = {nv("grpc-status", "0")};
+    nghttp2_nv nva[] = {ts_nv("grpc-status", "0")};
     assert_int_equal(nghttp2_submit_trailer(h2_session_ng(o->s), stream_id, nva, 1), 0);
 }
 

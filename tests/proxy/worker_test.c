@@ -22,6 +22,7 @@
 #include <poll.h>
 
 #include "proxy/worker.c"
+#include "tests/support/h2_frame.h"
 #include "tests/support/test_files.h"
 
 #define DEADLINE_MS 10000
@@ -54,15 +55,8 @@ static void client_write(client *c, const void *bytes, size_t len) {
 
 static void client_frame(client *c, uint8_t type, uint8_t flags, int32_t stream_id,
                          const void *payload, size_t len) {
-    uint8_t hd[9] = {(uint8_t)(len >> 16),
-                     (uint8_t)(len >> 8),
-                     (uint8_t)len,
-                     type,
-                     flags,
-                     (uint8_t)(stream_id >> 24),
-                     (uint8_t)(stream_id >> 16),
-                     (uint8_t)(stream_id >> 8),
-                     (uint8_t)stream_id};
+    uint8_t hd[9];
+    ts_h2_frame_header(hd, len, type, flags, stream_id);
     uint8_t frame[9 + 512];
     assert_true(len <= 512);
     memcpy(frame, hd, 9);
@@ -77,27 +71,22 @@ static void client_preface(client *c) {
     client_frame(c, NGHTTP2_SETTINGS, 0, 0, NULL, 0);
 }
 
-static nghttp2_nv nv(const char *name, const char *value) {
-    nghttp2_nv v = {(uint8_t *)name, (uint8_t *)value, strlen(name), strlen(value),
-                    NGHTTP2_NV_FLAG_NONE};
-    return v;
-}
-
 /* Opens |stream_id| with a pass-through gRPC request whose body has not come yet. */
 static void client_request(client *c, nghttp2_hd_deflater *hd, int32_t stream_id) {
-    nghttp2_nv nva[] = {nv(":method", "POST"),
-                        nv(":scheme", "http"),
-                        nv(":path", "/etcdserverpb.Maintenance/Status"),
-                        nv(":authority", "proxy"),
-                        nv("content-type", "application/grpc"),
-                        nv("te", "trailers")};
+    nghttp2_nv nva[] = {ts_nv(":method", "POST"),
+                        ts_nv(":scheme", "http"),
+                        ts_nv(":path", "/etcdserverpb.Maintenance/Status"),
+                        ts_nv(":authority", "proxy"),
+                        ts_nv("content-type", "application/grpc"),
+                        ts_nv("te", "trailers")};
     uint8_t block[256];
     ssize_t n = nghttp2_hd_deflate_hd(hd, block, sizeof(block), nva, 6);
     assert_true(n > 0);
     client_frame(c, NGHTTP2_HEADERS, NGHTTP2_FLAG_END_HEADERS, stream_id, block, (size_t)n);
 }
 
-static void client_on_frame(client *c, const uint8_t *hd, const uint8_t *payload) {
+static void client_on_frame(void *arg, const uint8_t *hd, const uint8_t *payload) {
+    client *c = arg;
     int32_t stream_id = (int32_t)(be32(hd + 5) & 0x7fffffff);
     if (hd[3] == NGHTTP2_SETTINGS && !(hd[4] & NGHTTP2_FLAG_ACK)) {
         c->settings++;
@@ -120,16 +109,7 @@ static void client_on_frame(client *c, const uint8_t *hd, const uint8_t *payload
 static void client_on_readable(evutil_socket_t fd, short what, void *arg) {
     client *c = arg;
     int n = evbuffer_read(c->in, fd, 65536);
-    while (evbuffer_get_length(c->in) >= 9) {
-        const uint8_t *hd = evbuffer_pullup(c->in, 9);
-        size_t len = (size_t)hd[0] << 16 | (size_t)hd[1] << 8 | hd[2];
-        if (evbuffer_get_length(c->in) < 9 + len) {
-            break;
-        }
-        const uint8_t *frame = evbuffer_pullup(c->in, (ssize_t)(9 + len));
-        client_on_frame(c, frame, frame + 9);
-        evbuffer_drain(c->in, 9 + len);
-    }
+    ts_h2_take_frames(c->in, client_on_frame, c);
     if (n == 0 || (n < 0 && errno != EAGAIN)) { /* closed (or reset) by the worker */
         c->eof = 1;
         event_del(c->ev);
