@@ -33,21 +33,15 @@
 #include "proxy/metrics.h"
 #include "tests/support/test_files.h"
 
-#define KEY32 "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
 #define ETCD "https://127.0.0.1:2379"
 #define DEADLINE_MS 10000
 
-static const char aesgcm_yaml[] =
-    TS_YAML_RULE("secrets") "      - aesgcm: {keys: [{name: k1, secret: " KEY32 "}]}\n";
+static const char aesgcm_yaml[] = TS_YAML_AESGCM_SECRETS;
 
 /* kms-provider-0 is the v2 "p", kms-provider-1 the v1 "legacy" (file order). */
 static const char kms_yaml[] =
-    TS_YAML_RULE("secrets") "      - kms: {apiVersion: v2, name: p, endpoint: "
-                            "unix:///tmp/x.sock}\n"
-                            "  - resources: [configmaps]\n"
-                            "    providers:\n"
-                            "      - kms: {apiVersion: v1, name: legacy, endpoint: "
-                            "unix:///tmp/legacy.sock, cachesize: 10}\n";
+    TS_YAML_KMS_V2_P_THEN_CONFIGMAPS "      - kms: {apiVersion: v1, name: legacy, endpoint: "
+                                     "unix:///tmp/legacy.sock, cachesize: 10}\n";
 
 static crypto_transformer_set *aesgcm_set, *kms_set;
 /* The TLS tests write their certificates here. */

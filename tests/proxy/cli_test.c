@@ -26,9 +26,7 @@ static const char aesgcm_config[] =
                             "          keys: [{name: k1, secret: " KEY_B64 "}]\n"
                             "      - identity: {}\n";
 
-/* The flow sequence opened on line 2 is still open at the end (3:1). */
-static const char broken_config[] = "apiVersion: apiserver.config.k8s.io/v1\n"
-                                    "kind: [EncryptionConfiguration\n";
+static const char broken_config[] = TS_YAML_BROKEN;
 
 static const char kms_v2_config[] =
     TS_YAML_RULE("secrets") "      - kms:\n"
@@ -42,21 +40,17 @@ static char aesgcm_path[96], broken_path[96], kms_v2_path[96];
 
 static int write_configs(void **state) {
     ts_make_dir(dir, sizeof(dir), "/tmp/cli-test-XXXXXX");
-    snprintf(aesgcm_path, sizeof(aesgcm_path), "%s/aesgcm.yaml", dir);
-    snprintf(broken_path, sizeof(broken_path), "%s/broken.yaml", dir);
-    snprintf(kms_v2_path, sizeof(kms_v2_path), "%s/kms-v2.yaml", dir);
-    ts_write_file(aesgcm_path, aesgcm_config, sizeof(aesgcm_config) - 1);
-    ts_write_file(broken_path, broken_config, sizeof(broken_config) - 1);
-    ts_write_file(kms_v2_path, kms_v2_config, sizeof(kms_v2_config) - 1);
+    ts_write_in_dir(aesgcm_path, sizeof(aesgcm_path), dir, "aesgcm.yaml", aesgcm_config,
+                    sizeof(aesgcm_config) - 1);
+    ts_write_in_dir(broken_path, sizeof(broken_path), dir, "broken.yaml", broken_config,
+                    sizeof(broken_config) - 1);
+    ts_write_in_dir(kms_v2_path, sizeof(kms_v2_path), dir, "kms-v2.yaml", kms_v2_config,
+                    sizeof(kms_v2_config) - 1);
     return 0;
 }
 
 static int remove_configs(void **state) {
-    unlink(aesgcm_path);
-    unlink(broken_path);
-    unlink(kms_v2_path);
-    rmdir(dir);
-    return 0;
+    return ts_remove_dir(dir);
 }
 
 /* ---- running a subcommand ---- */

@@ -24,52 +24,33 @@
 #include "proxy/metrics.h"
 #include "tests/support/test_files.h"
 
-#define KEY32 "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
+static const char aesgcm_yaml[] = TS_YAML_AESGCM_SECRETS;
 
-static const char aesgcm_yaml[] =
-    TS_YAML_RULE("secrets") "      - aesgcm: {keys: [{name: k1, secret: " KEY32 "}]}\n";
+static const char kms_yaml[] = TS_YAML_KMS_V2_P_THEN_CONFIGMAPS
+    "      - kms: {apiVersion: v2, name: q, endpoint: unix:///tmp/y.sock}\n";
 
-static const char kms_yaml[] =
-    TS_YAML_RULE("secrets") "      - kms: {apiVersion: v2, name: p, endpoint: "
-                            "unix:///tmp/x.sock}\n"
-                            "  - resources: [configmaps]\n"
-                            "    providers:\n"
-                            "      - kms: {apiVersion: v2, name: q, endpoint: "
-                            "unix:///tmp/y.sock}\n";
-
-/* The flow sequence opened on line 2 is still open at the end (3:1). */
-static const char broken_yaml[] = "apiVersion: apiserver.config.k8s.io/v1\n"
-                                  "kind: [EncryptionConfiguration\n";
+static const char broken_yaml[] = TS_YAML_BROKEN;
 
 static char dir[64], aesgcm_path[96], kms_path[96], broken_path[96], big_path[96], empty_path[96];
 
 static int make_files(void **state) {
     ts_make_dir(dir, sizeof(dir), "/tmp/config_gen_test_XXXXXX");
-    snprintf(aesgcm_path, sizeof(aesgcm_path), "%s/aesgcm.yaml", dir);
-    snprintf(kms_path, sizeof(kms_path), "%s/kms.yaml", dir);
-    snprintf(broken_path, sizeof(broken_path), "%s/broken.yaml", dir);
-    snprintf(big_path, sizeof(big_path), "%s/big.bin", dir);
-    snprintf(empty_path, sizeof(empty_path), "%s/empty.bin", dir);
-    ts_write_file(aesgcm_path, aesgcm_yaml, sizeof(aesgcm_yaml) - 1);
-    ts_write_file(kms_path, kms_yaml, sizeof(kms_yaml) - 1);
-    ts_write_file(broken_path, broken_yaml, sizeof(broken_yaml) - 1);
-    ts_write_file(empty_path, "", 0);
+    ts_write_in_dir(aesgcm_path, sizeof(aesgcm_path), dir, "aesgcm.yaml", aesgcm_yaml,
+                    sizeof(aesgcm_yaml) - 1);
+    ts_write_in_dir(kms_path, sizeof(kms_path), dir, "kms.yaml", kms_yaml, sizeof(kms_yaml) - 1);
+    ts_write_in_dir(broken_path, sizeof(broken_path), dir, "broken.yaml", broken_yaml,
+                    sizeof(broken_yaml) - 1);
+    ts_write_in_dir(empty_path, sizeof(empty_path), dir, "empty.bin", "", 0);
     static uint8_t big[3 * 8192 + 17]; /* more than one read chunk, not a multiple of it */
     for (size_t i = 0; i < sizeof(big); i++) {
         big[i] = (uint8_t)(i * 131 + 7);
     }
-    ts_write_file(big_path, big, sizeof(big));
+    ts_write_in_dir(big_path, sizeof(big_path), dir, "big.bin", big, sizeof(big));
     return 0;
 }
 
 static int remove_files(void **state) {
-    unlink(aesgcm_path);
-    unlink(kms_path);
-    unlink(broken_path);
-    unlink(big_path);
-    unlink(empty_path);
-    rmdir(dir);
-    return 0;
+    return ts_remove_dir(dir);
 }
 
 /* ---- which blocks ep_free releases ---- */

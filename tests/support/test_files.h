@@ -32,12 +32,43 @@
 /* TS_YAML_HEAD and a first rule for |res| (block style), whose providers follow at 6 spaces. */
 #define TS_YAML_RULE(res) TS_YAML_HEAD "  - resources: [" res "]\n    providers:\n"
 
+/* A 32-byte key (bytes 0 to 31) in base64, for aesgcm and aescbc providers. */
+#define TS_KEY32 "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
+
+/* An aesgcm provider with the one key k1 (TS_KEY32), at 6 spaces like TS_YAML_RULE's. */
+#define TS_YAML_AESGCM_K1 "      - aesgcm: {keys: [{name: k1, secret: " TS_KEY32 "}]}\n"
+
+/* A configuration that only encrypts secrets, with TS_YAML_AESGCM_K1. */
+#define TS_YAML_AESGCM_SECRETS TS_YAML_RULE("secrets") TS_YAML_AESGCM_K1
+
+/* A rule after the first: for |res| (block style), its providers at 6 spaces. */
+#define TS_YAML_NEXT_RULE(res) "  - resources: [" res "]\n    providers:\n"
+
+/* Secrets under the KMS v2 provider "p" (on a socket never dialled), then a rule for
+ * configmaps whose providers follow. */
+#define TS_YAML_KMS_V2_P_THEN_CONFIGMAPS                                                           \
+    TS_YAML_RULE("secrets")                                                                        \
+    "      - kms: {apiVersion: v2, name: p, endpoint: unix:///tmp/x.sock}\n" TS_YAML_NEXT_RULE(    \
+        "configmaps")
+
+/* Not YAML that parses: the flow sequence opened on line 2 is still open at the end (3:1). */
+#define TS_YAML_BROKEN                                                                             \
+    "apiVersion: apiserver.config.k8s.io/v1\n"                                                     \
+    "kind: [EncryptionConfiguration\n"
+
 /* Writes |len| bytes to |path| (replacing it), failing the test on any error. */
 static inline void ts_write_file(const char *path, const void *bytes, size_t len) {
     FILE *f = fopen(path, "wb");
     assert_non_null(f);
     assert_int_equal(fwrite(bytes, 1, len, f), len);
     assert_int_equal(fclose(f), 0);
+}
+
+/* Writes |len| bytes to the file |name| in |dir|, leaving its path in |path| (|size| bytes). */
+static inline void ts_write_in_dir(char *path, size_t size, const char *dir, const char *name,
+                                   const void *bytes, size_t len) {
+    assert_true((size_t)snprintf(path, size, "%s/%s", dir, name) < size);
+    ts_write_file(path, bytes, len);
 }
 
 /* Makes a fresh directory from |tmpl| ("/tmp/name_XXXXXX") in |dir|. */
