@@ -16,6 +16,7 @@
 
 #include "common/alloc.h"
 #include "config/encryption_config.h"
+#include "tests/support/alloc_fail.h"
 
 #define K16 "AAECAwQFBgcICQoLDA0ODw=="
 #define K24 "AAECAwQFBgcICQoLDA0ODxAREhMUFRYX"
@@ -229,30 +230,34 @@ static void test_type_names(void **state) {
     config_encryption_free(NULL);
 }
 
+typedef struct {
+    const char *text;
+    size_t len;
+} load_input;
+
+static int load_spec_example(void *arg) {
+    const load_input *in = arg;
+    config_encryption *cfg = NULL;
+    ep_err err = {{0}};
+    int rv = config_load_bytes("t.yaml", in->text, in->len, &cfg, &err);
+    if (rv == EP_OK) {
+        assert_int_equal(cfg->nrules, 4);
+        config_encryption_free(cfg);
+    } else {
+        assert_null(cfg);
+        assert_non_null(strstr(err.msg, "out of memory"));
+    }
+    return rv;
+}
+
 /* Every allocation of a full load fails in turn: each must give EP_ERR_NOMEM and free all. */
 static void test_alloc_failure(void **state) {
     FILE *f = fopen(fixture_path("spec-example.yaml"), "rb");
     assert_non_null(f);
     static char text[8192];
-    size_t len = fread(text, 1, sizeof(text), f);
+    load_input in = {text, fread(text, 1, sizeof(text), f)};
     fclose(f);
-    long n = 0;
-    for (;; n++) {
-        config_encryption *cfg = NULL;
-        ep_err err = {{0}};
-        ep_alloc_fail_after(n);
-        int rv = config_load_bytes("t.yaml", text, len, &cfg, &err);
-        ep_alloc_fail_reset();
-        if (rv == EP_OK) {
-            assert_int_equal(cfg->nrules, 4);
-            config_encryption_free(cfg);
-            break;
-        }
-        assert_int_equal(rv, EP_ERR_NOMEM);
-        assert_null(cfg);
-        assert_non_null(strstr(err.msg, "out of memory"));
-    }
-    assert_true(n > 50);
+    assert_true(ts_fail_allocs_until_ok(load_spec_example, &in, 100000) > 50);
 }
 
 /* ---- invalid files: one per rule, message and position ---- */

@@ -12,6 +12,7 @@
 #include "net/grpc_client.h"
 
 #include "tests/net/grpc_test_server.h"
+#include "tests/support/alloc_fail.h"
 
 #define MS 1000000ull
 
@@ -310,42 +311,36 @@ static void test_bad_config(void **state) {
     grpc_channel_free(NULL);
 }
 
-static void test_alloc_failure(void **state) {
-    fixture *f = *state;
+static int new_channel(void *arg) {
+    fixture *f = arg;
     grpc_channel_config cfg = {f->path, "localhost", "x", 0};
-    int failures = 0;
-    for (long n = 0; n < 20; n++) {
-        grpc_channel *ch = NULL;
-        ep_err err;
-        ep_alloc_fail_after(n);
-        int rv = grpc_channel_new(f->base, &cfg, &ch, &err);
-        ep_alloc_fail_reset();
-        if (rv == 0) {
-            grpc_channel_free(ch);
-            break;
-        }
-        assert_int_equal(rv, EP_ERR_NOMEM);
-        failures++;
+    grpc_channel *ch = NULL;
+    ep_err err;
+    int rv = grpc_channel_new(f->base, &cfg, &ch, &err);
+    if (rv == 0) {
+        grpc_channel_free(ch);
     }
-    assert_true(failures >= 4);
-    failures = 0;
-    for (long n = 0; n < 20; n++) {
-        result res = {0};
-        grpc_call *call = NULL;
-        ep_err err;
-        ep_alloc_fail_after(n);
-        int rv = grpc_call_start(f->ch, "/t.S/Echo", STR_LIT("x"), 1000 * MS, on_result, &res,
-                                 &call, &err);
-        ep_alloc_fail_reset();
-        if (rv == 0) {
-            grpc_call_cancel(call);
-            break;
-        }
-        assert_int_equal(rv, EP_ERR_NOMEM);
+    return rv;
+}
+
+static int start_call(void *arg) {
+    fixture *f = arg;
+    result res = {0};
+    grpc_call *call = NULL;
+    ep_err err;
+    int rv =
+        grpc_call_start(f->ch, "/t.S/Echo", STR_LIT("x"), 1000 * MS, on_result, &res, &call, &err);
+    if (rv == 0) {
+        grpc_call_cancel(call);
+    } else {
         assert_int_equal(res.calls, 0);
-        failures++;
     }
-    assert_true(failures >= 3); /* call, path, request block */
+    return rv;
+}
+
+static void test_alloc_failure(void **state) {
+    assert_true(ts_fail_allocs_until_ok(new_channel, *state, 20) >= 4);
+    assert_true(ts_fail_allocs_until_ok(start_call, *state, 20) >= 3); /* call, path, request */
 }
 
 int main(void) {

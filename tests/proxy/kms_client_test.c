@@ -22,6 +22,7 @@
 #include "proxy/kms_client.h"
 
 #include "tests/net/grpc_test_server.h"
+#include "tests/support/alloc_fail.h"
 
 #define MS 1000000ull
 
@@ -544,24 +545,21 @@ static void test_perform_edge_cases(void **state) {
     buf_free(&out);
 }
 
+static int new_set(void *arg) {
+    fixture *f = arg;
+    kms_set *s = NULL;
+    ep_err err;
+    int rv = kms_set_new_providers(f->base, f->p, f->np, &s, &err);
+    if (rv == 0) {
+        kms_set_free(s);
+    }
+    return rv;
+}
+
 static void test_set_alloc_failure(void **state) {
     fixture *f = *state;
     make_set(f, 2, 1, 3000);
-    int failures = 0;
-    for (long n = 0; n < 30; n++) {
-        kms_set *s = NULL;
-        ep_err err;
-        ep_alloc_fail_after(n);
-        int rv = kms_set_new_providers(f->base, f->p, f->np, &s, &err);
-        ep_alloc_fail_reset();
-        if (rv == 0) {
-            kms_set_free(s);
-            break;
-        }
-        assert_int_equal(rv, EP_ERR_NOMEM);
-        failures++;
-    }
-    assert_true(failures >= 4);
+    assert_true(ts_fail_allocs_until_ok(new_set, f, 30) >= 4);
 }
 
 /* ---- v2 ---- */
