@@ -22,30 +22,13 @@
 #include "config/encryption_config.h"
 #include "config/encryption_config_internal.h"
 #include "config/yaml_doc.h"
+#include "tests/config/config_test_support.h"
 
 /* Lines 1-2. */
 #define HEAD "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\n"
 /* Lines 1-5; provider list items start on line 6 at column 3. */
 #define RULE HEAD "resources:\n- resources: [secrets]\n  providers:\n"
 #define NS 1000000000ull
-
-static char *fixture_path(const char *name) {
-    const char *src = getenv("EP_SOURCE_DIR");
-    static char path[4096];
-    snprintf(path, sizeof(path), "%s/tests/config/fixtures/%s", src ? src : ".", name);
-    return path;
-}
-
-static config_encryption *load_ok(const char *text) {
-    config_encryption *cfg = NULL;
-    ep_err err = {{0}};
-    int rv = config_load_bytes("t.yaml", text, strlen(text), &cfg, &err);
-    if (rv != EP_OK) {
-        fail_msg("unexpected error %d: %s", rv, err.msg);
-    }
-    assert_non_null(cfg);
-    return cfg;
-}
 
 /* The kms of provider |i| of the only rule; fails the test unless it is a kms provider. */
 static const config_kms *kms_at(const config_encryption *cfg, size_t i) {
@@ -414,12 +397,6 @@ static void test_alloc_failure_then_refusal(void **state) {
 
 /* ---- refusals: one per rule, message and position ---- */
 
-typedef struct {
-    const char *name;
-    const char *text;
-    const char *msg;
-} invalid_case;
-
 static const invalid_case invalid_cases[] = {
     {"kms a list",
      "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- "
@@ -745,20 +722,6 @@ static const invalid_case invalid_cases[] = {
      "t.yaml:10:18: resources[0].providers[0].kms: cachesize is not supported in v2"},
 };
 
-static void test_invalid(void **state) {
-    const invalid_case *c = *state;
-    config_encryption *cfg = (void *)1;
-    ep_err err = {{0}};
-    int rv = config_load_bytes("t.yaml", c->text, strlen(c->text), &cfg, &err);
-    if (rv != EP_ERR_CONFIG) {
-        fail_msg("%s: expected EP_ERR_CONFIG, got %d (%s)", c->name, rv, err.msg);
-    }
-    assert_null(cfg);
-    if (strcmp(err.msg, c->msg) != 0) {
-        fail_msg("%s:\n got  %s\n want %s", c->name, err.msg, c->msg);
-    }
-}
-
 int main(void) {
     static const struct CMUnitTest fixed[] = {
         cmocka_unit_test(test_api_version_defaults),
@@ -773,16 +736,6 @@ int main(void) {
         cmocka_unit_test(test_alloc_failure),
         cmocka_unit_test(test_alloc_failure_then_refusal),
     };
-    enum { NFIXED = sizeof(fixed) / sizeof(fixed[0]) };
-    enum { NINVALID = sizeof(invalid_cases) / sizeof(invalid_cases[0]) };
-    static struct CMUnitTest tests[NFIXED + NINVALID];
-    memcpy(tests, fixed, sizeof(fixed));
-    for (size_t i = 0; i < NINVALID; i++) {
-        tests[NFIXED + i] = (struct CMUnitTest){
-            .name = invalid_cases[i].name,
-            .test_func = test_invalid,
-            .initial_state = (void *)&invalid_cases[i],
-        };
-    }
-    return _cmocka_run_group_tests("encryption_config_kms", tests, NFIXED + NINVALID, NULL, NULL);
+    return run_with_invalid_cases("encryption_config_kms", fixed, sizeof(fixed) / sizeof(fixed[0]),
+                                  invalid_cases, sizeof(invalid_cases) / sizeof(invalid_cases[0]));
 }
