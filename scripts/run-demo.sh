@@ -49,6 +49,7 @@ trap 'exit 130' INT TERM
 etcd_port=${ETCD_PORT:-$(free_port)}
 peer_port=$(free_port)
 proxy_port=${PROXY_PORT:-$(free_port)}
+metrics_port=${METRICS_PORT:-$(free_port)}
 config="$demo/encryption-config.yaml"
 
 # The key exists only in this file (mode 0600) and is deleted on exit with the rest of $demo.
@@ -88,7 +89,7 @@ etcdctl --endpoints "$etcd_url" endpoint health >/dev/null 2>&1 ||
 
 "$binary" serve --listen-addr "127.0.0.1:$proxy_port" --endpoints "$etcd_url" \
     --encryption-provider-config "$config" --etcd-prefix /registry --workers 2 \
-    >"$demo/proxy.log" 2>&1 &
+    --listen-metrics-urls "http://127.0.0.1:$metrics_port" >"$demo/proxy.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do
     (exec 3<>"/dev/tcp/127.0.0.1/$proxy_port") 2>/dev/null && break
@@ -104,7 +105,8 @@ cat <<EOF
 etcd-encrypt-proxy is running.
   proxy  $proxy_url   (clients and kube-apiserver --etcd-servers go here)
   etcd   $etcd_url   (what is stored: ciphertext under secrets and configmaps)
-  config $config
+  admin  http://127.0.0.1:$metrics_port   (/metrics, /readyz?verbose, /livez, /version)
+  config $config   (edit it, or kill -HUP the proxy, to reload)
   logs   $demo/proxy.log, $demo/etcd.log
 
 Through the proxy (values in clear):
@@ -118,6 +120,9 @@ Directly in etcd (the k8s:enc:aesgcm:v1:key1: prefix, then nonce, ciphertext and
 Decrypt a stored value offline, as kube-apiserver would:
   etcdctl --endpoints $etcd_url get /registry/secrets/default/db-pass --print-value-only |
     head -c -1 | $binary decrypt --encryption-provider-config $config --key /registry/secrets/default/db-pass
+
+What kube-apiserver's dashboards would see:
+  curl -s http://127.0.0.1:$metrics_port/metrics | grep apiserver_storage_transformation_operations_total
 
 Keys outside secrets and configmaps (e.g. /registry/pods/...) are stored as they are.
 Ctrl-C stops etcd and the proxy and deletes $demo.
