@@ -19,6 +19,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import etcdwire as w  # noqa: E402
 import harness as h  # noqa: E402
+from kmsfake import fields  # noqa: E402
 
 import grpc  # noqa: E402
 
@@ -30,13 +31,6 @@ SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 
 def plugin_binary():
     return h.kms_plugin_binary()
-
-
-def fields(msg):
-    out = {}
-    for num, _wt, value in w.parse_fields(msg):
-        out.setdefault(num, []).append(value)
-    return out
 
 
 def first(msg, num, default=b""):

@@ -219,18 +219,23 @@ def scrape_up():
 watcher = None
 
 
+def check_prom_reaches(what, query, want, timeout, show=None):
+    """Checks |what|: prometheus answers |query| with |want| within |timeout| seconds. The
+    check shows what |show| returns then, by default prometheus' answer to |query|."""
+    got = prom.wait_value(query, want, timeout)
+    suite.check(what, got == want, show() if show else prom.scalar(query))
+
+
 def workload():
     global watcher
     # a watch on secrets/w/: one Watch stream open, one event to decrypt
     wlog = os.path.join(work, "watch.log")
     watcher = h.spawn(h.etcdctl_cmd(proxy.url) + ["watch", "--prefix", "/registry/secrets/w/"],
                       wlog, env=h.ETCDCTL_ENV)
-    suite.check("prometheus sees the watch stream: etcd_encrypt_proxy_watch_streams == 1",
-                prom.wait_value("etcd_encrypt_proxy_watch_streams", 1.0, 15) == 1.0,
-                prom.scalar("etcd_encrypt_proxy_watch_streams"))
-    suite.check("prometheus sees the watch as a call in flight: streams_in_flight == 1",
-                prom.wait_value("etcd_encrypt_proxy_streams_in_flight", 1.0, 10) == 1.0,
-                prom.scalar("etcd_encrypt_proxy_streams_in_flight"))
+    check_prom_reaches("prometheus sees the watch stream: etcd_encrypt_proxy_watch_streams == 1",
+                       "etcd_encrypt_proxy_watch_streams", 1.0, 15)
+    check_prom_reaches("prometheus sees the watch as a call in flight: streams_in_flight == 1",
+                       "etcd_encrypt_proxy_streams_in_flight", 1.0, 10)
     for i in range(NW):
         put("/registry/secrets/w/s%d" % i, "%s-watched-%d" % (MARK, i))
     suite.check("the watcher received the decrypted event",
@@ -278,12 +283,11 @@ def workload():
     get("/registry/pods/default/", "--prefix")
 
     h.stop(watcher)
-    suite.check("the watch is gone: etcd_encrypt_proxy_watch_streams == 0",
-                prom.wait_value("etcd_encrypt_proxy_watch_streams", 0.0, 15) == 0.0,
-                prom.scalar("etcd_encrypt_proxy_watch_streams"))
-    suite.check("no call in flight afterwards: etcd_encrypt_proxy_streams_in_flight == 0",
-                prom.wait_value("sum(etcd_encrypt_proxy_streams_in_flight)", 0.0, 10) == 0.0,
-                prom.query("etcd_encrypt_proxy_streams_in_flight"))
+    check_prom_reaches("the watch is gone: etcd_encrypt_proxy_watch_streams == 0",
+                       "etcd_encrypt_proxy_watch_streams", 0.0, 15)
+    check_prom_reaches("no call in flight afterwards: etcd_encrypt_proxy_streams_in_flight == 0",
+                       "sum(etcd_encrypt_proxy_streams_in_flight)", 0.0, 10,
+                       show=lambda: prom.query("etcd_encrypt_proxy_streams_in_flight"))
 
 
 PUTS = NW + NS + NC + NP

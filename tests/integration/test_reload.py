@@ -146,6 +146,18 @@ def stored_as(key, plain, name):
     return None if got == plain else "opens to something else"
 
 
+def put_stored_as(client, key, plain, name):
+    """Writes |plain| at |key| through |client|, then what stored_as says of it."""
+    client.put(key, plain)
+    return stored_as(key, plain, name)
+
+
+def check_serving(m, config, proxy, what):
+    """Checks |what|: the reload line |m| (hash in group 1) names the hash of file |config|."""
+    suite.check(what, m is not None and m.group(1) == sha256_of(config),
+                m.group(0) if m else harness.log_tail(proxy.log))
+
+
 def metrics_text(port):
     with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=5) as r:
         return r.read().decode()
@@ -572,8 +584,7 @@ def broken_files():
         suite.check("%s: ..._automatic_reload_last_timestamp_seconds{status=\"failure\"} is now"
                     % what, abs(ts.get("failure", 0) - time.time()) < 30 and "success" not in ts, ts)
         k, v = "/registry/secrets/broken/%s" % what.replace(" ", "-"), plain(what)
-        c.put(k, v)
-        problem = stored_as(k, v, "b-key1")
+        problem = put_stored_as(c, k, v, "b-key1")
         suite.check("%s: writes still carry the previous key b-key1" % what, problem is None, problem)
         suite.check("%s: reads still work (new and earlier values)" % what,
                     c.get(k)[0] == v and c.get(k_before)[0] == v_before)
@@ -606,8 +617,7 @@ def broken_files():
                 m is not None and m.group(1) == hash1 and config in m.group(2)
                 and "No such file" in m.group(2), m.group(0) if m else harness.log_tail(proxy.log))
     k, v = "/registry/secrets/broken/removed", plain("removed")
-    c.put(k, v)
-    problem = stored_as(k, v, "b-key1")
+    problem = put_stored_as(c, k, v, "b-key1")
     s, f, _, hashes, _ = reload_state(proxy.metrics_port)
     suite.check("file removed: failure counter %d, writes still carry b-key1" % failures[0],
                 problem is None and (s, f) == (0, failures[0]) and hashes == [hash1],
@@ -617,12 +627,9 @@ def broken_files():
     write_atomic(config, config_text([("b-key2", k2), ("b-key1", k1)]))
     m = log.wait(r"encryption config reloaded after a change of the file: (sha256:[0-9a-f]{64}) "
                  r"serving", 10)
-    suite.check("fixed file reloads (log names its hash)",
-                m is not None and m.group(1) == sha256_of(config),
-                m.group(0) if m else harness.log_tail(proxy.log))
+    check_serving(m, config, proxy, "fixed file reloads (log names its hash)")
     k, v = "/registry/secrets/broken/fixed", plain("fixed")
-    c.put(k, v)
-    problem = stored_as(k, v, "b-key2")
+    problem = put_stored_as(c, k, v, "b-key2")
     suite.check("after the fix, writes carry b-key2", problem is None, problem)
     suite.check("after the fix, b-key1 values still read", c.get(k_before)[0] == v_before)
     s, f, _, hashes, _ = reload_state(proxy.metrics_port)
@@ -662,8 +669,7 @@ def kms_v1_reload():
                 m is not None and "did not answer Version healthily" in m.group(1),
                 m.group(0) if m else harness.log_tail(proxy.log))
     k, v = "/registry/secrets/kmsv1/before", plain("before")
-    c.put(k, v)
-    problem = stored_as(k, v, "v-key1")
+    problem = put_stored_as(c, k, v, "v-key1")
     suite.check("the old config keeps serving (aesgcm v-key1)", problem is None, problem)
     plugin = kmsfake.FakePlugin(sock, os.urandom(32)).start()
     try:
@@ -699,8 +705,7 @@ def automatic_reload_off():
         f.write(b"# edited\n")
     time.sleep(2.5)  # negative check: well past the 500 ms debounce
     k, v = "/registry/secrets/noauto/a", plain("noauto-a")
-    c.put(k, v)
-    problem = stored_as(k, v, "n-key1")
+    problem = put_stored_as(c, k, v, "n-key1")
     s, f, _, hashes, _ = reload_state(proxy.metrics_port)
     suite.check("automatic reload off: after 2.5 s writes still carry n-key1", problem is None, problem)
     suite.check("automatic reload off: no reload logged or counted, old hash serving",
@@ -708,12 +713,9 @@ def automatic_reload_off():
                 (s, f, hashes, log.text(mark)[-400:]))
     proxy.proc.send_signal(signal.SIGHUP)
     m = log.wait(r"encryption config reloaded after SIGHUP: (sha256:[0-9a-f]{64}) serving", 10)
-    suite.check("SIGHUP reloads it (log names the new hash)",
-                m is not None and m.group(1) == sha256_of(config),
-                m.group(0) if m else harness.log_tail(proxy.log))
+    check_serving(m, config, proxy, "SIGHUP reloads it (log names the new hash)")
     k2_, v2 = "/registry/secrets/noauto/b", plain("noauto-b")
-    c.put(k2_, v2)
-    problem = stored_as(k2_, v2, "n-key2")
+    problem = put_stored_as(c, k2_, v2, "n-key2")
     suite.check("after SIGHUP writes carry n-key2; n-key1 values still read",
                 problem is None and c.get(k)[0] == v, problem)
     s, f, _, hashes, _ = reload_state(proxy.metrics_port)
