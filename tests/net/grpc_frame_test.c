@@ -53,6 +53,12 @@ static size_t build_stream(uint8_t *stream) {
     return n;
 }
 
+/* Starts |r| for messages of at most |max| bytes and an empty |rec| that never stops it. */
+static void start(grpc_frame_reader *r, recorder *rec, size_t max) {
+    grpc_frame_reader_init(r, max);
+    *rec = (recorder){BUF_INIT, 0, 0, {0}, 0};
+}
+
 static void test_header_and_length(void **state) {
     uint8_t hdr[GRPC_FRAME_HEADER_LEN];
     grpc_frame_header(hdr, 1, 0xfedcba98);
@@ -74,8 +80,8 @@ static void test_whole_chunk_is_zero_copy(void **state) {
     uint8_t stream[400];
     size_t n = build_stream(stream);
     grpc_frame_reader r;
-    grpc_frame_reader_init(&r, 1 << 20);
-    recorder rec = {BUF_INIT, 0, 0, {0}, 0};
+    recorder rec;
+    start(&r, &rec, 1 << 20);
     assert_int_equal(feed(&r, &rec, stream, n), EP_OK);
     assert_int_equal(rec.count, 3);
     assert_int_equal(rec.views, 2); /* the empty message has no bytes to point at */
@@ -88,8 +94,8 @@ static void test_whole_chunk_is_zero_copy(void **state) {
 
 static void check_split(const uint8_t *stream, size_t n, size_t a, size_t b) {
     grpc_frame_reader r;
-    grpc_frame_reader_init(&r, 1 << 20);
-    recorder rec = {BUF_INIT, 0, 0, {0}, 0};
+    recorder rec;
+    start(&r, &rec, 1 << 20);
     assert_int_equal(feed(&r, &rec, stream, a), EP_OK);
     assert_int_equal(feed(&r, &rec, stream + a, b - a), EP_OK);
     assert_int_equal(feed(&r, &rec, stream + b, n - b), EP_OK);
@@ -116,8 +122,8 @@ static void test_byte_at_a_time(void **state) {
     uint8_t stream[400];
     size_t n = build_stream(stream);
     grpc_frame_reader r;
-    grpc_frame_reader_init(&r, 1 << 20);
-    recorder rec = {BUF_INIT, 0, 0, {0}, 0};
+    recorder rec;
+    start(&r, &rec, 1 << 20);
     for (size_t i = 0; i < n; i++) {
         assert_int_equal(feed(&r, &rec, stream + i, 1), EP_OK);
         assert_int_equal(grpc_frame_reader_idle(&r), i == 4 || i == 12 || i == n - 1);
@@ -133,8 +139,8 @@ static void test_too_long_is_range_error(void **state) {
     size_t n = build_stream(stream);
     ep_err err = {{0}};
     grpc_frame_reader r;
-    grpc_frame_reader_init(&r, 299);
-    recorder rec = {BUF_INIT, 0, 0, {0}, 0};
+    recorder rec;
+    start(&r, &rec, 299);
     rec.chunk = str_make(stream, n);
     assert_int_equal(grpc_frame_feed(&r, rec.chunk, record, &rec, &err), EP_ERR_RANGE);
     assert_int_equal(rec.count, 2);
@@ -154,8 +160,8 @@ static void test_bad_flag_is_invalid(void **state) {
     const uint8_t bad[] = {2, 0, 0, 0, 1, 'x'};
     ep_err err = {{0}};
     grpc_frame_reader r;
-    grpc_frame_reader_init(&r, 100);
-    recorder rec = {BUF_INIT, 0, 0, {0}, 0};
+    recorder rec;
+    start(&r, &rec, 100);
     assert_int_equal(grpc_frame_feed(&r, str_make(bad, sizeof(bad)), record, &rec, &err),
                      EP_ERR_INVALID);
     assert_non_null(strstr(err.msg, "flag"));
@@ -192,8 +198,8 @@ static void test_allocation_failure(void **state) {
     uint8_t stream[400];
     build_stream(stream);
     grpc_frame_reader r;
-    grpc_frame_reader_init(&r, 1000);
-    recorder rec = {BUF_INIT, 0, 0, {0}, 0};
+    recorder rec;
+    start(&r, &rec, 1000);
     ep_alloc_fail_after(0);
     assert_int_equal(feed(&r, &rec, stream + 13, 3), EP_ERR_NOMEM);
     ep_alloc_fail_reset();
@@ -214,8 +220,8 @@ static void test_allocation_failure(void **state) {
  * every stream reserve and later wipe megabytes with five bytes). */
 static void test_announced_length_is_not_reserved(void **state) {
     grpc_frame_reader r;
-    grpc_frame_reader_init(&r, 4u << 20);
-    recorder rec = {BUF_INIT, 0, 0, {0}, 0};
+    recorder rec;
+    start(&r, &rec, 4u << 20);
     const uint8_t hdr[] = {0, 0x00, 0x10, 0x00, 0x00};
     assert_int_equal(feed(&r, &rec, hdr, sizeof(hdr)), EP_OK);
     assert_false(grpc_frame_reader_idle(&r));

@@ -30,7 +30,10 @@ static int on_held(void *arg, uint8_t flag, str msg) {
     return r->n == r->stop_code_at ? 13 : 0;
 }
 
-static void hold_three(proxy_kms_wait *w) {
+/* Starts |w| with no owner and holds "one", "two" (flags 1) and "" in it. */
+static void init_holding_three(proxy_kms_wait *w) {
+    *w = (proxy_kms_wait){0};
+    proxy_kms_wait_init(w, NULL, NULL);
     assert_int_equal(proxy_kms_wait_hold(w, 0, STR_LIT("one")), 0);
     assert_int_equal(proxy_kms_wait_hold(w, 1, STR_LIT("two")), 0);
     assert_int_equal(proxy_kms_wait_hold(w, 0, STR_LIT("")), 0);
@@ -38,9 +41,8 @@ static void hold_three(proxy_kms_wait *w) {
 }
 
 static void test_held_messages_replay_in_order(void **state) {
-    proxy_kms_wait w = {0};
-    proxy_kms_wait_init(&w, NULL, NULL);
-    hold_three(&w);
+    proxy_kms_wait w;
+    init_holding_three(&w);
     runner r = {.w = &w};
     assert_int_equal(proxy_kms_wait_run_held(&w, on_held, &r), 0);
     assert_int_equal(r.n, 3);
@@ -53,9 +55,8 @@ static void test_held_messages_replay_in_order(void **state) {
 }
 
 static void test_waiting_again_keeps_the_rest(void **state) {
-    proxy_kms_wait w = {0};
-    proxy_kms_wait_init(&w, NULL, NULL);
-    hold_three(&w);
+    proxy_kms_wait w;
+    init_holding_three(&w);
     runner r = {.w = &w, .rewait_at = 1};
     assert_int_equal(proxy_kms_wait_run_held(&w, on_held, &r), 0);
     assert_int_equal(r.n, 1); /* "one" waits again; "two" and "" stay held, in order */
@@ -69,9 +70,8 @@ static void test_waiting_again_keeps_the_rest(void **state) {
 }
 
 static void test_a_failed_message_stops_the_run(void **state) {
-    proxy_kms_wait w = {0};
-    proxy_kms_wait_init(&w, NULL, NULL);
-    hold_three(&w);
+    proxy_kms_wait w;
+    init_holding_three(&w);
     runner r = {.w = &w, .stop_code_at = 2};
     assert_int_equal(proxy_kms_wait_run_held(&w, on_held, &r), 13);
     assert_int_equal(r.n, 2);
@@ -80,9 +80,8 @@ static void test_a_failed_message_stops_the_run(void **state) {
 }
 
 static void test_stop_drops_everything(void **state) {
-    proxy_kms_wait w = {0};
-    proxy_kms_wait_init(&w, NULL, NULL);
-    hold_three(&w);
+    proxy_kms_wait w;
+    init_holding_three(&w);
     assert_int_equal(buf_append_str(&w.kept, STR_LIT("kept")), 0);
     w.waiting = true;
     proxy_kms_wait_stop(&w);

@@ -49,17 +49,7 @@ static const char config_yaml[] =
 #define AESGCM "k8s:enc:aesgcm:v1:"
 #define KMS_P "k8s:enc:kms:v2:p:"
 
-static crypto_transformer_set *set;
-
-static int load_set(void **state) {
-    set = ts_transformer_set_from_yaml("the test config", config_yaml);
-    return 0;
-}
-
-static int free_set(void **state) {
-    crypto_transformer_set_free(set);
-    return 0;
-}
+TS_GROUP_TRANSFORMER_SET(set, config_yaml)
 
 static int new_shard(void **state) {
     ep_metrics_shard *m = NULL;

@@ -271,17 +271,7 @@ static const char config_yaml[] = TS_YAML_RULE(
 #define SECRET_KEY "/registry/secrets/default/s1"
 #define KMS_KEY "/registry/configmaps/default/c1"
 
-static crypto_transformer_set *transformers;
-
-static int load_set(void **state) {
-    transformers = ts_transformer_set_from_yaml("the test config", config_yaml);
-    return 0;
-}
-
-static int free_set(void **state) {
-    crypto_transformer_set_free(transformers);
-    return 0;
-}
+TS_GROUP_TRANSFORMER_SET(transformers, config_yaml)
 
 /* ---- messages ---- */
 

@@ -137,4 +137,17 @@ static inline crypto_transformer_set *ts_transformer_set_from_yaml(const char *w
     return set;
 }
 
+/* For a test file whose tests all run over one transformer set: defines |var| and the group
+ * setup load_set, which loads it from the YAML text |yaml|, and teardown free_set. */
+#define TS_GROUP_TRANSFORMER_SET(var, yaml)                                                        \
+    static crypto_transformer_set *var;                                                            \
+    static int load_set(void **state) {                                                            \
+        var = ts_transformer_set_from_yaml("the test config", yaml);                               \
+        return 0;                                                                                  \
+    }                                                                                              \
+    static int free_set(void **state) {                                                            \
+        crypto_transformer_set_free(var);                                                          \
+        return 0;                                                                                  \
+    }
+
 #endif
