@@ -73,8 +73,9 @@ static void reply_ok(ts_server *ts, const char *path, str request, ts_reply *rep
 
 typedef struct {
     struct event_base *base;
-    char missing[108]; /* a socket path nobody listens on */
-    char path[108];    /* the test server's */
+    char missing[108];       /* a socket path nobody listens on */
+    char path[108];          /* the test server's */
+    h2_client_target server; /* |path| as a client target */
 } fixture;
 
 static int setup(void **state) {
@@ -82,6 +83,7 @@ static int setup(void **state) {
     f->base = event_base_new();
     snprintf(f->missing, sizeof(f->missing), "@h2_client_test_missing_%d", (int)getpid());
     snprintf(f->path, sizeof(f->path), "@h2_client_test_%d", (int)getpid());
+    f->server = (h2_client_target){.unix_path = f->path};
     *state = f;
     return 0;
 }
@@ -91,6 +93,19 @@ static int teardown(void **state) {
     event_base_free(f->base);
     free(f);
     return 0;
+}
+
+/* A test server on the fixture's socket, answering every call with OK. */
+static ts_server *start_server(fixture *f) {
+    ts_server *ts = ts_start(f->base, f->path, reply_ok, NULL);
+    assert_non_null(ts);
+    return ts;
+}
+
+/* Runs the loop until |ev| has seen |n| sessions come up (1 s at most), and checks it has. */
+static void wait_up(fixture *f, events *ev, int n) {
+    ts_run_until(f->base, &ev->up, n, 1000);
+    assert_int_equal(ev->up, n);
 }
 
 static h2_client *new_client(fixture *f, const h2_client_target *targets, size_t n, bool eager,
@@ -173,14 +188,11 @@ static void test_lazy_backoff(void **state) {
 /* After a loss a lazy client stays down until work arrives, then reconnects. */
 static void test_lazy_loss_and_reconnect(void **state) {
     fixture *f = *state;
-    ts_server *ts = ts_start(f->base, f->path, reply_ok, NULL);
-    assert_non_null(ts);
-    h2_client_target t = {.unix_path = f->path};
+    ts_server *ts = start_server(f);
     events ev = {.wants = true};
-    h2_client *c = new_client(f, &t, 1, false, 1000, &ev);
+    h2_client *c = new_client(f, &f->server, 1, false, 1000, &ev);
     h2_client_connect(c);
-    ts_run_until(f->base, &ev.up, 1, 1000);
-    assert_int_equal(ev.up, 1);
+    wait_up(f, &ev, 1);
     assert_non_null(h2_client_live(c));
     h2_client_connect(c); /* already up: no second connection */
     ts_run_for(f->base, 50);
@@ -197,8 +209,7 @@ static void test_lazy_loss_and_reconnect(void **state) {
 
     ev.wants = true;
     h2_client_connect(c);
-    ts_run_until(f->base, &ev.up, 2, 1000);
-    assert_int_equal(ev.up, 2);
+    wait_up(f, &ev, 2);
     assert_int_equal(ts->connections, 1);
     h2_client_free(c);
     ts_stop(ts);
@@ -207,8 +218,7 @@ static void test_lazy_loss_and_reconnect(void **state) {
 /* An eager client moves to the next target at once after a failed connect. */
 static void test_eager_failover(void **state) {
     fixture *f = *state;
-    ts_server *ts = ts_start(f->base, f->path, reply_ok, NULL);
-    assert_non_null(ts);
+    ts_server *ts = start_server(f);
     h2_client_target t[2] = {{.unix_path = f->missing}, {.unix_path = f->path}};
     events ev = {.wants = true};
     h2_client *c = new_client(f, t, 2, true, 5000, &ev);
@@ -244,19 +254,15 @@ static void test_eager_unreachable(void **state) {
 /* GOAWAY: the session drains, an eager client connects again after the backoff. */
 static void test_goaway_drains(void **state) {
     fixture *f = *state;
-    ts_server *ts = ts_start(f->base, f->path, reply_ok, NULL);
-    assert_non_null(ts);
-    h2_client_target t = {.unix_path = f->path};
+    ts_server *ts = start_server(f);
     events ev = {.wants = true};
-    h2_client *c = new_client(f, &t, 1, true, 5000, &ev);
-    ts_run_until(f->base, &ev.up, 1, 1000);
-    assert_int_equal(ev.up, 1);
+    h2_client *c = new_client(f, &f->server, 1, true, 5000, &ev);
+    wait_up(f, &ev, 1);
     h2_session_shutdown(ts->sessions[0]);
     ts_run_until(f->base, &ev.goaway, 1, 1000);
     assert_int_equal(ev.goaway, 1);
     assert_null(h2_client_live(c));
-    ts_run_until(f->base, &ev.up, 2, 1000);
-    assert_int_equal(ev.up, 2);
+    wait_up(f, &ev, 2);
     assert_int_equal(ev.down_lost, 0);
     assert_int_equal(ts->connections, 2);
     ts_stop(ts); /* the drained session may still be open: its close is not a loss */
