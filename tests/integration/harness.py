@@ -291,7 +291,30 @@ def etcdctl(url, *args, tls=None, client_cert=True, input=None, timeout=30, chec
 # etcd
 
 
-class Etcd:
+def grpc_options(max_send):
+    """grpcio channel options for big etcd messages: up to 64 MiB in, |max_send| bytes out."""
+    return [("grpc.max_receive_message_length", 64 << 20),
+            ("grpc.max_send_message_length", max_send)]
+
+
+class _Served:
+    """What Etcd and Proxy share: a process (|proc|) serving the etcd API on 127.0.0.1:|port|,
+    over TLS when |client_tls| (the subclass's) is set."""
+
+    @property
+    def url(self):
+        return "%s://127.0.0.1:%d" % ("https" if self.client_tls else "http", self.port)
+
+    def ctl(self, *args, **kw):
+        kw.setdefault("tls", self.client_tls)
+        return etcdctl(self.url, *args, **kw)
+
+    def stop(self):
+        if self.proc:
+            stop(self.proc)
+
+
+class Etcd(_Served):
     def __init__(self, d, tls=None, client_cert_auth=False, extra_args=()):
         self.extra_args = list(extra_args)
         self.dir, self.tls, self.client_cert_auth = d, tls, client_cert_auth
@@ -301,8 +324,8 @@ class Etcd:
         self.proc = None
 
     @property
-    def url(self):
-        return "%s://127.0.0.1:%d" % ("https" if self.tls else "http", self.port)
+    def client_tls(self):
+        return self.tls
 
     def args(self):
         peer = "http://127.0.0.1:%d" % self.peer_port
@@ -330,14 +353,6 @@ class Etcd:
         if not tcp_accepts(self.port):
             return False
         return self.ctl("endpoint", "health", timeout=10).returncode == 0
-
-    def ctl(self, *args, **kw):
-        kw.setdefault("tls", self.tls)
-        return etcdctl(self.url, *args, **kw)
-
-    def stop(self):
-        if self.proc:
-            stop(self.proc)
 
     def kill(self):
         if self.proc and self.proc.poll() is None:
@@ -479,7 +494,7 @@ def aesgcm_open(key, etcd_key, stored):
 # the proxy
 
 
-class Proxy:
+class Proxy(_Served):
     def __init__(self, d, etcd_urls, config, down_tls=None, client_cert_auth=False, up_tls=None,
                  workers=2, extra=()):
         self.dir, self.config = d, config
@@ -490,8 +505,8 @@ class Proxy:
         self.proc = None
 
     @property
-    def url(self):
-        return "%s://127.0.0.1:%d" % ("https" if self.down_tls else "http", self.port)
+    def client_tls(self):
+        return self.down_tls
 
     def args(self):
         a = [binary(), "serve", "--listen-addr", "127.0.0.1:%d" % self.port,
@@ -520,14 +535,6 @@ class Proxy:
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
-
-    def ctl(self, *args, **kw):
-        kw.setdefault("tls", self.down_tls)
-        return etcdctl(self.url, *args, **kw)
-
-    def stop(self):
-        if self.proc:
-            stop(self.proc)
 
 
 class Env:

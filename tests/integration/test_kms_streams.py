@@ -36,8 +36,7 @@ etcd3 = harness.import_etcd3()
 suite = harness.Suite("kms streams")
 PLUGIN = harness.require_proxy_and_plugin(suite)
 
-GRPC_OPTIONS = [("grpc.max_receive_message_length", 64 << 20),
-                ("grpc.max_send_message_length", 64 << 20)]
+GRPC_OPTIONS = harness.grpc_options(64 << 20)
 work = harness.workdir("ep-kmsstreams")
 etcd = harness.Etcd(work).start()
 suite.logs.append(etcd.log)

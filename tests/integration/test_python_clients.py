@@ -15,8 +15,7 @@ from etcd3 import etcdrpc  # noqa: E402
 
 suite = harness.Suite("python clients")
 env = harness.start_env(suite)
-GRPC_OPTIONS = [("grpc.max_receive_message_length", 64 << 20),
-                ("grpc.max_send_message_length", 16 << 20)]
+GRPC_OPTIONS = harness.grpc_options(16 << 20)
 
 
 def client():
