@@ -455,6 +455,15 @@ static bool send_message(call *c, str msg) {
     return ok;
 }
 
+/* Sends a PutRequest of |value| at |key| as the client's next message. */
+static bool send_put(call *c, const char *key, const char *value) {
+    buf msg = BUF_INIT;
+    put_request(&msg, key, value);
+    bool ok = send_message(c, buf_str(&msg));
+    buf_free(&msg);
+    return ok;
+}
+
 static bool end_request(call *c) {
     return c->st && !c->down_closed && down_ok(c, proxy_stream_on_request_end(c->st));
 }
@@ -586,8 +595,7 @@ static void test_put_round_trip(void **state) {
     buf msg = BUF_INIT;
     assert_true(open_call(&c, "/etcdserverpb.KV/Put", true));
     assert_int_equal(c.up.starts, 0); /* nothing sent yet: etcd is not asked */
-    put_request(&msg, SECRET_KEY, "top secret");
-    assert_true(send_message(&c, buf_str(&msg)));
+    assert_true(send_put(&c, SECRET_KEY, "top secret"));
     assert_int_equal(c.up.starts, 1);
     assert_true(c.up.remaining_ms > 0 && c.up.remaining_ms <= 5000);
     assert_true(end_request(&c));
@@ -689,7 +697,6 @@ static void test_unimplemented_method_never_reaches_etcd(void **state) {
 static void test_etcd_lost_mid_call(void **state) {
     call c;
     call_init(&c, false);
-    buf msg = BUF_INIT;
     assert_true(open_call(&c, "/etcdserverpb.Watch/Watch", false));
     assert_true(send_message(&c, S("")));
     assert_true(etcd_connects(&c));
@@ -699,7 +706,6 @@ static void test_etcd_lost_mid_call(void **state) {
     assert_true(c.down.trailers);
     assert_int_equal(status_of(&c), GRPC_STATUS_UNAVAILABLE);
     assert_true(contains(str_cstr(c.down.grpc_message), "connection lost"));
-    buf_free(&msg);
     call_free(&c);
 }
 
@@ -710,14 +716,11 @@ static void test_etcd_lost_mid_call(void **state) {
 static void test_kms_request_wait_then_resume(void **state) {
     call c;
     call_init(&c, true);
-    buf msg = BUF_INIT;
     assert_true(open_call(&c, "/etcdserverpb.KV/Put", false));
-    put_request(&msg, KMS_KEY, "kms value");
-    assert_true(send_message(&c, buf_str(&msg)));
+    assert_true(send_put(&c, KMS_KEY, "kms value"));
     assert_int_equal(plugin.performs, 1);
     assert_true(c.st->request_wait.waiting);
-    put_request(&msg, SECRET_KEY, "second");
-    assert_true(send_message(&c, buf_str(&msg)));
+    assert_true(send_put(&c, SECRET_KEY, "second"));
     assert_true(end_request(&c));
     assert_true(etcd_connects(&c));
     etcd_reads(&c);
@@ -737,7 +740,6 @@ static void test_kms_request_wait_then_resume(void **state) {
     assert_true(etcd_headers(&c, false, NULL));
     finish_call(&c);
     assert_int_equal(status_of(&c), 0);
-    buf_free(&msg);
     call_free(&c);
 }
 
@@ -746,13 +748,10 @@ static void test_kms_request_wait_then_resume(void **state) {
 static void test_kms_request_last_attempt_fails(void **state) {
     call c;
     call_init(&c, true);
-    buf msg = BUF_INIT;
     assert_true(open_call(&c, "/etcdserverpb.KV/Put", false));
-    put_request(&msg, KMS_KEY, "kms value");
-    assert_true(send_message(&c, buf_str(&msg)));
+    assert_true(send_put(&c, KMS_KEY, "kms value"));
     assert_true(etcd_connects(&c));
-    put_request(&msg, SECRET_KEY, "held");
-    assert_true(send_message(&c, buf_str(&msg)));
+    assert_true(send_put(&c, SECRET_KEY, "held"));
     plugin_answer(false);
     etcd_reads(&c);
     assert_int_equal(c.to_etcd.len, 0);
@@ -764,7 +763,6 @@ static void test_kms_request_last_attempt_fails(void **state) {
     assert_int_equal(c.conn.queued, 0);
     assert_int_equal(c.down.consumed, c.sent); /* nothing more is forwarded: all acknowledged */
     etcd_close(&c, NGHTTP2_CANCEL, false);
-    buf_free(&msg);
     call_free(&c);
 }
 
@@ -865,10 +863,8 @@ static void test_kms_response_last_attempt_passes_through(void **state) {
 static void test_client_gone_while_waiting_for_kms(void **state) {
     call c;
     call_init(&c, true);
-    buf msg = BUF_INIT;
     assert_true(open_call(&c, "/etcdserverpb.KV/Put", false));
-    put_request(&msg, KMS_KEY, "kms value");
-    assert_true(send_message(&c, buf_str(&msg)));
+    assert_true(send_put(&c, KMS_KEY, "kms value"));
     assert_int_equal(c.st->up.state, UPSTREAM_LINK_WAITING);
     client_gone(&c, NGHTTP2_CANCEL);
     assert_true(freed(&c));
@@ -876,7 +872,6 @@ static void test_client_gone_while_waiting_for_kms(void **state) {
     assert_int_equal(c.up.cancels, 1);
     assert_null(plugin.req.done);
     assert_int_equal(c.down.consumed, c.sent);
-    buf_free(&msg);
     call_free(&c);
 }
 
