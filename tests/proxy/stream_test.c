@@ -595,7 +595,8 @@ static void test_put_round_trip(void **state) {
     buf msg = BUF_INIT;
     assert_true(open_call(&c, "/etcdserverpb.KV/Put", true));
     assert_int_equal(c.up.starts, 0); /* nothing sent yet: etcd is not asked */
-    assert_true(send_put(&c, SECRET_KEY, "top secret"));
+    put_request(&msg, SECRET_KEY, "top secret");
+    assert_true(send_message(&c, buf_str(&msg)));
     assert_int_equal(c.up.starts, 1);
     assert_true(c.up.remaining_ms > 0 && c.up.remaining_ms <= 5000);
     assert_true(end_request(&c));
