@@ -15,6 +15,7 @@
 #include "common/err.h"
 #include "crypto/aesgcm.h"
 #include "crypto/kmsv2.h"
+#include "tests/support/alloc_fail.h"
 
 static const char etcd_key[] = "/registry/secrets/default/s1";
 #define KEY STR_LIT(etcd_key)
@@ -704,27 +705,13 @@ static void test_open_type0(void **state) {
     buf_free(&plain);
 }
 
-/* Runs |fn| with the Nth allocation failing for N = 0, 1, ... until it succeeds; every failure
- * must be EP_ERR_NOMEM. Returns how many failures were seen. */
-typedef int (*alloc_case)(void);
-
-static int run_until_ok(alloc_case fn) {
-    int failures = 0;
-    for (long n = 0; n < 1000; n++) {
-        ep_alloc_fail_after(n);
-        int rv = fn();
-        ep_alloc_fail_reset();
-        if (rv == EP_OK) {
-            return failures;
-        }
-        assert_int_equal(rv, EP_ERR_NOMEM);
-        failures++;
-    }
-    fail_msg("never succeeded");
-    return failures;
+/* Fills |ann| with the two annotations (out of order) of the state and encode cases below. */
+static void two_annotations(crypto_kmsv2_annotation ann[2]) {
+    ann[0] = (crypto_kmsv2_annotation){STR_LIT("z.z"), STR_LIT("1")};
+    ann[1] = (crypto_kmsv2_annotation){STR_LIT("a.a"), STR_LIT("2")};
 }
 
-static int decode_case(void) {
+static int decode_case(void *arg) {
     const char body[] = "\x0a\x01"
                         "D\x12\x01k\x1a\x01S"
                         "\x22\x08\x0a\x03"
@@ -742,9 +729,9 @@ static int decode_case(void) {
     return rv;
 }
 
-static int state_case(void) {
-    const crypto_kmsv2_annotation ann[] = {{STR_LIT("z.z"), STR_LIT("1")},
-                                           {STR_LIT("a.a"), STR_LIT("2")}};
+static int state_case(void *arg) {
+    crypto_kmsv2_annotation ann[2];
+    two_annotations(ann);
     crypto_kmsv2_state *st = NULL;
     int rv = crypto_kmsv2_state_new(str_make(seed, 32), STR_LIT("k"), STR_LIT("s"), ann, 2, 1, &st,
                                     NULL);
@@ -755,7 +742,7 @@ static int state_case(void) {
 
 static crypto_kmsv2_state *shared_state;
 
-static int seal_case(void) {
+static int seal_case(void *arg) {
     buf out = BUF_INIT;
     int rv = crypto_kmsv2_seal(shared_state, STR_LIT("n"), KEY, STR_LIT("v"), &out, NULL);
     if (rv != EP_OK) {
@@ -765,9 +752,9 @@ static int seal_case(void) {
     return rv;
 }
 
-static int encode_case(void) {
-    const crypto_kmsv2_annotation ann[] = {{STR_LIT("z.z"), STR_LIT("1")},
-                                           {STR_LIT("a.a"), STR_LIT("2")}};
+static int encode_case(void *arg) {
+    crypto_kmsv2_annotation ann[2];
+    two_annotations(ann);
     crypto_kmsv2_object o = object(STR_LIT("D"), STR_LIT("k"), STR_LIT("S"), ann, 2, 1);
     buf out = BUF_INIT;
     int rv = crypto_kmsv2_encode(&o, &out, NULL);
@@ -779,12 +766,13 @@ static int encode_case(void) {
 }
 
 static void test_alloc_failure(void **state) {
-    assert_true(run_until_ok(decode_case) >= 1); /* one block: the annotation entries */
-    assert_true(run_until_ok(state_case) >= 3);
+    assert_true(ts_fail_allocs_until_ok(decode_case, NULL, 1000) >=
+                1); /* one block: the annotation entries */
+    assert_true(ts_fail_allocs_until_ok(state_case, NULL, 1000) >= 3);
     shared_state = new_state("key-1");
-    assert_true(run_until_ok(seal_case) >= 1);
+    assert_true(ts_fail_allocs_until_ok(seal_case, NULL, 1000) >= 1);
     crypto_kmsv2_state_free(shared_state);
-    assert_true(run_until_ok(encode_case) >= 1);
+    assert_true(ts_fail_allocs_until_ok(encode_case, NULL, 1000) >= 1);
 }
 
 int main(void) {
