@@ -22,6 +22,7 @@
 #include "common/alloc.h"
 #include "proxy/config_gen.h"
 #include "proxy/metrics.h"
+#include "tests/support/alloc_fail.h"
 #include "tests/support/test_files.h"
 
 static const char aesgcm_yaml[] = TS_YAML_AESGCM_SECRETS;
@@ -211,30 +212,28 @@ static void test_load_errors(void **state) {
     assert_ptr_equal(c, (proxy_config *)0x1);
 }
 
+static int load_kms_config(void *arg) {
+    proxy_config *c = NULL;
+    ep_err err = {{0}};
+    int rv = proxy_config_load(kms_path, NULL, &c, &err);
+    if (rv == EP_OK) {
+        assert_non_null(c);
+        assert_int_equal(atomic_load(&c->refs), 1);
+        proxy_config_unref(c);
+    } else {
+        if (rv != EP_ERR_NOMEM) {
+            fail_msg("allocation failing: %d %s", rv, err.msg);
+        }
+        assert_null(c);
+    }
+    return rv;
+}
+
 /* Every allocation of a load can fail: each returns EP_ERR_NOMEM (never a crash, a leak, or a
  * config), until enough succeed. */
 static void test_load_allocation_failures(void **state) {
-    int rv = EP_ERR_NOMEM;
-    long n = 0;
-    for (; rv != EP_OK && n < 10000; n++) {
-        proxy_config *c = NULL;
-        ep_err err = {{0}};
-        ep_alloc_fail_after(n);
-        rv = proxy_config_load(kms_path, NULL, &c, &err);
-        ep_alloc_fail_reset();
-        if (rv == EP_OK) {
-            assert_non_null(c);
-            assert_int_equal(atomic_load(&c->refs), 1);
-            proxy_config_unref(c);
-        } else {
-            if (rv != EP_ERR_NOMEM) {
-                fail_msg("allocation %ld failing: %d %s", n, rv, err.msg);
-            }
-            assert_null(c);
-        }
-    }
-    assert_int_equal(rv, EP_OK);
-    assert_true(n > 3); /* the config, the set, its transformers at least */
+    /* the config, the set, its transformers at least */
+    assert_true(ts_fail_allocs_until_ok(load_kms_config, NULL, 10000) > 2);
 }
 
 /* ---- references ---- */
@@ -388,34 +387,36 @@ static void test_gen_refused(void **state) {
     event_base_free(base);
 }
 
+typedef struct {
+    struct event_base *base;
+    proxy_config *c;
+} gen_input;
+
+static int new_gen(void *arg) {
+    gen_input *in = arg;
+    proxy_gen *g = NULL;
+    ep_err err = {{0}};
+    int rv = proxy_gen_new(in->base, in->c, NULL, &g, &err);
+    if (rv == EP_OK) {
+        assert_int_equal(atomic_load(&in->c->refs), 2);
+        proxy_gen_unref(g);
+    } else {
+        if (rv != EP_ERR_NOMEM) {
+            fail_msg("allocation failing: %d %s", rv, err.msg);
+        }
+        assert_null(g);
+    }
+    assert_int_equal(atomic_load(&in->c->refs), 1);
+    return rv;
+}
+
 /* A generation that cannot be made takes no reference and hands out nothing. */
 static void test_gen_allocation_failures(void **state) {
-    struct event_base *base = event_base_new();
-    proxy_config *c = NULL;
-    assert_int_equal(proxy_config_load(kms_path, NULL, &c, NULL), EP_OK);
-    int rv = EP_ERR_NOMEM;
-    long n = 0;
-    for (; rv != EP_OK && n < 1000; n++) {
-        proxy_gen *g = NULL;
-        ep_err err = {{0}};
-        ep_alloc_fail_after(n);
-        rv = proxy_gen_new(base, c, NULL, &g, &err);
-        ep_alloc_fail_reset();
-        if (rv == EP_OK) {
-            assert_int_equal(atomic_load(&c->refs), 2);
-            proxy_gen_unref(g);
-        } else {
-            if (rv != EP_ERR_NOMEM) {
-                fail_msg("allocation %ld failing: %d %s", n, rv, err.msg);
-            }
-            assert_null(g);
-        }
-        assert_int_equal(atomic_load(&c->refs), 1);
-    }
-    assert_int_equal(rv, EP_OK);
-    assert_true(n > 2);
-    proxy_config_unref(c);
-    event_base_free(base);
+    gen_input in = {event_base_new(), NULL};
+    assert_int_equal(proxy_config_load(kms_path, NULL, &in.c, NULL), EP_OK);
+    assert_true(ts_fail_allocs_until_ok(new_gen, &in, 1000) > 1);
+    proxy_config_unref(in.c);
+    event_base_free(in.base);
 }
 
 #define T(fn) cmocka_unit_test_teardown(fn, stop_watching)
