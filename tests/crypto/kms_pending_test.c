@@ -23,6 +23,7 @@
 #include "common/alloc.h"
 #include "crypto/kms_provider_internal.h"
 #include "crypto/kmsv1.h"
+#include "tests/crypto/kmsv2_object.h"
 #include "tests/support/test_files.h"
 
 static crypto_kms_provider *new_provider(const char *name, int version, int32_t cachesize) {
@@ -112,12 +113,8 @@ static void test_v2_call_copies_the_object(void **state) {
     char source[] = "encrypted-seed", key_id[] = "kek-7";
     char k1[] = "a.example.com", v1[] = "1", k2[] = "b.example.com", v2[] = "";
     crypto_kmsv2_annotation ann[] = {{STR_LIT(k1), STR_LIT(v1)}, {STR_LIT(k2), STR_LIT(v2)}};
-    crypto_kmsv2_object o = {.encrypted_data = STR_LIT("data"),
-                             .key_id = STR_LIT(key_id),
-                             .encrypted_dek_source = STR_LIT(source),
-                             .annotations = ann,
-                             .nannotations = 2,
-                             .type = CRYPTO_KMSV2_TYPE_HKDF_SEED};
+    crypto_kmsv2_object o = ts_kmsv2_object(STR_LIT("data"), STR_LIT(key_id), STR_LIT(source), ann,
+                                            2, CRYPTO_KMSV2_TYPE_HKDF_SEED);
     kms_dek_view v;
     ep_err err;
     assert_int_equal(kms_find_dek(p, CRYPTO_KMS_CALL_V2_DECRYPT, STR_LIT("cache-key"), &o,
@@ -239,10 +236,8 @@ static void test_answer_lengths(void **state) {
         int version = t->kind == CRYPTO_KMS_CALL_V2_DECRYPT ? 2 : 1;
         crypto_kms_provider *p = new_provider("p", version, 10);
         crypto_kms_pending pending = CRYPTO_KMS_PENDING_INIT;
-        crypto_kmsv2_object o = {.encrypted_data = STR_LIT("d"),
-                                 .key_id = STR_LIT("k"),
-                                 .encrypted_dek_source = STR_LIT("s"),
-                                 .type = t->type};
+        crypto_kmsv2_object o =
+            ts_kmsv2_object(STR_LIT("d"), STR_LIT("k"), STR_LIT("s"), NULL, 0, t->type);
         kms_dek_view v;
         ep_err err;
         assert_int_equal(kms_find_dek(p, t->kind, STR_LIT("ck"), version == 2 ? &o : NULL,
@@ -274,10 +269,7 @@ static void test_answer_lengths(void **state) {
 static void test_failed_call_reason(void **state) {
     crypto_kms_provider *p1 = new_provider("p1", 1, 10), *p2 = new_provider("p2", 2, 0);
     crypto_kms_pending pending = CRYPTO_KMS_PENDING_INIT;
-    crypto_kmsv2_object o = {.encrypted_data = STR_LIT("d"),
-                             .key_id = STR_LIT("k"),
-                             .encrypted_dek_source = STR_LIT("s"),
-                             .type = 1};
+    crypto_kmsv2_object o = ts_kmsv2_object(STR_LIT("d"), STR_LIT("k"), STR_LIT("s"), NULL, 0, 1);
     kms_dek_view v;
     ep_err err;
     uint64_t run = 0;
@@ -540,12 +532,7 @@ static void test_free_with_calls_outstanding(void **state) {
     crypto_kms_provider *p1 = new_provider("p1", 1, -1), *p2 = new_provider("p2", 2, 0);
     crypto_kms_pending pending = CRYPTO_KMS_PENDING_INIT;
     crypto_kmsv2_annotation ann[] = {{STR_LIT("a.example.com"), STR_LIT("x")}};
-    crypto_kmsv2_object o = {.encrypted_data = STR_LIT("d"),
-                             .key_id = STR_LIT("k"),
-                             .encrypted_dek_source = STR_LIT("s"),
-                             .annotations = ann,
-                             .nannotations = 1,
-                             .type = 1};
+    crypto_kmsv2_object o = ts_kmsv2_object(STR_LIT("d"), STR_LIT("k"), STR_LIT("s"), ann, 1, 1);
     kms_dek_view v;
     ep_err err;
     uint8_t dek[32], seed[48];
@@ -598,12 +585,8 @@ static void test_alloc_failure_recording(void **state) {
     crypto_kms_provider *p = new_provider("p2", 2, 0);
     crypto_kmsv2_annotation ann[] = {{STR_LIT("a.example.com"), STR_LIT("1")},
                                      {STR_LIT("b.example.com"), STR_LIT("2")}};
-    crypto_kmsv2_object o = {.encrypted_data = STR_LIT("d"),
-                             .key_id = STR_LIT("kid"),
-                             .encrypted_dek_source = STR_LIT("src"),
-                             .annotations = ann,
-                             .nannotations = 2,
-                             .type = 1};
+    crypto_kmsv2_object o =
+        ts_kmsv2_object(STR_LIT("d"), STR_LIT("kid"), STR_LIT("src"), ann, 2, 1);
     int failures = 0;
     for (long n = 0;; n++) {
         crypto_kms_pending pending = CRYPTO_KMS_PENDING_INIT;

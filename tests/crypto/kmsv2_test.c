@@ -15,6 +15,7 @@
 #include "common/err.h"
 #include "crypto/aesgcm.h"
 #include "crypto/kmsv2.h"
+#include "tests/crypto/kmsv2_object.h"
 #include "tests/support/alloc_fail.h"
 
 static const char etcd_key[] = "/registry/secrets/default/s1";
@@ -27,12 +28,6 @@ static int setup_seed(void **state) {
         seed[i] = (uint8_t)(0x40 + i);
     }
     return 0;
-}
-
-static crypto_kmsv2_object object(str data, str key_id, str source,
-                                  const crypto_kmsv2_annotation *ann, size_t n, int32_t type) {
-    crypto_kmsv2_object o = {data, key_id, source, ann, n, type, NULL};
-    return o;
 }
 
 static void test_derive_dek_spec_value(void **state) {
@@ -59,7 +54,8 @@ static void test_encode_exact_bytes(void **state) {
         {STR_LIT("z.example.com"), STR_LIT("1")},
         {STR_LIT("a.example.com"), STR_LIT("")},
     };
-    crypto_kmsv2_object o = object(STR_LIT("DATA"), STR_LIT("kid"), STR_LIT("SRC"), ann, 2, 1);
+    crypto_kmsv2_object o =
+        ts_kmsv2_object(STR_LIT("DATA"), STR_LIT("kid"), STR_LIT("SRC"), ann, 2, 1);
     buf out = BUF_INIT;
     ep_err err;
     assert_int_equal(crypto_kmsv2_encode(&o, &out, &err), EP_OK);
@@ -83,7 +79,7 @@ static void test_encode_exact_bytes(void **state) {
 
     /* Type 0 and no annotations: field 5 and field 4 omitted. */
     buf_reset(&out);
-    o = object(STR_LIT("D"), STR_LIT("k"), STR_LIT("S"), NULL, 0, 0);
+    o = ts_kmsv2_object(STR_LIT("D"), STR_LIT("k"), STR_LIT("S"), NULL, 0, 0);
     assert_int_equal(crypto_kmsv2_encode(&o, &out, &err), EP_OK);
     assert_int_equal(out.len, 9);
     assert_memory_equal(out.data,
@@ -103,10 +99,10 @@ static void test_encode_refuses_invalid(void **state) {
     };
     buf out = BUF_INIT;
     ep_err err;
-    crypto_kmsv2_object o = object(STR_LIT("D"), STR_LIT("k"), STR_LIT("S"), dup, 3, 1);
+    crypto_kmsv2_object o = ts_kmsv2_object(STR_LIT("D"), STR_LIT("k"), STR_LIT("S"), dup, 3, 1);
     assert_int_equal(crypto_kmsv2_encode(&o, &out, &err), EP_ERR_INVALID);
     assert_string_equal(err.msg, "duplicate annotation key");
-    o = object(STR_LIT(""), STR_LIT("k"), STR_LIT("S"), NULL, 0, 1);
+    o = ts_kmsv2_object(STR_LIT(""), STR_LIT("k"), STR_LIT("S"), NULL, 0, 1);
     assert_int_equal(crypto_kmsv2_encode(&o, &out, &err), EP_ERR_INVALID);
     assert_string_equal(err.msg, "encrypted data is empty");
     assert_int_equal(out.len, 0);
@@ -273,17 +269,18 @@ static void test_validate_lengths(void **state) {
     static uint8_t big[1025];
     memset(big, 'k', sizeof(big));
     str d = STR_LIT("D"), s = STR_LIT("S"), k = STR_LIT("k");
-    expect_valid(object(d, k, str_make(big, 1024), NULL, 0, 0), EP_OK, NULL);
-    expect_valid(object(d, k, str_make(big, 1025), NULL, 0, 0), EP_ERR_INVALID,
+    expect_valid(ts_kmsv2_object(d, k, str_make(big, 1024), NULL, 0, 0), EP_OK, NULL);
+    expect_valid(ts_kmsv2_object(d, k, str_make(big, 1025), NULL, 0, 0), EP_ERR_INVALID,
                  "failed to validate encrypted DEK source: encrypted DEK source is 1025 bytes, "
                  "which exceeds the max size of 1024");
-    expect_valid(object(d, str_make(big, 1024), s, NULL, 0, 1), EP_OK, NULL);
-    expect_valid(object(d, str_make(big, 1025), s, NULL, 0, 1), EP_ERR_INVALID,
+    expect_valid(ts_kmsv2_object(d, str_make(big, 1024), s, NULL, 0, 1), EP_OK, NULL);
+    expect_valid(ts_kmsv2_object(d, str_make(big, 1025), s, NULL, 0, 1), EP_ERR_INVALID,
                  "failed to validate key id: keyID is 1025 bytes, which exceeds the max size of "
                  "1024");
-    expect_valid(object(d, k, s, NULL, 0, 2), EP_ERR_INVALID, "unknown encryptedDEKSourceType: 2");
+    expect_valid(ts_kmsv2_object(d, k, s, NULL, 0, 2), EP_ERR_INVALID,
+                 "unknown encryptedDEKSourceType: 2");
     /* Type is checked before anything else, as upstream. */
-    expect_valid(object(STR_LIT(""), STR_LIT(""), STR_LIT(""), NULL, 0, 9), EP_ERR_INVALID,
+    expect_valid(ts_kmsv2_object(STR_LIT(""), STR_LIT(""), STR_LIT(""), NULL, 0, 9), EP_ERR_INVALID,
                  "unknown encryptedDEKSourceType: 9");
 }
 
@@ -355,12 +352,12 @@ static void test_annotation_aggregate_and_size(void **state) {
     str d = STR_LIT("D"), s = STR_LIT("S"), k = STR_LIT("k");
     crypto_kmsv2_annotation ann[2] = {{STR_LIT("a.b"), str_make(value, 32765)},
                                       {STR_LIT("bad"), STR_LIT("")}};
-    expect_valid(object(d, k, s, ann, 1, 1), EP_OK, NULL); /* 3 + 32765 = 32768 */
+    expect_valid(ts_kmsv2_object(d, k, s, ann, 1, 1), EP_OK, NULL); /* 3 + 32765 = 32768 */
     ann[0].value.len = 32766;
-    expect_valid(object(d, k, s, ann, 1, 1), EP_ERR_INVALID,
+    expect_valid(ts_kmsv2_object(d, k, s, ann, 1, 1), EP_ERR_INVALID,
                  "failed to validate annotations: total size of annotations is 32769, which "
                  "exceeds the max size of 32768");
-    expect_valid(object(d, k, s, ann, 2, 1), EP_ERR_INVALID,
+    expect_valid(ts_kmsv2_object(d, k, s, ann, 2, 1), EP_ERR_INVALID,
                  "failed to validate annotations: [annotations: Invalid value: \"bad\": should be "
                  "a domain with at least two segments separated by dots, total size of "
                  "annotations is 32772, which exceeds the max size of 32768]");
@@ -541,12 +538,8 @@ static void test_fast_paths(void **state) {
         {STR_LIT("b.example.com"), STR_LIT("2")},
         {STR_LIT("c.example.com"), STR_LIT("3")},
     };
-    crypto_kmsv2_object hand = {.encrypted_data = STR_LIT("data"),
-                                .key_id = STR_LIT("k"),
-                                .encrypted_dek_source = STR_LIT("s"),
-                                .annotations = ann,
-                                .nannotations = 3,
-                                .type = 1};
+    crypto_kmsv2_object hand =
+        ts_kmsv2_object(STR_LIT("data"), STR_LIT("k"), STR_LIT("s"), ann, 3, 1);
     buf enc = BUF_INIT;
     assert_int_equal(crypto_kmsv2_encode(&hand, &enc, &err), EP_OK);
     assert_int_equal(crypto_kmsv2_decode_view(buf_str(&enc), &o, scratch, 2, &err), EP_OK);
@@ -674,7 +667,7 @@ static void test_open_type0(void **state) {
     assert_int_equal(crypto_aesgcm_seal_raw(str_make(dek, 32), KEY, STR_LIT("legacy"), &data, &err),
                      EP_OK);
     crypto_kmsv2_object o =
-        object(buf_str(&data), STR_LIT("kid"), STR_LIT("encrypted-dek"), NULL, 0, 0);
+        ts_kmsv2_object(buf_str(&data), STR_LIT("kid"), STR_LIT("encrypted-dek"), NULL, 0, 0);
     assert_int_equal(crypto_kmsv2_encode(&o, &body, &err), EP_OK);
     crypto_kmsv2_object d;
     assert_int_equal(crypto_kmsv2_decode(buf_str(&body), &d, &err), EP_OK);
@@ -755,7 +748,7 @@ static int seal_case(void *arg) {
 static int encode_case(void *arg) {
     crypto_kmsv2_annotation ann[2];
     two_annotations(ann);
-    crypto_kmsv2_object o = object(STR_LIT("D"), STR_LIT("k"), STR_LIT("S"), ann, 2, 1);
+    crypto_kmsv2_object o = ts_kmsv2_object(STR_LIT("D"), STR_LIT("k"), STR_LIT("S"), ann, 2, 1);
     buf out = BUF_INIT;
     int rv = crypto_kmsv2_encode(&o, &out, NULL);
     if (rv != EP_OK) {
