@@ -59,6 +59,12 @@ static void start(grpc_frame_reader *r, recorder *rec, size_t max) {
     *rec = (recorder){BUF_INIT, 0, 0, {0}, 0};
 }
 
+/* start(), with build_stream's three messages written into |stream|; returns their length. */
+static size_t start_on_stream(grpc_frame_reader *r, recorder *rec, size_t max, uint8_t *stream) {
+    start(r, rec, max);
+    return build_stream(stream);
+}
+
 static void test_header_and_length(void **state) {
     uint8_t hdr[GRPC_FRAME_HEADER_LEN];
     grpc_frame_header(hdr, 1, 0xfedcba98);
@@ -78,10 +84,9 @@ static void test_write_header(void **state) {
 
 static void test_whole_chunk_is_zero_copy(void **state) {
     uint8_t stream[400];
-    size_t n = build_stream(stream);
     grpc_frame_reader r;
     recorder rec;
-    start(&r, &rec, 1 << 20);
+    size_t n = start_on_stream(&r, &rec, 1 << 20, stream);
     assert_int_equal(feed(&r, &rec, stream, n), EP_OK);
     assert_int_equal(rec.count, 3);
     assert_int_equal(rec.views, 2); /* the empty message has no bytes to point at */
@@ -120,10 +125,9 @@ static void test_every_split_point(void **state) {
 
 static void test_byte_at_a_time(void **state) {
     uint8_t stream[400];
-    size_t n = build_stream(stream);
     grpc_frame_reader r;
     recorder rec;
-    start(&r, &rec, 1 << 20);
+    size_t n = start_on_stream(&r, &rec, 1 << 20, stream);
     for (size_t i = 0; i < n; i++) {
         assert_int_equal(feed(&r, &rec, stream + i, 1), EP_OK);
         assert_int_equal(grpc_frame_reader_idle(&r), i == 4 || i == 12 || i == n - 1);
