@@ -30,6 +30,17 @@ static ep_metrics_shard *shard(size_t capacity) {
     return s;
 }
 
+/* Two shards of |capacity| requests: series |a| counted |a0| times in the first and |a1| in the
+ * second, series |b| |b1| times in the second only. */
+static void two_shards(ep_metrics_shard *s[2], size_t capacity, const str *a, uint64_t a0,
+                       uint64_t a1, const str *b, uint64_t b1) {
+    s[0] = shard(capacity);
+    s[1] = shard(capacity);
+    ep_metrics_add(s[0], REQUESTS, a, a0);
+    ep_metrics_add(s[1], REQUESTS, a, a1);
+    ep_metrics_add(s[1], REQUESTS, b, b1);
+}
+
 static char *text_of(ep_metrics_shard *const *shards, size_t n) {
     buf out = BUF_INIT;
     assert_int_equal(ep_metrics_write(shards, n, &out), EP_OK);
@@ -38,11 +49,9 @@ static char *text_of(ep_metrics_shard *const *shards, size_t n) {
 }
 
 static void test_sums_shards_and_writes_text(void **state) {
-    ep_metrics_shard *s[2] = {shard(16), shard(16)};
+    ep_metrics_shard *s[2];
     str put_ok[] = {S("Put"), S("OK")}, put_bad[] = {S("Put"), S("Unavailable")};
-    ep_metrics_add(s[0], REQUESTS, put_ok, 2);
-    ep_metrics_add(s[1], REQUESTS, put_ok, 3);
-    ep_metrics_add(s[1], REQUESTS, put_bad, 1);
+    two_shards(s, 16, put_ok, 2, 3, put_bad, 1);
     ep_metrics_gauge_add(s[0], IN_FLIGHT, NULL, 4);
     ep_metrics_gauge_add(s[1], IN_FLIGHT, NULL, -1);
     ep_metrics_add(s[0], PLAIN, NULL, 7);
@@ -148,11 +157,9 @@ static void each_cb(void *arg, const str *labels, int64_t value) {
 }
 
 static void test_each_visits_summed_series(void **state) {
-    ep_metrics_shard *s[2] = {shard(8), shard(8)};
+    ep_metrics_shard *s[2];
     str a[] = {S("a"), S("OK")}, b[] = {S("b"), S("OK")};
-    ep_metrics_add(s[0], REQUESTS, a, 1);
-    ep_metrics_add(s[1], REQUESTS, a, 2);
-    ep_metrics_add(s[1], REQUESTS, b, 4);
+    two_shards(s, 8, a, 1, 2, b, 4);
     int64_t total = 0;
     assert_int_equal(ep_metrics_each(s, 2, REQUESTS, each_cb, &total), EP_OK);
     assert_int_equal(total, 7);
