@@ -9,6 +9,7 @@
 #include "common/alloc.h"
 #include "common/base64.h"
 #include "common/err.h"
+#include "tests/support/alloc_fail.h"
 
 static void assert_decodes(const char *text, const char *want, size_t want_len) {
     buf out = BUF_INIT;
@@ -95,13 +96,7 @@ static void test_all_byte_values_round_trip(void **state) {
 }
 
 static void test_allocation_failure(void **state) {
-    buf out = BUF_INIT;
-    ep_alloc_fail_after(0);
-    assert_int_equal(base64_encode(STR_LIT("foobar"), &out), EP_ERR_NOMEM);
-    assert_int_equal(base64_decode(STR_LIT("Zm9vYmFy"), &out), EP_ERR_NOMEM);
-    ep_alloc_fail_reset();
-    assert_int_equal(out.len, 0);
-    buf_free(&out);
+    ts_codec_out_of_memory(base64_encode, STR_LIT("foobar"), base64_decode, STR_LIT("Zm9vYmFy"));
 }
 
 int main(void) {

@@ -8,6 +8,7 @@
 
 #include "common/alloc.h"
 #include "net/grpc.h"
+#include "tests/support/alloc_fail.h"
 
 #define S(lit) STR_LIT(lit)
 
@@ -77,13 +78,7 @@ static void test_message_decode_tolerates_bad_escapes(void **state) {
 }
 
 static void test_message_allocation_failure(void **state) {
-    buf out = BUF_INIT;
-    ep_alloc_fail_after(0);
-    assert_int_equal(grpc_message_encode(S("x%"), &out), EP_ERR_NOMEM);
-    assert_int_equal(grpc_message_decode(S("x%25"), &out), EP_ERR_NOMEM);
-    ep_alloc_fail_reset();
-    assert_int_equal(out.len, 0);
-    buf_free(&out);
+    ts_codec_out_of_memory(grpc_message_encode, S("x%"), grpc_message_decode, S("x%25"));
 }
 
 static void test_timeout_parse(void **state) {

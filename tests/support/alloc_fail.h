@@ -14,6 +14,7 @@
 #include <cmocka.h>
 
 #include "common/alloc.h"
+#include "common/buf.h"
 #include "common/err.h"
 
 /* One run of the operation under test with |arg|: returns its result, and checks (and frees)
@@ -35,6 +36,24 @@ static inline long ts_fail_allocs_until_ok(ts_attempt_fn attempt, void *arg, lon
     }
     fail_msg("no success in %ld runs under allocation failure", max_runs);
     return max_runs;
+}
+
+/* A text codec: appends what |in| becomes to |out|. */
+typedef int (*ts_codec_fn)(str in, buf *out);
+
+/* With the first allocation failing, |encode| of |plain| and |decode| of |encoded| must each
+ * give EP_ERR_NOMEM and leave nothing in the output. */
+static inline void ts_codec_out_of_memory(ts_codec_fn encode, str plain, ts_codec_fn decode,
+                                          str encoded) {
+    buf out = BUF_INIT;
+    ep_alloc_fail_after(0);
+    int encoded_rv = encode(plain, &out);
+    int decoded_rv = decode(encoded, &out);
+    ep_alloc_fail_reset();
+    assert_int_equal(encoded_rv, EP_ERR_NOMEM);
+    assert_int_equal(decoded_rv, EP_ERR_NOMEM);
+    assert_int_equal(out.len, 0);
+    buf_free(&out);
 }
 
 #endif
