@@ -183,20 +183,6 @@ static series *find(ep_metrics_shard *s, size_t family, const str *labels) {
     }
 }
 
-void ep_metrics_add(ep_metrics_shard *s, size_t family, const str *labels, uint64_t n) {
-    series *e = find(s, family, labels);
-    if (e != NULL) {
-        bump(&e->value, n);
-    }
-}
-
-void ep_metrics_gauge_add(ep_metrics_shard *s, size_t family, const str *labels, int64_t delta) {
-    series *e = find(s, family, labels);
-    if (e != NULL) {
-        bump(&e->value, (uint64_t)delta);
-    }
-}
-
 void ep_metrics_gauge_set(ep_metrics_shard *s, size_t family, const str *labels, int64_t value) {
     series *e = find(s, family, labels);
     if (e != NULL) {
@@ -239,12 +225,17 @@ void ep_metrics_series_observe(ep_metrics_series *e, uint64_t ns) {
     }
 }
 
+/* The label-based calls: find the series, then update it as the handle calls do. */
+void ep_metrics_add(ep_metrics_shard *s, size_t family, const str *labels, uint64_t n) {
+    ep_metrics_series_add(find(s, family, labels), n);
+}
+
+void ep_metrics_gauge_add(ep_metrics_shard *s, size_t family, const str *labels, int64_t delta) {
+    ep_metrics_series_add(find(s, family, labels), (uint64_t)delta);
+}
+
 void ep_metrics_observe(ep_metrics_shard *s, size_t family, const str *labels, uint64_t ns) {
-    series *e = find(s, family, labels);
-    if (e != NULL && s->families[family].type == EP_METRIC_HISTOGRAM) {
-        bump(&e->buckets[bucket_of(&s->families[family], ns)], 1);
-        bump(&e->sum_ns, ns);
-    }
+    ep_metrics_series_observe(find(s, family, labels), ns);
 }
 
 /* ---- reading ---- */

@@ -453,15 +453,20 @@ static int read_all(const char *path, FILE *f, buf *data, ep_err *err) {
     return ferror(f) ? ep_err_set(err, EP_ERR_IO, "%s: read error", path) : EP_OK;
 }
 
-int config_load_file(const char *path, config_encryption **out, ep_err *err) {
-    *out = NULL;
+int config_read_file(const char *path, buf *data, ep_err *err) {
     FILE *f = fopen(path, "rb");
     if (f == NULL) {
         return ep_err_set(err, EP_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     }
-    buf data = BUF_INIT;
-    int rv = read_all(path, f, &data, err);
+    int rv = read_all(path, f, data, err);
     fclose(f);
+    return rv;
+}
+
+int config_load_file(const char *path, config_encryption **out, ep_err *err) {
+    *out = NULL;
+    buf data = BUF_INIT;
+    int rv = config_read_file(path, &data, err);
     if (rv == EP_OK) {
         rv = config_load_bytes(path, data.data ? (const void *)data.data : "", data.len, out, err);
     }

@@ -15,6 +15,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/buf.h"
 #include "common/err.h"
 #include "common/secret.h"
 
@@ -81,6 +82,11 @@ typedef struct {
  * Returns EP_ERR_CONFIG with "FILE:LINE:COL: what is wrong" in |err| for any refused input
  * (never printing a secret), EP_ERR_IO when the file cannot be read, EP_ERR_NOMEM. */
 int config_load_file(const char *path, config_encryption **out, ep_err *err);
+
+/* Appends the bytes of |path| (at most the loader's size limit) to |data|, which the caller
+ * frees with buf_free_secure (they hold key material). Returns 0, EP_ERR_IO naming the file,
+ * EP_ERR_CONFIG when it is too large, or EP_ERR_NOMEM. */
+int config_read_file(const char *path, buf *data, ep_err *err);
 
 /* Same, from bytes in memory; |name| is used as FILE in messages. */
 int config_load_bytes(const char *name, const void *data, size_t len, config_encryption **out,

@@ -81,13 +81,10 @@ static int build_transformers(crypto_transformer_set *s, ep_err *err) {
     return EP_OK;
 }
 
-int crypto_transformer_set_load(const char *config_path, const char *etcd_prefix,
-                                crypto_transformer_set **out, ep_err *err) {
-    crypto_transformer_set *s = ep_calloc(1, sizeof(*s));
-    if (s == NULL) {
-        return ep_err_set(err, EP_ERR_NOMEM, "out of memory loading %s", config_path);
-    }
-    int rv = config_load_file(config_path, &s->config, err);
+/* Builds a set around the config in |s->config| (or the load failure |rv|). Returns 0 or the
+ * first failure; |s| is freed on failure. */
+static int build(crypto_transformer_set *s, int rv, const char *etcd_prefix,
+                 crypto_transformer_set **out, ep_err *err) {
     if (rv == EP_OK) {
         rv = config_keymap_build(s->config, etcd_prefix, &s->keymap, err);
     }
@@ -103,6 +100,25 @@ int crypto_transformer_set_load(const char *config_path, const char *etcd_prefix
     }
     *out = s;
     return EP_OK;
+}
+
+int crypto_transformer_set_load(const char *config_path, const char *etcd_prefix,
+                                crypto_transformer_set **out, ep_err *err) {
+    crypto_transformer_set *s = ep_calloc(1, sizeof(*s));
+    if (s == NULL) {
+        return ep_err_set(err, EP_ERR_NOMEM, "out of memory loading %s", config_path);
+    }
+    return build(s, config_load_file(config_path, &s->config, err), etcd_prefix, out, err);
+}
+
+int crypto_transformer_set_load_bytes(const char *name, const void *data, size_t len,
+                                      const char *etcd_prefix, crypto_transformer_set **out,
+                                      ep_err *err) {
+    crypto_transformer_set *s = ep_calloc(1, sizeof(*s));
+    if (s == NULL) {
+        return ep_err_set(err, EP_ERR_NOMEM, "out of memory loading %s", name);
+    }
+    return build(s, config_load_bytes(name, data, len, &s->config, err), etcd_prefix, out, err);
 }
 
 const crypto_transformer *crypto_transformer_set_lookup(const crypto_transformer_set *s,

@@ -20,6 +20,12 @@ typedef struct crypto_transformer_set crypto_transformer_set;
 int crypto_transformer_set_load(const char *config_path, const char *etcd_prefix,
                                 crypto_transformer_set **out, ep_err *err);
 
+/* The same from the file's bytes, already read (|name| is the file messages locate errors
+ * in). Returns what crypto_transformer_set_load returns. */
+int crypto_transformer_set_load_bytes(const char *name, const void *data, size_t len,
+                                      const char *etcd_prefix, crypto_transformer_set **out,
+                                      ep_err *err);
+
 /* The transformer for |etcd_key|: the chain's, or the bare identity when no rule covers the key.
  * Never fails, never NULL. */
 const crypto_transformer *crypto_transformer_set_lookup(const crypto_transformer_set *s,

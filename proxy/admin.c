@@ -150,15 +150,6 @@ int proxy_admin_health(proxy_admin_state *state, bool live, const char *check_na
 
 /* ---- metrics read at scrape time ---- */
 
-static int sample(buf *out, const char *name, const char *const *labels, const str *values,
-                  size_t n, double v) {
-    return ep_metrics_write_sample(out, name, labels, values, n, v);
-}
-
-static int family(buf *out, const char *name, const char *help, ep_metric_type type) {
-    return ep_metrics_write_header(out, name, help, type);
-}
-
 /* process_* as client_golang's process collector names them. */
 static int write_process(buf *out, double start_time) {
     FILE *f = fopen("/proc/self/stat", "r");
@@ -190,24 +181,29 @@ static int write_process(buf *out, double start_time) {
     }
     struct rlimit rl = {0, 0};
     getrlimit(RLIMIT_NOFILE, &rl);
-    int rv = family(out, "process_cpu_seconds_total",
-                    "Total user and system CPU time spent in seconds.", EP_METRIC_COUNTER);
-    rv |= sample(out, "process_cpu_seconds_total", NULL, NULL, 0,
-                 (double)(utime + stime) / (double)(ticks > 0 ? ticks : 100));
-    rv |= family(out, "process_resident_memory_bytes", "Resident memory size in bytes.",
-                 EP_METRIC_GAUGE);
-    rv |= sample(out, "process_resident_memory_bytes", NULL, NULL, 0, (double)rss * (double)page);
-    rv |= family(out, "process_virtual_memory_bytes", "Virtual memory size in bytes.",
-                 EP_METRIC_GAUGE);
-    rv |= sample(out, "process_virtual_memory_bytes", NULL, NULL, 0, (double)vsize);
-    rv |= family(out, "process_open_fds", "Number of open file descriptors.", EP_METRIC_GAUGE);
-    rv |= sample(out, "process_open_fds", NULL, NULL, 0, (double)fds);
+    int rv = ep_metrics_write_header(out, "process_cpu_seconds_total",
+                                     "Total user and system CPU time spent in seconds.",
+                                     EP_METRIC_COUNTER);
+    rv |= ep_metrics_write_sample(out, "process_cpu_seconds_total", NULL, NULL, 0,
+                                  (double)(utime + stime) / (double)(ticks > 0 ? ticks : 100));
+    rv |= ep_metrics_write_header(out, "process_resident_memory_bytes",
+                                  "Resident memory size in bytes.", EP_METRIC_GAUGE);
+    rv |= ep_metrics_write_sample(out, "process_resident_memory_bytes", NULL, NULL, 0,
+                                  (double)rss * (double)page);
+    rv |= ep_metrics_write_header(out, "process_virtual_memory_bytes",
+                                  "Virtual memory size in bytes.", EP_METRIC_GAUGE);
     rv |=
-        family(out, "process_max_fds", "Maximum number of open file descriptors.", EP_METRIC_GAUGE);
-    rv |= sample(out, "process_max_fds", NULL, NULL, 0, (double)rl.rlim_cur);
-    rv |= family(out, "process_start_time_seconds",
-                 "Start time of the process since unix epoch in seconds.", EP_METRIC_GAUGE);
-    rv |= sample(out, "process_start_time_seconds", NULL, NULL, 0, start_time);
+        ep_metrics_write_sample(out, "process_virtual_memory_bytes", NULL, NULL, 0, (double)vsize);
+    rv |= ep_metrics_write_header(out, "process_open_fds", "Number of open file descriptors.",
+                                  EP_METRIC_GAUGE);
+    rv |= ep_metrics_write_sample(out, "process_open_fds", NULL, NULL, 0, (double)fds);
+    rv |= ep_metrics_write_header(out, "process_max_fds",
+                                  "Maximum number of open file descriptors.", EP_METRIC_GAUGE);
+    rv |= ep_metrics_write_sample(out, "process_max_fds", NULL, NULL, 0, (double)rl.rlim_cur);
+    rv |= ep_metrics_write_header(out, "process_start_time_seconds",
+                                  "Start time of the process since unix epoch in seconds.",
+                                  EP_METRIC_GAUGE);
+    rv |= ep_metrics_write_sample(out, "process_start_time_seconds", NULL, NULL, 0, start_time);
     return rv != 0 ? EP_ERR_NOMEM : EP_OK;
 }
 
@@ -215,10 +211,10 @@ static int write_build_info(buf *out) {
     static const char *const labels[] = {"version", "openssl", "nghttp2"};
     str values[] = {str_cstr(EP_VERSION), str_cstr(OpenSSL_version(OPENSSL_VERSION)),
                     str_cstr(nghttp2_version(0)->version_str)};
-    int rv =
-        family(out, "etcd_encrypt_proxy_build_info",
-               "Always 1, labelled with the proxy's and its libraries' versions.", EP_METRIC_GAUGE);
-    return rv | sample(out, "etcd_encrypt_proxy_build_info", labels, values, 3, 1);
+    int rv = ep_metrics_write_header(
+        out, "etcd_encrypt_proxy_build_info",
+        "Always 1, labelled with the proxy's and its libraries' versions.", EP_METRIC_GAUGE);
+    return rv | ep_metrics_write_sample(out, "etcd_encrypt_proxy_build_info", labels, values, 3, 1);
 }
 
 /* The KMS cache gauges of the providers serving now. Called under state->lock. */
@@ -226,25 +222,28 @@ static int write_kms_caches(buf *out, proxy_admin_state *st) {
     static const char *const provider[] = {"provider_name"};
     size_t n = 0, used = 0, capacity = 0;
     crypto_kms_provider *const *kms = crypto_transformer_set_kms_providers(st->set, &n);
-    int rv = family(out, "apiserver_envelope_encryption_dek_source_cache_size",
-                    "Number of records in data encryption key (DEK) source cache. On a restart, "
-                    "this value is an approximation of the number of decrypt RPC calls the server "
-                    "will make to the KMS plugin.",
-                    EP_METRIC_GAUGE);
+    int rv = ep_metrics_write_header(
+        out, "apiserver_envelope_encryption_dek_source_cache_size",
+        "Number of records in data encryption key (DEK) source cache. On a restart, "
+        "this value is an approximation of the number of decrypt RPC calls the server "
+        "will make to the KMS plugin.",
+        EP_METRIC_GAUGE);
     for (size_t i = 0; i < n; i++) {
         if (crypto_kms_provider_api_version(kms[i]) == 2) {
             str name = str_cstr(crypto_kms_provider_name(kms[i]));
-            rv |= sample(out, "apiserver_envelope_encryption_dek_source_cache_size", provider,
-                         &name, 1, (double)crypto_kms_provider_cache_size(kms[i]));
+            rv |= ep_metrics_write_sample(
+                out, "apiserver_envelope_encryption_dek_source_cache_size", provider, &name, 1,
+                (double)crypto_kms_provider_cache_size(kms[i]));
         } else {
             used += crypto_kms_provider_cache_size(kms[i]);
             capacity += crypto_kms_provider_cache_capacity(kms[i]);
         }
     }
-    rv |= family(out, "apiserver_envelope_encryption_dek_cache_fill_percent",
-                 "Percent of the cache slots currently occupied by cached DEKs.", EP_METRIC_GAUGE);
-    rv |= sample(out, "apiserver_envelope_encryption_dek_cache_fill_percent", NULL, NULL, 0,
-                 capacity > 0 ? (double)used / (double)capacity : 0);
+    rv |= ep_metrics_write_header(out, "apiserver_envelope_encryption_dek_cache_fill_percent",
+                                  "Percent of the cache slots currently occupied by cached DEKs.",
+                                  EP_METRIC_GAUGE);
+    rv |= ep_metrics_write_sample(out, "apiserver_envelope_encryption_dek_cache_fill_percent", NULL,
+                                  NULL, 0, capacity > 0 ? (double)used / (double)capacity : 0);
     return rv != 0 ? EP_ERR_NOMEM : EP_OK;
 }
 
@@ -258,40 +257,43 @@ static int write_reload(buf *out, proxy_admin_state *st) {
                        "seconds";
     const char *info = "apiserver_encryption_config_controller_last_config_info";
     str id = str_cstr(st->server_id_hash);
-    int rv = family(out, total,
-                    "Total number of reload successes and failures of encryption "
-                    "configuration split by apiserver identity.",
-                    EP_METRIC_COUNTER);
+    int rv = ep_metrics_write_header(out, total,
+                                     "Total number of reload successes and failures of encryption "
+                                     "configuration split by apiserver identity.",
+                                     EP_METRIC_COUNTER);
     for (int i = 0; i < 2; i++) {
         str v[] = {str_cstr(names[i]), id};
-        rv |= st->reloads[i] > 0 ? sample(out, total, status_labels, v, 2, (double)st->reloads[i])
-                                 : 0;
+        rv |= st->reloads[i] > 0
+                  ? ep_metrics_write_sample(out, total, status_labels, v, 2, (double)st->reloads[i])
+                  : 0;
     }
-    rv |= family(out, last,
-                 "Timestamp of the last successful or failed reload of encryption "
-                 "configuration split by apiserver identity.",
-                 EP_METRIC_GAUGE);
+    rv |= ep_metrics_write_header(out, last,
+                                  "Timestamp of the last successful or failed reload of encryption "
+                                  "configuration split by apiserver identity.",
+                                  EP_METRIC_GAUGE);
     for (int i = 0; i < 2; i++) {
         str v[] = {str_cstr(names[i]), id};
-        rv |=
-            st->last_reload[i] > 0 ? sample(out, last, status_labels, v, 2, st->last_reload[i]) : 0;
+        rv |= st->last_reload[i] > 0
+                  ? ep_metrics_write_sample(out, last, status_labels, v, 2, st->last_reload[i])
+                  : 0;
     }
-    rv |= family(out, info,
-                 "Information about the last applied encryption configuration with hash as "
-                 "label, split by apiserver identity.",
-                 EP_METRIC_GAUGE);
+    rv |= ep_metrics_write_header(
+        out, info,
+        "Information about the last applied encryption configuration with hash as "
+        "label, split by apiserver identity.",
+        EP_METRIC_GAUGE);
     str v[] = {id, str_cstr(st->config_hash)};
-    rv |= sample(out, info, info_labels, v, 2, 1);
+    rv |= ep_metrics_write_sample(out, info, info_labels, v, 2, 1);
     return rv != 0 ? EP_ERR_NOMEM : EP_OK;
 }
 
 int proxy_admin_metrics(proxy_admin_state *st, buf *out) {
     int rv = ep_metrics_write(st->shards, st->nshards, out);
-    rv |=
-        family(out, "etcd_encrypt_proxy_metric_series_dropped_total",
-               "Series the workers could not hold (their tables are bounded).", EP_METRIC_COUNTER);
-    rv |= sample(out, "etcd_encrypt_proxy_metric_series_dropped_total", NULL, NULL, 0,
-                 (double)ep_metrics_dropped(st->shards, st->nshards));
+    rv |= ep_metrics_write_header(out, "etcd_encrypt_proxy_metric_series_dropped_total",
+                                  "Series the workers could not hold (their tables are bounded).",
+                                  EP_METRIC_COUNTER);
+    rv |= ep_metrics_write_sample(out, "etcd_encrypt_proxy_metric_series_dropped_total", NULL, NULL,
+                                  0, (double)ep_metrics_dropped(st->shards, st->nshards));
     rv |= write_process(out, st->start_time);
     rv |= write_build_info(out);
     pthread_mutex_lock(&st->lock);

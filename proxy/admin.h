@@ -27,19 +27,18 @@
 #include "common/err.h"
 #include "common/metrics.h"
 #include "crypto/transformer_set.h"
-
-#define PROXY_HASH_LABEL_LEN 72 /* "sha256:" + 64 hex + NUL */
+#include "proxy/config_gen.h"
 
 typedef struct {
     ep_metrics_shard *const *shards; /* one per worker; fixed for the process' life */
     size_t nshards;
-    double start_time;                         /* Unix seconds */
-    char server_id_hash[PROXY_HASH_LABEL_LEN]; /* apiserver_id_hash label */
-    pthread_mutex_t lock;                      /* guards what follows */
-    const crypto_transformer_set *set;         /* serving now (KMS cache gauges, readyz names) */
-    char config_hash[PROXY_HASH_LABEL_LEN];    /* of the file serving now */
-    uint64_t reloads[2];                       /* [0] success, [1] failure */
-    double last_reload[2];                     /* Unix seconds, 0: never */
+    double start_time;                          /* Unix seconds */
+    char server_id_hash[PROXY_CONFIG_HASH_LEN]; /* apiserver_id_hash label */
+    pthread_mutex_t lock;                       /* guards what follows */
+    const crypto_transformer_set *set;          /* serving now (KMS cache gauges, readyz names) */
+    char config_hash[PROXY_CONFIG_HASH_LEN];    /* of the file serving now */
+    uint64_t reloads[2];                        /* [0] success, [1] failure */
+    double last_reload[2];                      /* Unix seconds, 0: never */
     bool draining;
 } proxy_admin_state;
 

@@ -4,40 +4,31 @@
  */
 #include "proxy/config_gen.h"
 
-#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 
-#include <openssl/evp.h>
+#include <openssl/sha.h>
 
 #include "common/alloc.h"
+#include "config/encryption_config.h"
 
-int proxy_config_hash_file(const char *path, char out[PROXY_CONFIG_HASH_LEN], ep_err *err) {
-    FILE *f = fopen(path, "rb");
-    if (f == NULL) {
-        return ep_err_set(err, EP_ERR_IO, "%s: %s", path, strerror(errno));
-    }
-    EVP_MD_CTX *md = EVP_MD_CTX_new();
-    int ok = md != NULL && EVP_DigestInit_ex(md, EVP_sha256(), NULL) == 1;
-    uint8_t chunk[8192];
-    size_t n;
-    while (ok && (n = fread(chunk, 1, sizeof(chunk), f)) > 0) {
-        ok = EVP_DigestUpdate(md, chunk, n) == 1;
-    }
-    ok = ok && !ferror(f);
-    fclose(f);
-    uint8_t digest[32];
-    unsigned len = 0;
-    ok = ok && EVP_DigestFinal_ex(md, digest, &len) == 1 && len == 32;
-    EVP_MD_CTX_free(md);
-    if (!ok) {
-        return ep_err_set(err, EP_ERR_IO, "%s: cannot read it to hash it", path);
-    }
+void proxy_hash_label(const void *data, size_t len, char out[PROXY_CONFIG_HASH_LEN]) {
+    unsigned char digest[32];
+    SHA256(data, len, digest);
     memcpy(out, "sha256:", 7);
     for (int i = 0; i < 32; i++) {
         snprintf(out + 7 + 2 * i, 3, "%02x", digest[i]);
     }
-    return EP_OK;
+}
+
+int proxy_config_hash_file(const char *path, char out[PROXY_CONFIG_HASH_LEN], ep_err *err) {
+    buf data = BUF_INIT;
+    int rv = config_read_file(path, &data, err);
+    if (rv == EP_OK) {
+        proxy_hash_label(data.data ? (const void *)data.data : "", data.len, out);
+    }
+    buf_free_secure(&data);
+    return rv;
 }
 
 int proxy_config_load(const char *path, const char *etcd_prefix, proxy_config **out, ep_err *err) {
@@ -45,27 +36,16 @@ int proxy_config_load(const char *path, const char *etcd_prefix, proxy_config **
     if (c == NULL) {
         return ep_err_set(err, EP_ERR_NOMEM, "out of memory");
     }
-    /* The file is read twice (hash, then load): a swap in between would label one config
-     * with another's hash, so the hash is taken again after the load until both agree. */
-    int rv = proxy_config_hash_file(path, c->hash, err);
-    for (int tries = 0; rv == EP_OK; tries++) {
-        char after[PROXY_CONFIG_HASH_LEN];
-        rv = crypto_transformer_set_load(path, etcd_prefix, &c->set, err);
-        if (rv == EP_OK) {
-            rv = proxy_config_hash_file(path, after, err);
-        }
-        if (rv != EP_OK || strcmp(after, c->hash) == 0) {
-            break;
-        }
-        crypto_transformer_set_free(c->set);
-        c->set = NULL;
-        memcpy(c->hash, after, sizeof(after));
-        if (tries == 3) {
-            rv = ep_err_set(err, EP_ERR_IO, "%s: changed while it was being read", path);
-        }
+    /* One read: the hash labels exactly the bytes that were loaded, whatever the file does. */
+    buf data = BUF_INIT;
+    int rv = config_read_file(path, &data, err);
+    const void *bytes = data.data ? (const void *)data.data : "";
+    if (rv == EP_OK) {
+        proxy_hash_label(bytes, data.len, c->hash);
+        rv = crypto_transformer_set_load_bytes(path, bytes, data.len, etcd_prefix, &c->set, err);
     }
+    buf_free_secure(&data);
     if (rv != EP_OK) {
-        crypto_transformer_set_free(c->set);
         ep_free(c);
         return rv;
     }

@@ -42,6 +42,9 @@ typedef struct {
  * Returns 0, EP_ERR_CONFIG / EP_ERR_IO with the located message, or EP_ERR_NOMEM. */
 int proxy_config_load(const char *path, const char *etcd_prefix, proxy_config **out, ep_err *err);
 
+/* "sha256:<hex>" of |len| bytes at |data|: how kube-apiserver labels a hash. Never fails. */
+void proxy_hash_label(const void *data, size_t len, char out[PROXY_CONFIG_HASH_LEN]);
+
 /* "sha256:<hex>" of the file at |path| now, as kube-apiserver labels its config. Returns 0 or
  * EP_ERR_IO naming the file. */
 int proxy_config_hash_file(const char *path, char out[PROXY_CONFIG_HASH_LEN], ep_err *err);

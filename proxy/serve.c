@@ -34,8 +34,6 @@
 
 #include <event2/thread.h>
 
-#include <openssl/sha.h>
-
 #include "common/alloc.h"
 #include "common/log.h"
 #include "crypto/transformer_set.h"
@@ -173,16 +171,11 @@ static int setup_workers(server *sv, ep_err *err) {
 
 /* The apiserver_id_hash label: the proxy's identity ("etcd-encrypt-proxy-<host>"), hashed as
  * kube-apiserver hashes its own. */
-static void server_identity(char out[PROXY_HASH_LABEL_LEN]) {
+static void server_identity(char out[PROXY_CONFIG_HASH_LEN]) {
     char host[256] = "unknown", id[300];
     gethostname(host, sizeof(host) - 1);
     snprintf(id, sizeof(id), "etcd-encrypt-proxy-%s", host);
-    unsigned char digest[32];
-    SHA256((const unsigned char *)id, strlen(id), digest);
-    memcpy(out, "sha256:", 7);
-    for (int i = 0; i < 32; i++) {
-        snprintf(out + 7 + 2 * i, 3, "%02x", digest[i]);
-    }
+    proxy_hash_label(id, strlen(id), out);
 }
 
 /* Returns 0, or EP_ERR_CONFIG / EP_ERR_IO naming the URL or file, or EP_ERR_NOMEM. */

@@ -44,20 +44,20 @@ static const char kms_yaml[] =
     TS_YAML_KMS_V2_P_THEN_CONFIGMAPS "      - kms: {apiVersion: v1, name: legacy, endpoint: "
                                      "unix:///tmp/legacy.sock, cachesize: 10}\n";
 
-static crypto_transformer_set *aesgcm_set, *kms_set;
+static crypto_transformer_set *aesgcm_set, *kms_tset;
 /* The TLS tests write their certificates here. */
 static char dir[64];
 
 static int load_sets(void **state) {
     ts_make_dir(dir, sizeof(dir), "/tmp/admin_test_XXXXXX");
     aesgcm_set = ts_transformer_set_from_yaml("aesgcm.yaml", aesgcm_yaml);
-    kms_set = ts_transformer_set_from_yaml("kms.yaml", kms_yaml);
+    kms_tset = ts_transformer_set_from_yaml("kms.yaml", kms_yaml);
     return 0;
 }
 
 static int free_sets(void **state) {
     crypto_transformer_set_free(aesgcm_set);
-    crypto_transformer_set_free(kms_set);
+    crypto_transformer_set_free(kms_tset);
     return ts_remove_dir(dir);
 }
 
@@ -244,7 +244,7 @@ static void test_single_checks(void **state) {
  * health comes from worker 0's shard only (the one that polls). */
 static void test_kms_providers(void **state) {
     fixture *f = *state;
-    f->st.set = kms_set;
+    f->st.set = kms_tset;
     kms_health(f, 0, "p", -1);
     kms_health(f, 0, "legacy", -1);
     answer a = health(f, false, "", true);
@@ -283,7 +283,7 @@ static void test_kms_providers(void **state) {
  * and once allocation succeeds the full answer. */
 static void test_health_allocation_failures(void **state) {
     fixture *f = *state;
-    f->st.set = kms_set;
+    f->st.set = kms_tset;
     kms_health(f, 0, "p", 1);
     kms_health(f, 0, "legacy", -1);
     const char *want = "[+]ping ok\n[+]workers ok\n[+]etcd ok\n[+]kms-provider-0 ok\n"
@@ -426,7 +426,7 @@ static void test_metrics_dek_caches(void **state) {
                           "# HELP apiserver_envelope_encryption_dek_cache_fill_percent");
     assert_contains(text, "\napiserver_envelope_encryption_dek_cache_fill_percent 0\n");
     ep_free(text);
-    f->st.set = kms_set;
+    f->st.set = kms_tset;
     text = metrics_text(f);
     assert_contains(text, "\napiserver_envelope_encryption_dek_source_cache_size{provider_name="
                           "\"p\"} 0\n");
@@ -450,7 +450,7 @@ static int metrics_once(void *arg) {
 
 static void test_metrics_allocation_failures(void **state) {
     fixture *f = *state;
-    f->st.set = kms_set;
+    f->st.set = kms_tset;
     f->st.reloads[0] = 1;
     assert_true(ts_fail_allocs_until_ok(metrics_once, f, 10000) > 0);
 }
