@@ -216,7 +216,14 @@ static size_t builtin_resource(str prefix, char *out, size_t cap) {
 }
 
 size_t config_keymap_resource(const config_keymap *m, str etcd_key, char *out, size_t cap) {
+    size_t ignored;
+    return config_keymap_resource_at(m, etcd_key, out, cap, &ignored);
+}
+
+size_t config_keymap_resource_at(const config_keymap *m, str etcd_key, char *out, size_t cap,
+                                 size_t *prefix_len) {
     str rest, first, second;
+    *prefix_len = 0;
     if (cap == 0) {
         return 0;
     }
@@ -228,15 +235,19 @@ size_t config_keymap_resource(const config_keymap *m, str etcd_key, char *out, s
     if (!take_segment(&rest, &first) || first.len == 0) {
         return 0;
     }
+    *prefix_len = m->path_prefix_len + first.len + 1;
     bool grouped = memchr(first.ptr, '.', first.len) != NULL;
     if (grouped) {
-        return take_segment(&rest, &second)
-                   ? write_resource((const char *)second.ptr, second.len, (const char *)first.ptr,
-                                    first.len, out, cap)
-                   : 0;
+        if (!take_segment(&rest, &second)) {
+            return 0;
+        }
+        *prefix_len += second.len + 1;
+        return write_resource((const char *)second.ptr, second.len, (const char *)first.ptr,
+                              first.len, out, cap);
     }
     int i = config_builtin_find_prefix(first);
     if (i >= 0 && m->builtin[i].kind == CONFIG_BUILTIN_PARENT && take_segment(&rest, &second)) {
+        *prefix_len += second.len + 1;
         return builtin_resource(str_make(first.ptr, first.len + 1 + second.len), out, cap);
     }
     return builtin_resource(first, out, cap);

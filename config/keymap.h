@@ -45,6 +45,12 @@ int config_keymap_lookup(const config_keymap *m, str etcd_key);
 /* Writes the resource |etcd_key| belongs to, as kube-apiserver's metrics name it ("secrets",
  * "deployments.apps", "widgets.example.com"), NUL-terminated into |out| (cut to |cap|).
  * Returns its length, 0 when the key names no resource. Never fails. */
+/* Like config_keymap_resource, and sets |*prefix_len| to the length of the key prefix of the
+ * resource's key space ("/registry/secrets/", "/registry/example.com/widgets/"), also for keys
+ * that name no resource ("/registry/masterleases/"); 0 when the key is outside the path prefix
+ * or has no segment. Never fails. */
+size_t config_keymap_resource_at(const config_keymap *m, str etcd_key, char *out, size_t cap,
+                                 size_t *prefix_len);
 size_t config_keymap_resource(const config_keymap *m, str etcd_key, char *out, size_t cap);
 
 size_t config_keymap_nchains(const config_keymap *m);

@@ -187,6 +187,16 @@ static void wait_for_readers(crypto_kms_provider *p) {
     }
 }
 
+int crypto_kms_provider_v2_is_current(crypto_kms_provider *p, str key_id, int32_t type) {
+    unsigned e = reader_enter(p);
+    generation *g = current_state(p);
+    int rv = g == NULL ? -1
+                       : str_eq(crypto_kmsv2_state_key_id(g->st), key_id) &&
+                             crypto_kmsv2_state_type(g->st) == type;
+    reader_leave(p, e);
+    return rv;
+}
+
 uint64_t crypto_kms_provider_v2_generations(const crypto_kms_provider *p) {
     return atomic_load(&((crypto_kms_provider *)p)->generations);
 }

@@ -114,6 +114,11 @@ int crypto_kms_provider_set_v2_state(crypto_kms_provider *p, str seed, str statu
                                      const crypto_kmsv2_annotation *annotations,
                                      size_t nannotations, uint64_t valid_for_ns, ep_err *err);
 
+/* Whether a v2 value with |key_id| and |type| was written under the current write state's key
+ * (what decides "stale" on a read). Returns 1 when it was, 0 when not, -1 when there is no
+ * write state yet (or |p| is v1). Thread-safe. */
+int crypto_kms_provider_v2_is_current(crypto_kms_provider *p, str key_id, int32_t type);
+
 /* How many v2 write states are allocated (0 or 1 once a replacement has returned: replaced
  * states are freed). For tests. Never fails. */
 uint64_t crypto_kms_provider_v2_generations(const crypto_kms_provider *p);

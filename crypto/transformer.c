@@ -31,6 +31,7 @@
 #include "crypto/aescbc.h"
 #include "crypto/aesgcm.h"
 #include "crypto/kms_provider.h"
+#include "crypto/kmsv2.h"
 #include "crypto/secretbox.h"
 
 #define ENC_MARKER "k8s:enc:"
@@ -593,4 +594,81 @@ int crypto_transformer_decrypt(const crypto_transformer *t, str etcd_key, str st
         return ep_err_set(err, EP_ERR_NOMATCH, "no matching prefix found");
     }
     return errors_report(&rs.errors, err);
+}
+
+/* ---- classification ---- */
+
+/* Whether entry |index| (|p|) would try |body| (the value after its outer prefix) and how it
+ * reads. Returns 0 when it claims the value, EP_ERR_NOMATCH when not, EP_ERR_INVALID for a kms
+ * v2 object that does not decode. */
+static int classify_entry(const tr_provider *p, size_t index, str body, crypto_stored_class *out,
+                          ep_err *err) {
+    out->provider = p->kind->name;
+    out->key_name = "";
+    out->stale = index > 0;
+    if (p->kind == &kinds[CONFIG_PROVIDER_IDENTITY]) {
+        return out->plaintext ? EP_OK : EP_ERR_NOMATCH;
+    }
+    for (size_t i = 0; i < p->nkeys; i++) {
+        if (str_has_prefix(body, str_make(p->keys[i].prefix, p->keys[i].prefix_len))) {
+            out->key_name = p->keys[i].name;
+            out->stale = out->stale || i > 0;
+            return EP_OK;
+        }
+    }
+    if (p->kms == NULL) {
+        return EP_ERR_NOMATCH;
+    }
+    out->key_name = crypto_kms_provider_name(p->kms);
+    out->kms_api_version = crypto_kms_provider_api_version(p->kms);
+    if (out->kms_api_version == 1) {
+        return EP_OK;
+    }
+    crypto_kmsv2_annotation scratch[8];
+    crypto_kmsv2_object o;
+    int rv = crypto_kmsv2_decode_view(body, &o, scratch, 8, err);
+    if (rv == EP_OK) {
+        out->key_id_len = o.key_id.len; /* validated: fits */
+        if (o.key_id.len > 0) {
+            memcpy(out->key_id, o.key_id.ptr, o.key_id.len);
+        }
+        out->stale = out->stale || crypto_kms_provider_v2_is_current(p->kms, o.key_id, o.type) == 0;
+    }
+    crypto_kmsv2_object_free(&o);
+    return rv == EP_ERR_NOMEM ? EP_ERR_INVALID : rv;
+}
+
+int crypto_transformer_classify(const crypto_transformer *t, str stored, crypto_stored_class *out,
+                                ep_err *err) {
+    out->provider = NULL;
+    out->key_id_len = 0;
+    bool plaintext = !str_has_prefix(stored, STR_LIT(ENC_MARKER));
+    int last = EP_ERR_NOMATCH;
+    ep_err first_invalid;
+    for (size_t i = 0; i < t->nproviders; i++) {
+        const tr_provider *p = &t->providers[i];
+        if (!str_has_prefix(stored, p->prefix)) {
+            continue;
+        }
+        out->plaintext = plaintext;
+        out->kms_api_version = 0;
+        out->key_id_len = 0;
+        int rv = classify_entry(p, i, str_skip(stored, p->prefix.len), out, &first_invalid);
+        if (rv == EP_OK) {
+            return EP_OK;
+        }
+        if (rv == EP_ERR_INVALID && last != EP_ERR_INVALID) {
+            last = ep_err_set(err, rv, "%s", first_invalid.msg);
+        }
+    }
+    out->provider = NULL;
+    out->key_name = "";
+    out->kms_api_version = 0;
+    out->key_id_len = 0;
+    out->stale = false;
+    out->plaintext = plaintext;
+    if (last == EP_ERR_NOMATCH) {
+        return ep_err_set(err, EP_ERR_NOMATCH, "no matching prefix found");
+    }
+    return last;
 }

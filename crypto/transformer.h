@@ -21,6 +21,7 @@
 #include "common/str.h"
 #include "config/encryption_config.h"
 #include "crypto/kms_provider.h"
+#include "crypto/kmsv2.h"
 
 typedef struct crypto_transformer crypto_transformer;
 
@@ -31,6 +32,17 @@ typedef struct {
     const char *key_name; /* aes/secretbox key name or kms provider name; "" for identity */
     const char *prefix;   /* the matched outer prefix, e.g. "k8s:enc:aesgcm:v1:"; "" identity */
 } crypto_read_info;
+
+/* How a stored value looks to a chain from its prefixes alone, without decrypting it. */
+typedef struct {
+    const char *provider; /* "identity", "aesgcm", "aescbc", "secretbox", "kms" */
+    const char *key_name; /* aes/secretbox key name or kms provider name; "" for identity */
+    int kms_api_version;  /* 1 or 2 for kms, else 0 */
+    size_t key_id_len;    /* kms v2: the EncryptedObject's keyID (validated: at most 1 KiB) */
+    uint8_t key_id[CRYPTO_KMSV2_KEY_ID_MAX];
+    bool stale;     /* not the write provider and key (kms v2: not the current key ID) */
+    bool plaintext; /* no "k8s:enc:" marker: stored in the clear */
+} crypto_stored_class;
 
 /* Builds a transformer from |n| providers (borrowed config; keys are copied and expanded once).
  * Returns 0, EP_ERR_CONFIG (message in |err|) for a provider this build cannot serve, or
@@ -76,6 +88,17 @@ size_t crypto_transformer_overhead(const crypto_transformer *t);
  * |pending| NULL means no plugin is reachable: a needed call is then EP_ERR_UNAVAILABLE. */
 int crypto_transformer_encrypt(const crypto_transformer *t, str etcd_key, str plain, buf *out,
                                crypto_kms_pending *pending, ep_err *err);
+
+/* Classifies |stored| as the read walk would pick a provider for it, from prefixes alone: the
+ * first entry whose outer prefix (and, for aes and secretbox, inner key prefix) matches; for
+ * identity, a value without the "k8s:enc:" marker; for kms v2, one whose EncryptedObject decodes
+ * (its key ID is compared with the provider's current write state: without one the value is not
+ * called stale). Says nothing about authenticity: use crypto_transformer_decrypt for that.
+ * Returns 0 with |out| filled, EP_ERR_NOMATCH when no provider of the chain would try the value,
+ * or EP_ERR_INVALID when only a kms v2 entry matched and its object does not decode (message
+ * in |err| either way). */
+int crypto_transformer_classify(const crypto_transformer *t, str stored, crypto_stored_class *out,
+                                ep_err *err);
 
 /* Decrypts |stored| read at |etcd_key| and appends the plaintext to |out|; fills |info| if not
  * NULL (on failure: the last provider that refused, with the inner key that refused or "", or a

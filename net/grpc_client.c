@@ -71,8 +71,9 @@ TAILQ_HEAD(call_list, grpc_call);
 
 struct grpc_channel {
     struct event_base *base;
-    char *socket_path;
+    char *socket_path; /* or the first TCP target, for log lines */
     char *authority;
+    const char *scheme;
     char *log_name;
     size_t max_response;
     h2_client_target target;
@@ -179,7 +180,7 @@ static int submit(grpc_channel *ch, grpc_call *c) {
     grpc_timeout_format((uint64_t)(left_ms > 1 ? left_ms : 1) * 1000000u, timeout);
     nghttp2_nv nva[] = {
         make_nv(":method", "POST"),
-        make_nv(":scheme", "http"),
+        make_nv(":scheme", ch->scheme),
         make_nv(":path", c->path),
         make_nv(":authority", ch->authority),
         make_nv("content-type", "application/grpc"),
@@ -464,12 +465,34 @@ static const h2_client_handler handler = {
 
 /* ---- public ---- */
 
-int grpc_channel_new(struct event_base *base, const grpc_channel_config *cfg, grpc_channel **out,
-                     ep_err *err) {
+/* Checks the targets of |cfg|. Returns 0 or EP_ERR_CONFIG (message in |err|). */
+static int check_targets(const grpc_channel_config *cfg, ep_err *err) {
     struct sockaddr_un sa;
+    if (cfg->socket_path == NULL) {
+        return cfg->n_targets > 0 ? 0 : ep_err_set(err, EP_ERR_CONFIG, "no gRPC target");
+    }
     if (h2_client_unix_address(cfg->socket_path, &sa) == 0) {
         return ep_err_set(err, EP_ERR_CONFIG, "unix socket path \"%s\" is empty or too long",
                           cfg->socket_path);
+    }
+    return 0;
+}
+
+/* "host:port" of the first TCP target, for log lines. Returns NULL when out of memory. */
+static char *describe_target(const h2_client_target *t) {
+    size_t n = strlen(t->host) + strlen(t->port) + 4;
+    char *s = ep_malloc(n);
+    if (s) {
+        snprintf(s, n, strchr(t->host, ':') ? "[%s]:%s" : "%s:%s", t->host, t->port);
+    }
+    return s;
+}
+
+int grpc_channel_new(struct event_base *base, const grpc_channel_config *cfg, grpc_channel **out,
+                     ep_err *err) {
+    int rv = check_targets(cfg, err);
+    if (rv != 0) {
+        return rv;
     }
     grpc_channel *ch = ep_calloc(1, sizeof(*ch));
     if (!ch) {
@@ -479,7 +502,8 @@ int grpc_channel_new(struct event_base *base, const grpc_channel_config *cfg, gr
     ch->max_response = cfg->max_response ? cfg->max_response : DEFAULT_MAX_RESPONSE;
     TAILQ_INIT(&ch->waiting);
     TAILQ_INIT(&ch->active);
-    ch->socket_path = ep_strdup(cfg->socket_path);
+    ch->socket_path =
+        cfg->socket_path ? ep_strdup(cfg->socket_path) : describe_target(cfg->targets);
     ch->authority = ep_strdup(cfg->authority);
     ch->log_name = ep_strdup(cfg->log_name);
     if (!ch->socket_path || !ch->authority || !ch->log_name) {
@@ -487,9 +511,11 @@ int grpc_channel_new(struct event_base *base, const grpc_channel_config *cfg, gr
         return ep_err_set(err, EP_ERR_NOMEM, "out of memory");
     }
     ch->target.unix_path = ch->socket_path;
+    ch->scheme = cfg->socket_path == NULL && cfg->targets[0].tls ? "https" : "http";
     h2_client_config cc = {
-        .targets = &ch->target,
-        .n_targets = 1,
+        .targets = cfg->socket_path ? &ch->target : cfg->targets,
+        .n_targets = cfg->socket_path ? 1 : cfg->n_targets,
+        .tls = cfg->tls,
         .settings = &client_settings,
         .backoff_min_ms = BACKOFF_MIN_MS,
         .backoff_max_ms = BACKOFF_MAX_MS,

@@ -1,7 +1,8 @@
 /*
- * grpc_client: unary gRPC calls over one HTTP/2 (h2c, prior knowledge) connection to a unix
- * socket, on a libevent loop. Generic: it knows paths, request bytes and deadlines, nothing of
- * what the messages mean (the KMS plugin client is its first user).
+ * grpc_client: unary gRPC calls over one HTTP/2 connection (h2c with prior knowledge to a unix
+ * socket or TCP, or h2 over TLS) on a libevent loop. Generic: it knows paths, request bytes and
+ * deadlines, nothing of what the messages mean (the KMS plugin client and the storage tools'
+ * etcd client are its users).
  *
  * A grpc_channel owns at most one live connection, made lazily by the first call and re-made
  * after a loss while calls wait for it (backoff 100 ms doubling to 1 s). Calls are multiplexed
@@ -22,15 +23,19 @@
 
 #include "common/err.h"
 #include "common/str.h"
+#include "net/h2_client.h"
 
 typedef struct grpc_channel grpc_channel;
 typedef struct grpc_call grpc_call;
 
 typedef struct {
-    const char *socket_path; /* a leading '@' names a Linux abstract socket */
+    const char *socket_path; /* a leading '@' names a Linux abstract socket; NULL: |targets| */
     const char *authority;   /* :authority of every call */
     const char *log_name;    /* names the peer in log lines, e.g. "kms plugin \"k1\"" */
     size_t max_response;     /* largest response message accepted; 0 = 4 MiB */
+    const h2_client_target *targets; /* TCP or TLS targets (borrowed for the channel's life) */
+    size_t n_targets;
+    SSL_CTX *tls; /* needed when a target has |tls| */
 } grpc_channel_config;
 
 /* The outcome of one call, borrowed for the duration of the callback. */
@@ -44,8 +49,9 @@ typedef struct {
  * inside grpc_call_start). It must not free the channel. */
 typedef void (*grpc_call_cb)(const grpc_call_result *result, void *arg);
 
-/* Creates a channel (config strings are copied); nothing connects yet. Returns 0, EP_ERR_CONFIG
- * (socket path empty or too long for sun_path) or EP_ERR_NOMEM, message in |err|. */
+/* Creates a channel (config strings are copied, targets borrowed); nothing connects yet. Returns
+ * 0, EP_ERR_CONFIG (socket path empty or too long for sun_path, no target) or EP_ERR_NOMEM,
+ * message in |err|. */
 int grpc_channel_new(struct event_base *base, const grpc_channel_config *cfg, grpc_channel **out,
                      ep_err *err);
 

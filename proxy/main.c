@@ -6,6 +6,7 @@
 
 #include "proxy/cli.h"
 #include "proxy/serve.h"
+#include "proxy/storage.h"
 
 static const char usage[] =
     "Usage: etcd-encrypt-proxy COMMAND [FLAGS]\n"
@@ -18,6 +19,8 @@ static const char usage[] =
     "  check-config  validate an EncryptionConfiguration and print key prefix -> providers\n"
     "  encrypt       plaintext on stdin -> stored value for an etcd key on stdout\n"
     "  decrypt       stored value on stdin -> plaintext on stdout\n"
+    "  scan          report how every value in etcd is stored (keys, stale, plaintext)\n"
+    "  rewrite       re-encrypt every stale or plaintext value in etcd, in place\n"
     "\n"
     "Run 'etcd-encrypt-proxy COMMAND --help' for the flags of a command.\n";
 
@@ -27,10 +30,9 @@ static const struct {
     const char *name;
     command_fn fn;
 } commands[] = {
-    {"serve", proxy_serve_main},
-    {"check-config", cli_check_config_main},
-    {"encrypt", cli_encrypt_main},
-    {"decrypt", cli_decrypt_main},
+    {"serve", proxy_serve_main},   {"check-config", cli_check_config_main},
+    {"encrypt", cli_encrypt_main}, {"decrypt", cli_decrypt_main},
+    {"scan", storage_scan_main},   {"rewrite", storage_rewrite_main},
 };
 
 int main(int argc, char **argv) {

@@ -48,40 +48,6 @@
 
 /* ---- running ---- */
 
-/* Splits --endpoints. Returns 0, EP_ERR_CONFIG or EP_ERR_NOMEM. */
-static int parse_endpoints(server *sv, ep_err *err) {
-    char *list = ep_strdup(sv->opts.endpoints);
-    size_t n = 1;
-    for (const char *p = sv->opts.endpoints; *p; p++) {
-        n += *p == ',';
-    }
-    sv->endpoints = ep_calloc(n, sizeof(*sv->endpoints));
-    if (!list || !sv->endpoints) {
-        ep_free(list);
-        return ep_err_set(err, EP_ERR_NOMEM, "out of memory");
-    }
-    int rv = 0;
-    char *save = NULL;
-    for (char *url = strtok_r(list, ",", &save); url && rv == 0; url = strtok_r(NULL, ",", &save)) {
-        rv = upstream_endpoint_parse(url, &sv->endpoints[sv->n_endpoints], err);
-        sv->n_endpoints += rv == 0;
-    }
-    ep_free(list);
-    if (rv == 0 && sv->n_endpoints == 0) {
-        rv = ep_err_set(err, EP_ERR_CONFIG, "--endpoints: no endpoint given");
-    }
-    return rv == 0 ? 0 : ep_err_wrap(err, rv, "--endpoints");
-}
-
-static bool any_tls_endpoint(const server *sv) {
-    for (size_t i = 0; i < sv->n_endpoints; i++) {
-        if (sv->endpoints[i].tls) {
-            return true;
-        }
-    }
-    return false;
-}
-
 /* Builds the TLS contexts the flags ask for. Returns 0, EP_ERR_CONFIG or EP_ERR_NOMEM. */
 static int setup_tls(server *sv, ep_err *err) {
     const proxy_serve_opts *o = &sv->opts;
@@ -93,7 +59,7 @@ static int setup_tls(server *sv, ep_err *err) {
             return rv;
         }
     }
-    if (any_tls_endpoint(sv) || o->cacert || o->cert || o->key) {
+    if (upstream_endpoints_tls(sv->endpoints, sv->n_endpoints) || o->cacert || o->cert || o->key) {
         net_tls_client_opts co = {o->cacert, o->cert, o->key};
         return net_tls_client_ctx(&co, &sv->client_tls, err);
     }
@@ -199,8 +165,9 @@ static int setup(server *sv, ep_err *err) {
     if (rv != 0) {
         return rv;
     }
-    if ((rv = parse_endpoints(sv, err)) != 0 || (rv = setup_tls(sv, err)) != 0 ||
-        (rv = setup_workers(sv, err)) != 0) {
+    if ((rv = upstream_endpoints_parse(sv->opts.endpoints, &sv->endpoints, &sv->n_endpoints,
+                                       err)) != 0 ||
+        (rv = setup_tls(sv, err)) != 0 || (rv = setup_workers(sv, err)) != 0) {
         return rv;
     }
     return setup_admin(sv, err);
@@ -340,10 +307,7 @@ static void teardown(server *sv) {
     ep_free(sv->workers);
     ep_free(sv->shards);
     free(sv->last_health);
-    for (size_t i = 0; i < sv->n_endpoints; i++) {
-        upstream_endpoint_free(&sv->endpoints[i]);
-    }
-    ep_free(sv->endpoints);
+    upstream_endpoints_free(sv->endpoints, sv->n_endpoints);
     SSL_CTX_free(sv->server_tls);
     SSL_CTX_free(sv->client_tls);
     proxy_config_unref(sv->config);

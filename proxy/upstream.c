@@ -128,6 +128,56 @@ void upstream_endpoint_free(upstream_endpoint *ep) {
     memset(ep, 0, sizeof(*ep));
 }
 
+int upstream_endpoints_parse(const char *list, upstream_endpoint **out, size_t *n, ep_err *err) {
+    char *copy = ep_strdup(list);
+    size_t cap = 1;
+    for (const char *p = list; *p; p++) {
+        cap += *p == ',';
+    }
+    upstream_endpoint *eps = ep_calloc(cap, sizeof(*eps));
+    *out = NULL;
+    *n = 0;
+    if (!copy || !eps) {
+        ep_free(copy);
+        ep_free(eps);
+        return ep_err_set(err, EP_ERR_NOMEM, "out of memory");
+    }
+    int rv = 0;
+    size_t count = 0;
+    char *save = NULL;
+    for (char *url = strtok_r(copy, ",", &save); url && rv == 0; url = strtok_r(NULL, ",", &save)) {
+        rv = upstream_endpoint_parse(url, &eps[count], err);
+        count += rv == 0;
+    }
+    ep_free(copy);
+    if (rv == 0 && count == 0) {
+        rv = ep_err_set(err, EP_ERR_CONFIG, "no endpoint given");
+    }
+    if (rv != 0) {
+        upstream_endpoints_free(eps, count);
+        return ep_err_wrap(err, rv, "--endpoints");
+    }
+    *out = eps;
+    *n = count;
+    return 0;
+}
+
+bool upstream_endpoints_tls(const upstream_endpoint *eps, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        if (eps[i].tls) {
+            return true;
+        }
+    }
+    return false;
+}
+
+void upstream_endpoints_free(upstream_endpoint *eps, size_t n) {
+    for (size_t i = 0; eps != NULL && i < n; i++) {
+        upstream_endpoint_free(&eps[i]);
+    }
+    ep_free(eps);
+}
+
 /* ---- streams ---- */
 
 /* Submits |l| on the live session. Returns 0, or EP_ERR_RANGE / EP_ERR_UNAVAILABLE (message in

@@ -57,6 +57,17 @@ typedef struct upstream_endpoint {
 int upstream_endpoint_parse(const char *url, upstream_endpoint *out, ep_err *err);
 void upstream_endpoint_free(upstream_endpoint *ep);
 
+/* Parses a comma-separated --endpoints list into a new array (|*n| entries). Returns 0, or
+ * EP_ERR_CONFIG with a message naming the flag and the URL, or EP_ERR_NOMEM; nothing to free on
+ * failure. */
+int upstream_endpoints_parse(const char *list, upstream_endpoint **out, size_t *n, ep_err *err);
+
+/* True when some endpoint of the list is https. Never fails. */
+bool upstream_endpoints_tls(const upstream_endpoint *eps, size_t n);
+
+/* Frees the array from upstream_endpoints_parse. Safe on NULL. */
+void upstream_endpoints_free(upstream_endpoint *eps, size_t n);
+
 typedef struct {
     const upstream_endpoint *endpoints;
     size_t n_endpoints;

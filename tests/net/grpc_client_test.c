@@ -64,7 +64,10 @@ static int setup(void **state) {
     fixture *f = calloc(1, sizeof(*f));
     f->base = event_base_new();
     snprintf(f->path, sizeof(f->path), "/tmp/ep-grpc-client-test-%d.sock", (int)getpid());
-    grpc_channel_config cfg = {f->path, "localhost", "test plugin", 0};
+    grpc_channel_config cfg = {.socket_path = f->path,
+                               .authority = "localhost",
+                               .log_name = "test plugin",
+                               .max_response = 0};
     ep_err err;
     assert_int_equal(grpc_channel_new(f->base, &cfg, &f->ch, &err), 0);
     *state = f;
@@ -279,7 +282,10 @@ static void test_abstract_socket(void **state) {
     char name[64];
     snprintf(name, sizeof(name), "@ep-grpc-client-test-%d", (int)getpid());
     grpc_channel *ch;
-    grpc_channel_config cfg = {name, "localhost", "abstract plugin", 0};
+    grpc_channel_config cfg = {.socket_path = name,
+                               .authority = "localhost",
+                               .log_name = "abstract plugin",
+                               .max_response = 0};
     ep_err err;
     assert_int_equal(grpc_channel_new(f->base, &cfg, &ch, &err), 0);
     ts_server *ts = ts_start(f->base, name, handler, NULL);
@@ -303,7 +309,8 @@ static void test_bad_config(void **state) {
     longpath[sizeof(longpath) - 1] = '\0';
     grpc_channel *ch = NULL;
     ep_err err;
-    grpc_channel_config cfg = {longpath, "localhost", "x", 0};
+    grpc_channel_config cfg = {
+        .socket_path = longpath, .authority = "localhost", .log_name = "x", .max_response = 0};
     assert_int_equal(grpc_channel_new(f->base, &cfg, &ch, &err), EP_ERR_CONFIG);
     assert_non_null(strstr(err.msg, "too long"));
     cfg.socket_path = "";
@@ -313,7 +320,8 @@ static void test_bad_config(void **state) {
 
 static int new_channel(void *arg) {
     fixture *f = arg;
-    grpc_channel_config cfg = {f->path, "localhost", "x", 0};
+    grpc_channel_config cfg = {
+        .socket_path = f->path, .authority = "localhost", .log_name = "x", .max_response = 0};
     grpc_channel *ch = NULL;
     ep_err err;
     int rv = grpc_channel_new(f->base, &cfg, &ch, &err);
