@@ -423,7 +423,14 @@ void storage_tally_print_table(const storage_tally *t, const storage_tally_meta 
     if (t->truncated) {
         fprintf(f, "  ... (only the first %d are listed)\n", STORAGE_MAX_LISTED);
     }
-    bool ok = storage_tally_ok(t, m->fail_on_stale);
-    fprintf(f, "\nresult: %s\n",
-            ok ? "OK" : "NOT OK (plaintext under an encrypting rule, unreadable or stale values)");
+    if (storage_tally_ok(t, m->fail_on_stale)) {
+        fputs("\nresult: OK\n", f);
+        return;
+    }
+    fprintf(f, "\nresult: NOT OK: %llu plaintext under an encrypting rule, %llu unreadable",
+            (unsigned long long)t->total.plaintext, (unsigned long long)t->total.unreadable);
+    if (m->fail_on_stale) {
+        fprintf(f, ", %llu stale", (unsigned long long)t->total.stale);
+    }
+    fputc('\n', f);
 }
