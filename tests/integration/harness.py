@@ -606,3 +606,13 @@ def import_etcd3():
 def marker():
     """A random plaintext marker; tests grep the proxy log for it to catch value leaks."""
     return "PLAINTEXT-" + base64.b32encode(os.urandom(10)).decode()
+
+
+def spawn_split(args, out_path, err_path, env=None):
+    """Starts |args| with stdout to |out_path| and stderr to |err_path| (kept apart, for a command
+    whose stdout is its result); tracked for cleanup like spawn()."""
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        proc = subprocess.Popen(args, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env,
+                                preexec_fn=_die_with_parent)
+    _procs.append(proc)
+    return proc
