@@ -74,6 +74,7 @@ struct grpc_channel {
     char *socket_path; /* or the first TCP target, for log lines */
     char *authority;
     const char *scheme;
+    bool fail_fast;
     char *log_name;
     size_t max_response;
     h2_client_target target;
@@ -307,6 +308,22 @@ static void on_down(h2_client *conn, h2_session *s, h2_client_close_kind kind, c
     fail_calls_on(ch, s, reason);
 }
 
+/* Every target refused: without wait-for-ready the waiting calls end now. */
+static void on_unreachable(h2_client *conn, const char *reason, void *arg) {
+    grpc_channel *ch = arg;
+    if (!ch->fail_fast) {
+        return;
+    }
+    char msg[256];
+    snprintf(msg, sizeof(msg), "cannot connect to %s (%s): %s", ch->log_name, ch->socket_path,
+             reason);
+    grpc_call *c;
+    while ((c = TAILQ_FIRST(&ch->waiting)) != NULL) {
+        deliver(c, GRPC_STATUS_UNAVAILABLE, msg, str_make(NULL, 0));
+        call_unlink_free(c);
+    }
+}
+
 /* ---- responses ---- */
 
 /* Fails the response of |c| now (malformed), then resets the stream. */
@@ -460,6 +477,7 @@ static const h2_client_handler handler = {
         },
     .on_up = on_up,
     .on_down = on_down,
+    .on_unreachable = on_unreachable,
     .wants_connection = wants_connection,
 };
 
@@ -511,6 +529,7 @@ int grpc_channel_new(struct event_base *base, const grpc_channel_config *cfg, gr
         return ep_err_set(err, EP_ERR_NOMEM, "out of memory");
     }
     ch->target.unix_path = ch->socket_path;
+    ch->fail_fast = cfg->fail_fast;
     ch->scheme = cfg->socket_path == NULL && cfg->targets[0].tls ? "https" : "http";
     h2_client_config cc = {
         .targets = cfg->socket_path ? &ch->target : cfg->targets,

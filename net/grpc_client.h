@@ -36,6 +36,9 @@ typedef struct {
     const h2_client_target *targets; /* TCP or TLS targets (borrowed for the channel's life) */
     size_t n_targets;
     SSL_CTX *tls; /* needed when a target has |tls| */
+    bool
+        fail_fast; /* when every target refused a connect in a row, waiting calls fail at once
+                      with UNAVAILABLE (gRPC without wait-for-ready) instead of at their deadline */
 } grpc_channel_config;
 
 /* The outcome of one call, borrowed for the duration of the callback. */

@@ -3,6 +3,7 @@
  */
 #include "proxy/cli_kms.h"
 
+#include <signal.h>
 #include <string.h>
 
 #include "proxy/serve.h"
@@ -35,6 +36,7 @@ static void on_give_up(evutil_socket_t fd, short what, void *arg) {
  * passed). Returns 0 or EP_ERR_NOMEM / EP_ERR_CONFIG (message in |err|). */
 int cli_kms_open(cli_kms *c, const crypto_transformer_set *set, bool prime, ep_err *err) {
     memset(c, 0, sizeof(*c));
+    signal(SIGPIPE, SIG_IGN); /* a plugin closing its socket is an error to report, not death */
     c->base = event_base_new();
     if (!c->base) {
         return ep_err_set(err, EP_ERR_NOMEM, "cannot create an event loop");

@@ -15,6 +15,7 @@ enum {
     RANGE_END = 2,
     RANGE_LIMIT = 3,
     RANGE_REVISION = 4,
+    RANGE_KEYS_ONLY = 8,
     RANGE_COUNT_ONLY = 9,
     RESP_HEADER = 1,
     RESP_KVS = 2,
@@ -81,7 +82,7 @@ int etcd_kv_prefix_end(str prefix, buf *out) {
     return 0;
 }
 
-int etcd_kv_range_request(str key, str range_end, int64_t limit, int64_t revision, bool count_only,
+int etcd_kv_range_request(str key, str range_end, int64_t limit, int64_t revision, unsigned flags,
                           buf *out) {
     int rv = pbwire_put_bytes(out, RANGE_KEY, key);
     if (rv == 0 && range_end.len > 0) {
@@ -93,7 +94,10 @@ int etcd_kv_range_request(str key, str range_end, int64_t limit, int64_t revisio
     if (rv == 0 && revision > 0) {
         rv = pbwire_put_uint(out, RANGE_REVISION, (uint64_t)revision);
     }
-    if (rv == 0 && count_only) {
+    if (rv == 0 && (flags & ETCD_KV_KEYS_ONLY)) {
+        rv = pbwire_put_uint(out, RANGE_KEYS_ONLY, 1);
+    }
+    if (rv == 0 && (flags & ETCD_KV_COUNT_ONLY)) {
         rv = pbwire_put_uint(out, RANGE_COUNT_ONLY, 1);
     }
     return rv;

@@ -45,10 +45,14 @@ typedef struct {
  * etcd reads as "every key from |key| on") into |out|. Returns 0 or EP_ERR_NOMEM. */
 int etcd_kv_prefix_end(str prefix, buf *out);
 
+/* Flags of etcd_kv_range_request. */
+#define ETCD_KV_COUNT_ONLY 1u /* only the count */
+#define ETCD_KV_KEYS_ONLY 2u  /* keys without values */
+
 /* Appends a RangeRequest for [key, range_end) at |revision| (0: the latest) returning at most
- * |limit| keys (0: no limit) in key order, or only the count when |count_only|. Returns 0 or
- * EP_ERR_NOMEM (|out| may then hold part of it: reset it). */
-int etcd_kv_range_request(str key, str range_end, int64_t limit, int64_t revision, bool count_only,
+ * |limit| keys (0: no limit) in key order, with |flags| (ETCD_KV_*). Returns 0 or EP_ERR_NOMEM
+ * (|out| may then hold part of it: reset it). */
+int etcd_kv_range_request(str key, str range_end, int64_t limit, int64_t revision, unsigned flags,
                           buf *out);
 
 /* Reads the header revision, more, count and the number of kvs of the RangeResponse |msg|.

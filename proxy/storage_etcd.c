@@ -2,14 +2,19 @@
  * storage_etcd: the storage tools' etcd side: one gRPC channel to the --endpoints, the paged
  * reader and the count-only Range.
  *
- * The reader keeps exactly one Range in flight ahead of its consumer: when a page is handed
- * over, the request for the next one is already made, so etcd produces page n+1 while the
- * consumer works on page n, and memory stays at two pages whatever the database size. A page
- * etcd cannot send (gRPC's message limit on its side, or STORAGE_MAX_PAGE_BYTES on ours) is
- * asked for again with half as many keys.
+ * The reader does not page with `limit` alone: etcd 3.4 answers a limited Range after walking
+ * the index of the whole rest of the range (the limit is applied afterwards), so paging N keys
+ * that way costs O(N^2) and one Range at a time leaves a core idle. Instead it reads the keys
+ * only, KEYS_PAGES pages at a time, cuts them into chunks of page_size keys that tile the range
+ * without gaps ([first key of chunk i, first key of chunk i+1)), and reads the values of up to
+ * |depth| chunks at once, each a Range bounded by its own range_end. Chunks are handed over in
+ * key order. A chunk that grew meanwhile (reads of the latest revision) answers `more`: the rest
+ * becomes a new chunk right after it; a chunk etcd cannot send in one message (gRPC's limit on
+ * its side, STORAGE_MAX_PAGE_BYTES on ours) is asked for again with half the limit.
  */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/queue.h>
 
 #include "common/alloc.h"
 #include "net/grpc.h"
@@ -45,6 +50,7 @@ int storage_etcd_open(storage_etcd *e, struct event_base *base, const storage_op
         .targets = e->targets,
         .n_targets = e->n_endpoints,
         .tls = e->tls,
+        .fail_fast = true,
     };
     return grpc_channel_new(base, &cfg, &e->ch, err);
 }
@@ -90,7 +96,7 @@ int storage_count(storage_etcd *e, struct event_base *base, str from, str range_
     buf req = BUF_INIT;
     ep_err err;
     count_call c = {base, 2, 0, 0};
-    if (etcd_kv_range_request(from, range_end, 0, 0, true, &req) != 0 ||
+    if (etcd_kv_range_request(from, range_end, 0, 0, ETCD_KV_COUNT_ONLY, &req) != 0 ||
         grpc_call_start(e->ch, ETCD_KV_RANGE_PATH, buf_str(&req), e->timeout_ns, on_count, &c, NULL,
                         &err) != 0) {
         buf_free(&req);
@@ -106,150 +112,259 @@ int storage_count(storage_etcd *e, struct event_base *base, str from, str range_
 
 /* ---- the paged reader ---- */
 
+/* A keys-only request covers this many value pages. */
+#define KEYS_PAGES 10
+
+typedef enum { CHUNK_WAITING, CHUNK_IN_FLIGHT, CHUNK_READY } chunk_state;
+
+/* One value page: the keys in [from, to). */
+typedef struct chunk {
+    TAILQ_ENTRY(chunk) link;
+    storage_walk *w;
+    buf from, to;
+    chunk_state state;
+    long limit; /* 0: the whole chunk; set after a page too large */
+    buf msg;
+    etcd_kv_range_info info;
+} chunk;
+
+TAILQ_HEAD(chunk_list, chunk);
+
 struct storage_walk {
     storage_etcd *etcd;
-    struct event_base *base;
     storage_walk_handler h;
     void *arg;
     int64_t revision;
     long page_size;
+    int depth;
     buf range_end;
-    buf fetch_key;   /* where the next request starts */
-    buf resume_key;  /* the first key the consumer was not given */
-    bool exhausted;  /* no request left to make */
-    bool in_flight;  /* a Range is out */
-    bool wanted;     /* the consumer waits for a page */
-    bool have_ready; /* |ready| holds a page */
+    buf keys_from; /* where the next keys-only request starts */
+    bool keys_done;
+    bool keys_in_flight;
+    struct chunk_list chunks; /* in key order, not yet delivered */
+    size_t nchunks;
+    int in_flight; /* value requests */
+    bool wanted;
     bool failed;
-    buf ready;
-    etcd_kv_range_info ready_info;
-    buf ready_next; /* the key after the ready page */
-    bool ready_last;
     struct event *deliver_ev;
 };
 
-static void fetch(storage_walk *w);
+static void pump(storage_walk *w);
+
+static void chunk_free(chunk *c) {
+    buf_free(&c->from);
+    buf_free(&c->to);
+    buf_free_secure(&c->msg);
+    ep_free(c);
+}
 
 static void fail(storage_walk *w, int status, const char *msg) {
-    w->failed = true;
-    w->exhausted = true;
-    w->h.on_error(w, status, msg, w->arg);
-}
-
-/* Hands the ready page over and starts the next request. */
-static void deliver(storage_walk *w) {
-    w->wanted = false;
-    w->have_ready = false;
-    buf_reset(&w->resume_key);
-    if (!w->ready_last && buf_append_str(&w->resume_key, buf_str(&w->ready_next)) != 0) {
-        fail(w, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-        return;
-    }
-    if (!w->exhausted && !w->in_flight) {
-        fetch(w);
-    }
-    etcd_kv_range_info info = w->ready_info;
-    w->h.on_page(w, &w->ready, &info, w->arg);
-    buf_wipe(&w->ready);
-}
-
-static void on_deliver(evutil_socket_t fd, short what, void *arg) {
-    storage_walk *w = arg;
-    if (w->have_ready && w->wanted) {
-        deliver(w);
+    if (!w->failed) {
+        w->failed = true;
+        w->h.on_error(w, status, msg, w->arg);
     }
 }
 
-/* The key after the last one of |msg|, into |next|. Returns 0, or -1 when |msg| has no kv. */
-static int next_key_after(str msg, buf *next, ep_err *err) {
-    str cursor = msg, last = str_make(NULL, 0);
-    etcd_kv kv;
-    int rv;
-    bool any = false;
-    while ((rv = etcd_kv_range_next(&cursor, &kv, err)) == 1) {
-        last = kv.key;
-        any = true;
+/* A new chunk [from, to) after |after| (NULL: at the tail). NULL when out of memory. */
+static chunk *chunk_add(storage_walk *w, chunk *after, str from, str to) {
+    chunk *c = ep_calloc(1, sizeof(*c));
+    if (!c || buf_append_str(&c->from, from) != 0 || buf_append_str(&c->to, to) != 0) {
+        if (c) {
+            chunk_free(c);
+        }
+        return NULL;
     }
-    buf_reset(next);
-    if (rv != 0 || !any || buf_append_str(next, last) != 0 || buf_append(next, "", 1) != 0) {
-        return -1;
+    c->w = w;
+    if (after) {
+        TAILQ_INSERT_AFTER(&w->chunks, after, c, link);
+    } else {
+        TAILQ_INSERT_TAIL(&w->chunks, c, link);
     }
-    return 0;
+    w->nchunks++;
+    return c;
 }
 
-static void on_range(const grpc_call_result *r, void *arg) {
-    storage_walk *w = arg;
-    w->in_flight = false;
+/* |key| + "\0": the first key after it. Returns 0 or EP_ERR_NOMEM. */
+static int key_after(str key, buf *out) {
+    buf_reset(out);
+    return buf_append_str(out, key) == 0 && buf_append(out, "", 1) == 0 ? 0 : EP_ERR_NOMEM;
+}
+
+static int start_range(storage_walk *w, str from, str to, long limit, unsigned flags,
+                       grpc_call_cb cb, void *arg) {
+    buf req = BUF_INIT;
+    ep_err err;
+    int rv = etcd_kv_range_request(from, to, limit, w->revision, flags, &req);
+    if (rv == 0) {
+        rv = grpc_call_start(w->etcd->ch, ETCD_KV_RANGE_PATH, buf_str(&req), w->etcd->timeout_ns,
+                             cb, arg, NULL, &err);
+    }
+    buf_free(&req);
+    return rv;
+}
+
+static bool too_large(const grpc_call_result *r) {
+    return r->status == GRPC_STATUS_RESOURCE_EXHAUSTED || r->status == GRPC_STATUS_INTERNAL;
+}
+
+static void on_chunk(const grpc_call_result *r, void *arg) {
+    chunk *c = arg;
+    storage_walk *w = c->w;
     ep_err err = {{0}};
-    if ((r->status == GRPC_STATUS_RESOURCE_EXHAUSTED || r->status == GRPC_STATUS_INTERNAL) &&
-        w->page_size > 1) {
-        w->page_size /= 2; /* too large a page: ask again for half */
-        fetch(w);
-        return;
-    }
-    if (r->status != GRPC_STATUS_OK) {
+    w->in_flight--;
+    c->state = CHUNK_WAITING;
+    if (too_large(r) && c->limit != 1) {
+        c->limit = (c->limit ? c->limit : w->page_size) / 2; /* ask again for fewer keys */
+        c->limit = c->limit > 0 ? c->limit : 1;
+    } else if (r->status != GRPC_STATUS_OK) {
         char msg[EP_ERR_MSG_MAX];
         snprintf(msg, sizeof(msg), "Range failed: %s", r->message);
         fail(w, r->status, msg);
-        return;
-    }
-    buf_reset(&w->ready);
-    if (etcd_kv_range_info_parse(r->response, &w->ready_info, &err) != 0) {
+    } else if (etcd_kv_range_info_parse(r->response, &c->info, &err) != 0) {
         fail(w, GRPC_STATUS_INTERNAL, err.msg);
-        return;
-    }
-    if (buf_append_str(&w->ready, r->response) != 0) {
+    } else if (buf_append_str(&c->msg, r->response) != 0) {
         fail(w, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-        return;
+    } else {
+        c->state = CHUNK_READY;
+        if (c->info.more && c->info.nkvs > 0) { /* the rest of the chunk comes next */
+            str cursor = buf_str(&c->msg), last = str_make(NULL, 0);
+            etcd_kv kv;
+            while (etcd_kv_range_next(&cursor, &kv, &err) == 1) {
+                last = kv.key;
+            }
+            buf next = BUF_INIT;
+            if (key_after(last, &next) != 0 || !chunk_add(w, c, buf_str(&next), buf_str(&c->to))) {
+                fail(w, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+            }
+            buf_free(&next);
+        }
     }
-    w->ready_last = !w->ready_info.more || w->ready_info.nkvs == 0;
-    if (!w->ready_last && next_key_after(r->response, &w->ready_next, &err) != 0) {
-        fail(w, GRPC_STATUS_INTERNAL, "malformed RangeResponse");
-        return;
-    }
-    if (!w->ready_last) {
-        buf_reset(&w->fetch_key);
-        buf_append_str(&w->fetch_key, buf_str(&w->ready_next));
-    }
-    w->exhausted = w->ready_last;
-    w->have_ready = true;
-    if (w->wanted) {
-        deliver(w);
-    }
+    pump(w);
 }
 
-static void fetch(storage_walk *w) {
-    buf req = BUF_INIT;
-    ep_err err;
-    w->in_flight = true;
-    if (etcd_kv_range_request(buf_str(&w->fetch_key), buf_str(&w->range_end), w->page_size,
-                              w->revision, false, &req) != 0 ||
-        grpc_call_start(w->etcd->ch, ETCD_KV_RANGE_PATH, buf_str(&req), w->etcd->timeout_ns,
-                        on_range, w, NULL, &err) != 0) {
-        w->in_flight = false;
-        buf_free(&req);
-        fail(w, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+/* Cuts the keys-only response |msg| into chunks of page_size keys tiling [from, ...). Returns 0
+ * or EP_ERR_NOMEM / EP_ERR_INVALID (message in |err|). */
+static int cut_chunks(storage_walk *w, str msg, const etcd_kv_range_info *info, ep_err *err) {
+    str cursor = msg, last = str_make(NULL, 0);
+    etcd_kv kv;
+    buf from = BUF_INIT;
+    int rv = buf_append_str(&from, buf_str(&w->keys_from));
+    long n = 0;
+    while (rv == 0 && (rv = etcd_kv_range_next(&cursor, &kv, err)) == 1) {
+        rv = 0;
+        if (n > 0 && n % w->page_size == 0) {
+            rv = chunk_add(w, NULL, buf_str(&from), kv.key) ? 0 : EP_ERR_NOMEM;
+            buf_reset(&from);
+            rv = rv == 0 ? buf_append_str(&from, kv.key) : rv;
+        }
+        last = kv.key;
+        n++;
+    }
+    w->keys_done = !info->more || n == 0;
+    if (rv == 0 && n > 0) {
+        rv = w->keys_done ? 0 : key_after(last, &w->keys_from);
+        str to = w->keys_done ? buf_str(&w->range_end) : buf_str(&w->keys_from);
+        rv = rv == 0 && !chunk_add(w, NULL, buf_str(&from), to) ? EP_ERR_NOMEM : rv;
+    }
+    buf_free(&from);
+    return rv;
+}
+
+static void on_keys(const grpc_call_result *r, void *arg) {
+    storage_walk *w = arg;
+    ep_err err = {{0}};
+    etcd_kv_range_info info;
+    w->keys_in_flight = false;
+    if (r->status != GRPC_STATUS_OK) {
+        char msg[EP_ERR_MSG_MAX];
+        snprintf(msg, sizeof(msg), "Range (keys) failed: %s", r->message);
+        fail(w, r->status, msg);
+    } else if (etcd_kv_range_info_parse(r->response, &info, &err) != 0 ||
+               cut_chunks(w, r->response, &info, &err) != 0) {
+        fail(w, GRPC_STATUS_INTERNAL, err.msg[0] ? err.msg : "out of memory");
+    }
+    pump(w);
+}
+
+/* Hands the first chunk over when it is ready and wanted; an empty page once the range turned
+ * out to hold nothing more. */
+static void deliver(storage_walk *w) {
+    chunk *c = TAILQ_FIRST(&w->chunks);
+    if (w->wanted && !w->failed && !c && w->keys_done) {
+        w->wanted = false;
+        buf none = BUF_INIT;
+        etcd_kv_range_info info = {0};
+        w->h.on_page(w, &none, &info, w->arg);
+        buf_free(&none);
         return;
     }
-    buf_free(&req);
+    if (!w->wanted || w->failed || !c || c->state != CHUNK_READY) {
+        return;
+    }
+    w->wanted = false;
+    TAILQ_REMOVE(&w->chunks, c, link);
+    w->nchunks--;
+    pump(w); /* the next requests go out before the consumer works on this page */
+    etcd_kv_range_info info = c->info;
+    w->h.on_page(w, &c->msg, &info, w->arg);
+    chunk_free(c);
+}
+
+static void on_deliver(evutil_socket_t fd, short what, void *arg) {
+    deliver(arg);
+}
+
+/* Starts what may start: value requests for waiting chunks (up to |depth|), and the next
+ * keys-only request while fewer than two rounds of chunks are known. */
+static void pump(storage_walk *w) {
+    if (w->failed) {
+        return;
+    }
+    chunk *c;
+    TAILQ_FOREACH(c, &w->chunks, link) {
+        if (w->in_flight >= w->depth) {
+            break;
+        }
+        if (c->state == CHUNK_WAITING) {
+            if (start_range(w, buf_str(&c->from), buf_str(&c->to), c->limit, 0, on_chunk, c) != 0) {
+                fail(w, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+                return;
+            }
+            c->state = CHUNK_IN_FLIGHT;
+            w->in_flight++;
+        }
+    }
+    if (!w->keys_done && !w->keys_in_flight && w->nchunks < (size_t)w->depth * 2) {
+        if (start_range(w, buf_str(&w->keys_from), buf_str(&w->range_end),
+                        w->page_size * KEYS_PAGES, ETCD_KV_KEYS_ONLY, on_keys, w) != 0) {
+            fail(w, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+            return;
+        }
+        w->keys_in_flight = true;
+    }
+    c = TAILQ_FIRST(&w->chunks);
+    if (w->wanted && ((c && c->state == CHUNK_READY) || (!c && w->keys_done))) {
+        event_active(w->deliver_ev, 0, 0);
+    }
 }
 
 int storage_walk_new(storage_etcd *e, struct event_base *base, str from, str range_end,
-                     int64_t revision, long page_size, const storage_walk_handler *h, void *arg,
-                     storage_walk **out, ep_err *err) {
+                     int64_t revision, long page_size, int depth, const storage_walk_handler *h,
+                     void *arg, storage_walk **out, ep_err *err) {
     storage_walk *w = ep_calloc(1, sizeof(*w));
     if (!w) {
         return ep_err_set(err, EP_ERR_NOMEM, "out of memory");
     }
+    TAILQ_INIT(&w->chunks);
     w->etcd = e;
-    w->base = base;
     w->h = *h;
     w->arg = arg;
     w->revision = revision;
     w->page_size = page_size;
+    w->depth = depth > 0 ? depth : 1;
     w->deliver_ev = event_new(base, -1, 0, on_deliver, w);
     if (!w->deliver_ev || buf_append_str(&w->range_end, range_end) != 0 ||
-        buf_append_str(&w->fetch_key, from) != 0 || buf_append_str(&w->resume_key, from) != 0) {
+        buf_append_str(&w->keys_from, from) != 0) {
         storage_walk_free(w);
         return ep_err_set(err, EP_ERR_NOMEM, "out of memory");
     }
@@ -261,30 +376,32 @@ void storage_walk_free(storage_walk *w) {
     if (!w) {
         return;
     }
+    chunk *c;
+    while ((c = TAILQ_FIRST(&w->chunks)) != NULL) {
+        TAILQ_REMOVE(&w->chunks, c, link);
+        chunk_free(c);
+    }
     if (w->deliver_ev) {
         event_free(w->deliver_ev);
     }
     buf_free(&w->range_end);
-    buf_free(&w->fetch_key);
-    buf_free(&w->resume_key);
-    buf_free_secure(&w->ready);
-    buf_free(&w->ready_next);
+    buf_free(&w->keys_from);
     ep_free(w);
 }
 
 bool storage_walk_next(storage_walk *w) {
-    if (w->failed || (!w->have_ready && !w->in_flight && w->exhausted)) {
+    if (w->failed || (TAILQ_EMPTY(&w->chunks) && w->keys_done)) {
         return false;
     }
     w->wanted = true;
-    if (w->have_ready) {
-        event_active(w->deliver_ev, 0, 0);
-    } else if (!w->in_flight) {
-        fetch(w);
-    }
+    pump(w);
     return true;
 }
 
 str storage_walk_resume_key(const storage_walk *w) {
-    return buf_str(&w->resume_key);
+    const chunk *c = TAILQ_FIRST(&w->chunks);
+    if (c) {
+        return buf_str(&c->from);
+    }
+    return w->keys_done ? str_make(NULL, 0) : buf_str(&w->keys_from);
 }

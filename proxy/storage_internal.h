@@ -89,15 +89,17 @@ typedef struct {
     void (*on_error)(storage_walk *w, int status, const char *message, void *arg);
 } storage_walk_handler;
 
-/* A reader of [from, range_end) at |revision| (0: the latest, per page) in pages of |page_size|
- * keys, one page ahead of its consumer. Returns 0 or EP_ERR_NOMEM. */
+/* A reader of [from, range_end) at |revision| (0: the latest, per page) in pages of about
+ * |page_size| keys, with up to |depth| page requests ahead of its consumer. Returns 0 or
+ * EP_ERR_NOMEM. */
 int storage_walk_new(storage_etcd *e, struct event_base *base, str from, str range_end,
-                     int64_t revision, long page_size, const storage_walk_handler *h, void *arg,
-                     storage_walk **out, ep_err *err);
+                     int64_t revision, long page_size, int depth, const storage_walk_handler *h,
+                     void *arg, storage_walk **out, ep_err *err);
 void storage_walk_free(storage_walk *w);
 
 /* Asks for the next page: on_page runs from the loop once it is there (never from inside this
- * call). Returns false, doing nothing, when the range is exhausted. */
+ * call); an empty page says the range held nothing more. Returns false, doing nothing, when the
+ * range is known to be exhausted. */
 bool storage_walk_next(storage_walk *w);
 
 /* The first key the consumer has not been given yet: where a rerun resumes. Empty once the

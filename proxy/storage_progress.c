@@ -11,7 +11,8 @@
 
 void storage_progress_init(storage_progress *p, uint64_t total) {
     p->tty = isatty(STDERR_FILENO) == 1;
-    p->start_ms = p->last_ms = ep_clock_ms();
+    p->start_ms = ep_clock_ms();
+    p->last_ms = p->start_ms - REDRAW_MS; /* the first update draws */
     p->total = total;
     p->shown = false;
 }

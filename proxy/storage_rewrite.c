@@ -34,6 +34,8 @@
 
 #define MAX_TXN_VALUE_BYTES (1u << 20)
 #define MAX_KMS_ROUNDS 4
+/* Value pages requested ahead (etcd also applies the Txns). */
+#define REWRITE_DEPTH 2
 
 typedef struct rewrite rewrite;
 
@@ -643,7 +645,7 @@ static int run(rewrite *rw) {
     if (!rw->sigint || !rw->sigterm || !rw->pace || evsignal_add(rw->sigint, NULL) != 0 ||
         evsignal_add(rw->sigterm, NULL) != 0 ||
         storage_walk_new(&s->etcd, base, buf_str(&s->range.from), buf_str(&s->range.range_end), 0,
-                         s->o.page_size, &walk_handler, rw, &rw->walk, &err) != 0) {
+                         s->o.page_size, REWRITE_DEPTH, &walk_handler, rw, &rw->walk, &err) != 0) {
         fprintf(stderr, "rewrite: out of memory\n");
         return 2;
     }

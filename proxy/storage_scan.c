@@ -19,6 +19,8 @@
 #include "proxy/storage_tally.h"
 
 #define MAX_KMS_ROUNDS 4
+/* Value pages requested ahead: etcd serves them on both cores while this one classifies. */
+#define SCAN_DEPTH 3
 
 typedef struct {
     storage_session s;
@@ -163,7 +165,7 @@ static int run(scan *sc) {
     sc->tally = storage_tally_new(s->set);
     if (!sc->tally || storage_walk_new(&s->etcd, s->kms.base, buf_str(&s->range.from),
                                        buf_str(&s->range.range_end), s->revision, s->o.page_size,
-                                       &walk_handler, sc, &sc->walk, &err) != 0) {
+                                       SCAN_DEPTH, &walk_handler, sc, &sc->walk, &err) != 0) {
         fprintf(stderr, "scan: out of memory\n");
         return 2;
     }

@@ -1,6 +1,7 @@
 /*
  * storage_session: what scan and rewrite set up before they read the first page.
  */
+#include <signal.h>
 #include <string.h>
 
 #include "config/keymap.h"
@@ -29,6 +30,7 @@ static int check_v2_states(const crypto_transformer_set *set) {
 
 int storage_session_open(storage_session *s, int argc, char **argv, bool rewrite) {
     memset(s, 0, sizeof(*s));
+    signal(SIGPIPE, SIG_IGN); /* a peer closing a TLS connection is an error to report, not death */
     int rv = storage_opts_parse(argc, argv, rewrite, &s->o);
     if (rv != 0 || s->o.help) {
         if (rv == 0) {
