@@ -11,7 +11,7 @@
 
 #define DEFAULT_PAGE_SIZE 1000
 #define DEFAULT_TIMEOUT_MS 30000
-#define DEFAULT_CONCURRENCY 4
+#define DEFAULT_CONCURRENCY 8
 #define DEFAULT_BATCH 100
 
 enum {
@@ -97,7 +97,7 @@ static const char rewrite_usage[] =
     "stopped the run, 130 on SIGINT/SIGTERM; the summary names the key to resume from.\n"
     "\n" COMMON_FLAGS
     "  --dry-run                          read, decrypt and re-encrypt, but write nothing\n"
-    "  --concurrency N                    Txns in flight (default 4)\n"
+    "  --concurrency N                    Txns in flight (default 8)\n"
     "  --max-rps N                        at most N keys rewritten per second (default: no cap)\n"
     "  --batch N                          keys per Txn (default 100; at most 1 MiB of values)\n";
 

@@ -2,12 +2,14 @@
  * storage_progress: the progress line of scan and rewrite (stderr, terminals only, so pipes and
  * cron logs get only the result).
  */
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include "common/clock.h"
 #include "proxy/storage_internal.h"
 
 #define REDRAW_MS 200
+#define BAR_WIDTH 20
 
 void storage_progress_init(storage_progress *p, uint64_t total) {
     p->tty = isatty(STDERR_FILENO) == 1;
@@ -32,9 +34,20 @@ void storage_progress_update(storage_progress *p, uint64_t done, const char *det
         snprintf(eta, sizeof(eta), "0s");
     }
     int pct = p->total ? (int)(done * 100 / (p->total > done ? p->total : done)) : 100;
-    fprintf(stderr, "\r\033[K[%3d%%] %llu/%llu keys  %.0f keys/s  ETA %s%s%s", pct,
-            (unsigned long long)done, (unsigned long long)p->total, rate, eta, detail ? "  " : "",
-            detail ? detail : "");
+    char bar[BAR_WIDTH + 1];
+    for (int i = 0; i < BAR_WIDTH; i++) {
+        bar[i] = i < pct * BAR_WIDTH / 100 ? '#' : '.';
+    }
+    bar[BAR_WIDTH] = '\0';
+    char line[512];
+    snprintf(line, sizeof(line), "[%s] %3d%% %llu/%llu keys  %.0f keys/s  ETA %s%s%s", bar, pct,
+             (unsigned long long)done, (unsigned long long)p->total, rate, eta, detail ? "  " : "",
+             detail ? detail : "");
+    struct winsize ws;
+    if (ioctl(STDERR_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 1 && ws.ws_col < sizeof(line)) {
+        line[ws.ws_col - 1] = '\0'; /* a wrapped line could not be redrawn in place */
+    }
+    fprintf(stderr, "\r\033[K%s", line);
     p->shown = true;
 }
 

@@ -631,6 +631,26 @@ static void print_table(const rewrite *rw, int status, FILE *f) {
 
 /* ---- running ---- */
 
+/* Says on stderr which rules will have values decrypted: identity first with an encrypting
+ * provider after it is the "remove encryption" phase, and an operator should see it coming. */
+static void warn_decrypting_rules(const crypto_transformer_set *set) {
+    const config_keymap *map = crypto_transformer_set_keymap(set);
+    for (size_t i = 0; i < config_keymap_nchains(map); i++) {
+        const config_chain *c = config_keymap_chain(map, i);
+        bool encrypted_later = false;
+        for (size_t j = 1; j < c->nproviders; j++) {
+            encrypted_later = encrypted_later || c->providers[j]->type != CONFIG_PROVIDER_IDENTITY;
+        }
+        if (c->nproviders > 0 && c->providers[0]->type == CONFIG_PROVIDER_IDENTITY &&
+            encrypted_later) {
+            fprintf(stderr,
+                    "rewrite: rule \"%s\" writes identity first: its encrypted values will be "
+                    "stored as plaintext\n",
+                    c->label);
+        }
+    }
+}
+
 static int run(rewrite *rw) {
     storage_session *s = &rw->s;
     struct event_base *base = s->kms.base;
@@ -649,6 +669,7 @@ static int run(rewrite *rw) {
         fprintf(stderr, "rewrite: out of memory\n");
         return 2;
     }
+    warn_decrypting_rules(s->set);
     storage_progress_init(&rw->progress, (uint64_t)s->total);
     pump(rw);
     if (!rw->finished) {
