@@ -10,6 +10,7 @@ kms v2 and kms v1 configurations. The recorded bytes are cut into what each targ
   request_rewrite   method byte + each client request message (fuzz_codec.h: 0 Put, 1 Txn,
                     2 Range, 3 DeleteRange, 4 Watch)
   response_rewrite  method byte + each etcd response message
+  etcd_kv           each Range and Txn response message from etcd (the storage tools' readers)
   grpc_frame        8 chunking-seed bytes + each stream's whole DATA body
   kmsv2_object      the EncryptedObject bodies of the kms v2 values stored in etcd
   stored_value      key selector byte + every value stored in etcd
@@ -42,6 +43,7 @@ import hpack  # noqa: E402
 
 METHODS = {"/etcdserverpb.KV/Put": 0, "/etcdserverpb.KV/Txn": 1, "/etcdserverpb.KV/Range": 2,
            "/etcdserverpb.KV/DeleteRange": 3, "/etcdserverpb.Watch/Watch": 4}
+KV_READS = ("/etcdserverpb.KV/Range", "/etcdserverpb.KV/Txn")  # what etcd_kv_fuzz reads
 PLUGIN_METHODS = {"/v1beta1.KeyManagementService/Version": 0,
                   "/v1beta1.KeyManagementService/Encrypt": 1,
                   "/v1beta1.KeyManagementService/Decrypt": 2, "/v2.KeyManagementService/Status": 3,
@@ -195,6 +197,8 @@ def cut_h2(out, relay, role_byte, target="h2_session", paths=METHODS, req_target
                 for m in messages(resp[sid][1]):
                     if resp_target:
                         out.put(resp_target, bytes([paths[path]]) + m)
+                    if resp_target and path in KV_READS:
+                        out.put("etcd_kv", m)
 
 
 # ---------------------------------------------------------------------------------------------

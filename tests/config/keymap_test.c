@@ -684,6 +684,88 @@ static void test_resource_labels(void **state) {
     free_fixture(&fx);
 }
 
+/* config_keymap_resource_at: the resource and the length of its key space's prefix. */
+static void test_resource_prefix_lengths(void **state) {
+    fixture fx = BUILD(NULL, "secrets : identity");
+    static const struct {
+        const char *key, *resource, *prefix; /* prefix: what |*prefix_len| bytes of key say */
+    } rows[] = {
+        {"/registry/secrets/ns/x", "secrets", "/registry/secrets/"},
+        {"/registry/secrets/x", "secrets", "/registry/secrets/"},
+        {"/registry/secrets/", "secrets", "/registry/secrets/"},
+        {"/registry/deployments/ns/x", "deployments.apps", "/registry/deployments/"},
+        {"/registry/minions/node-1", "nodes", "/registry/minions/"},
+        {"/registry/services/specs/ns/x", "services", "/registry/services/specs/"},
+        {"/registry/services/endpoints/ns/x", "endpoints", "/registry/services/endpoints/"},
+        {"/registry/example.com/widgets/ns/x", "widgets.example.com",
+         "/registry/example.com/widgets/"},
+        {"/registry/apiregistration.k8s.io/apiservices/v1.apps",
+         "apiservices.apiregistration.k8s.io", "/registry/apiregistration.k8s.io/apiservices/"},
+        {"/registry/brandnewthings/ns/x", "brandnewthings", "/registry/brandnewthings/"},
+        /* keys that name no resource still have a key space */
+        {"/registry/masterleases/10.0.0.1", "", "/registry/masterleases/"},
+        {"/registry/ranges/serviceips", "", "/registry/ranges/"},
+        {"/registry/services/x", "", "/registry/services/"},
+        /* outside the prefix, or no segment: no key space */
+        {"/other/secrets/ns/x", "", ""},
+        {"compact_rev_key", "", ""},
+        {"/registry", "", ""},
+        {"/registry/", "", ""},
+        {"/registry/secrets", "", ""},
+        {"/registry//x", "", ""},
+        {"", "", ""},
+    };
+    for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+        char out[64];
+        size_t plen = 12345;
+        size_t n =
+            config_keymap_resource_at(fx.map, str_cstr(rows[i].key), out, sizeof(out), &plen);
+        if (strcmp(out, rows[i].resource) != 0 || n != strlen(rows[i].resource) ||
+            plen != strlen(rows[i].prefix) ||
+            strncmp(rows[i].key, rows[i].prefix, strlen(rows[i].prefix)) != 0) {
+            fail_msg("%s: resource \"%s\" (%zu), prefix length %zu; want \"%s\", %zu", rows[i].key,
+                     out, n, plen, rows[i].resource, strlen(rows[i].prefix));
+        }
+        /* config_keymap_resource says the same */
+        char again[64];
+        assert_int_equal(
+            config_keymap_resource(fx.map, str_cstr(rows[i].key), again, sizeof(again)), n);
+        assert_string_equal(again, out);
+    }
+    /* a cut name still reports the whole key space; cap 0 writes nothing */
+    char tiny[4];
+    size_t plen = 0;
+    assert_int_equal(config_keymap_resource_at(fx.map, str_cstr("/registry/deployments/ns/x"), tiny,
+                                               sizeof(tiny), &plen),
+                     3);
+    assert_string_equal(tiny, "dep");
+    assert_int_equal(plen, strlen("/registry/deployments/"));
+    plen = 7;
+    assert_int_equal(
+        config_keymap_resource_at(fx.map, str_cstr("/registry/secrets/a"), tiny, 0, &plen), 0);
+    assert_int_equal(plen, 0);
+    plen = 7;
+    assert_int_equal(
+        config_keymap_resource_at(NULL, str_cstr("/registry/secrets/a"), tiny, sizeof(tiny), &plen),
+        0);
+    assert_int_equal(plen, 0);
+    free_fixture(&fx);
+
+    /* under another --etcd-prefix */
+    fixture k8s = BUILD("/k8s", "secrets : identity");
+    plen = 0;
+    char out[64];
+    assert_int_equal(config_keymap_resource_at(k8s.map, str_cstr("/k8s/example.com/widgets/w"), out,
+                                               sizeof(out), &plen),
+                     strlen("widgets.example.com"));
+    assert_int_equal(plen, strlen("/k8s/example.com/widgets/"));
+    assert_int_equal(config_keymap_resource_at(k8s.map, str_cstr("/registry/secrets/ns/x"), out,
+                                               sizeof(out), &plen),
+                     0);
+    assert_int_equal(plen, 0);
+    free_fixture(&k8s);
+}
+
 static void test_lookup_speed(void **state) {
     fixture fx = BUILD(NULL, "secrets configmaps : aesgcm:k", "*.apps : identity",
                        "widgets.example.com : identity", "*.* : identity");
@@ -736,6 +818,7 @@ int main(void) {
         cmocka_unit_test(test_print_core_wildcard_and_dead_entries),
         cmocka_unit_test(test_print_write_error),
         cmocka_unit_test(test_resource_labels),
+        cmocka_unit_test(test_resource_prefix_lengths),
         cmocka_unit_test(test_lookup_speed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,6 +1,8 @@
 /* Tests for crypto/transformer.c: the chain rules of spec section 2 on hand-built configs
  * (write provider/key, read order, stale, identity refusals, aggregated errors, overlapping key
- * names), refused configs, allocation failure and many threads sharing one transformer. */
+ * names), refused configs, allocation failure and many threads sharing one transformer; and
+ * crypto_transformer_classify, the prefix-only verdict scan reports (provider, key, kms v2 key
+ * ID, stale, plaintext) on values the chains really wrote. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -14,7 +16,9 @@
 
 #include "common/alloc.h"
 #include "crypto/transformer.h"
+#include "tests/crypto/fake_kms.h"
 #include "tests/crypto/test_support.h"
+#include "tests/support/test_files.h"
 
 #define MAX_KEYS 4
 
@@ -409,6 +413,247 @@ static void test_alloc_failure(void **state) {
     }
 }
 
+/* ---- classification by prefix (crypto_transformer_classify) ---- */
+
+/* The value |t| writes for "plain" at etcd_key. */
+static buf written_by(const crypto_transformer *t) {
+    buf stored = BUF_INIT;
+    ep_err err;
+    assert_int_equal(crypto_transformer_encrypt(t, etcd_key, STR_LIT("plain"), &stored, NULL, &err),
+                     EP_OK);
+    return stored;
+}
+
+/* Classifies |stored| with |t|, expecting success and exactly these fields. */
+static void expect_class(const crypto_transformer *t, str stored, const char *provider,
+                         const char *key_name, int kms_api_version, bool stale, bool plaintext) {
+    crypto_stored_class c;
+    memset(&c, 0x5a, sizeof(c));
+    ep_err err = {{0}};
+    int rv = crypto_transformer_classify(t, stored, &c, &err);
+    if (rv != EP_OK) {
+        fail_msg("classify: %d %s", rv, err.msg);
+    }
+    assert_string_equal(c.provider, provider);
+    assert_string_equal(c.key_name, key_name);
+    assert_int_equal(c.kms_api_version, kms_api_version);
+    if (kms_api_version != 2) {
+        assert_int_equal(c.key_id_len, 0);
+    }
+    assert_int_equal(c.stale, stale);
+    assert_int_equal(c.plaintext, plaintext);
+}
+
+/* Classifies |stored| with |t|, expecting |code| with |msg| (NULL: any message) and an empty
+ * class that says only whether the value was plaintext. */
+static void expect_no_class(const crypto_transformer *t, str stored, int code, const char *msg,
+                            bool plaintext) {
+    crypto_stored_class c;
+    memset(&c, 0x5a, sizeof(c));
+    ep_err err = {{0}};
+    assert_int_equal(crypto_transformer_classify(t, stored, &c, &err), code);
+    if (msg != NULL) {
+        assert_string_equal(err.msg, msg);
+    } else {
+        assert_true(err.msg[0] != '\0');
+    }
+    assert_null(c.provider);
+    assert_string_equal(c.key_name, "");
+    assert_int_equal(c.kms_api_version, 0);
+    assert_int_equal(c.key_id_len, 0);
+    assert_false(c.stale);
+    assert_int_equal(c.plaintext, plaintext);
+}
+
+static crypto_transformer *chain_new(const config_provider *const *list, size_t n) {
+    crypto_transformer *t = NULL;
+    ep_err err;
+    assert_int_equal(crypto_transformer_new(list, n, &t, &err), EP_OK);
+    return t;
+}
+
+static void test_classify_identity_first_or_last(void **state) {
+    static const char *const k21[] = {"k2", "k1"}, *const k1[] = {"k1"};
+    static const uint8_t f21[] = {2, 1}, f1[] = {1};
+    test_provider gcm21, gcm1, id;
+    make_provider(&gcm21, CONFIG_PROVIDER_AESGCM, 2, k21, f21);
+    make_provider(&gcm1, CONFIG_PROVIDER_AESGCM, 1, k1, f1);
+    make_provider(&id, CONFIG_PROVIDER_IDENTITY, 0, NULL, NULL);
+    const config_provider *first[] = {&id.p, &gcm1.p}, *last[] = {&gcm21.p, &id.p};
+    crypto_transformer *id_first = chain_new(first, 2), *id_last = chain_new(last, 2);
+    crypto_transformer *w2 = one_key_chain(CONFIG_PROVIDER_AESGCM, "k2", 2);
+    crypto_transformer *w1 = one_key_chain(CONFIG_PROVIDER_AESGCM, "k1", 1);
+    buf v2 = written_by(w2), v1 = written_by(w1);
+
+    /* identity first: plaintext is current, ciphertext is read by a later entry (stale) */
+    expect_class(id_first, STR_LIT("{\"kind\":\"Secret\"}"), "identity", "", 0, false, true);
+    expect_class(id_first, STR_LIT(""), "identity", "", 0, false, true);
+    expect_class(id_first, STR_LIT("k8s\0\x0a\x09"), "identity", "", 0, false, true);
+    expect_class(id_first, buf_str(&v1), "aesgcm", "k1", 0, true, false);
+    /* identity last: the first key is current, the second key and plaintext are stale */
+    expect_class(id_last, buf_str(&v2), "aesgcm", "k2", 0, false, false);
+    expect_class(id_last, buf_str(&v1), "aesgcm", "k1", 0, true, false);
+    expect_class(id_last, STR_LIT("{}"), "identity", "", 0, true, true);
+    expect_class(id_last, STR_LIT("k8s:enc"), "identity", "", 0, true, true); /* no marker */
+    /* an encrypted value no entry takes: identity refuses the marker, no key matches */
+    expect_no_class(id_last, STR_LIT("k8s:enc:aesgcm:v1:k9:0123456789abcdef0123456789abcdef"),
+                    EP_ERR_NOMATCH, "no matching prefix found", false);
+    expect_no_class(id_last, STR_LIT("k8s:enc:aesgcm:v1:k2"), EP_ERR_NOMATCH,
+                    "no matching prefix found", false); /* key name without its ':' */
+    expect_no_class(id_first, STR_LIT("k8s:enc:rot13:v1:k:x"), EP_ERR_NOMATCH,
+                    "no matching prefix found", false);
+    expect_no_class(crypto_transformer_bare_identity(), buf_str(&v1), EP_ERR_NOMATCH,
+                    "no matching prefix found", false);
+    expect_class(crypto_transformer_bare_identity(), STR_LIT("x"), "identity", "", 0, false, true);
+
+    buf_free(&v1);
+    buf_free(&v2);
+    crypto_transformer_free(w1);
+    crypto_transformer_free(w2);
+    crypto_transformer_free(id_first);
+    crypto_transformer_free(id_last);
+    free_provider(&gcm21);
+    free_provider(&gcm1);
+}
+
+/* Without identity a plaintext value is claimed by nobody (spec 2.2). */
+static void test_classify_plaintext_without_identity(void **state) {
+    crypto_transformer *t = one_key_chain(CONFIG_PROVIDER_AESGCM, "k1", 1);
+    expect_no_class(t, STR_LIT("{\"kind\":\"Secret\"}"), EP_ERR_NOMATCH, "no matching prefix found",
+                    true);
+    expect_no_class(t, STR_LIT(""), EP_ERR_NOMATCH, "no matching prefix found", true);
+    buf v = written_by(t);
+    expect_class(t, buf_str(&v), "aesgcm", "k1", 0, false, false);
+    buf_free(&v);
+    crypto_transformer_free(t);
+}
+
+static void test_classify_ciphers(void **state) {
+    static const char *const s[] = {"s1"}, *const c[] = {"c1"}, *const g[] = {"g1"},
+                             *const g2[] = {"g2"};
+    static const uint8_t fill[] = {3};
+    test_provider sb, cbc, gcm, gcm2;
+    make_provider(&sb, CONFIG_PROVIDER_SECRETBOX, 1, s, fill);
+    make_provider(&cbc, CONFIG_PROVIDER_AESCBC, 1, c, fill);
+    make_provider(&gcm, CONFIG_PROVIDER_AESGCM, 1, g, fill);
+    make_provider(&gcm2, CONFIG_PROVIDER_AESGCM, 1, g2, fill);
+    const config_provider *list[] = {&sb.p, &cbc.p, &gcm.p, &gcm2.p};
+    crypto_transformer *t = chain_new(list, 4);
+    crypto_transformer *ws = one_key_chain(CONFIG_PROVIDER_SECRETBOX, "s1", 3);
+    crypto_transformer *wc = one_key_chain(CONFIG_PROVIDER_AESCBC, "c1", 3);
+    crypto_transformer *wg2 = one_key_chain(CONFIG_PROVIDER_AESGCM, "g2", 3);
+    buf vs = written_by(ws), vc = written_by(wc), vg2 = written_by(wg2);
+    expect_class(t, buf_str(&vs), "secretbox", "s1", 0, false, false);
+    expect_class(t, buf_str(&vc), "aescbc", "c1", 0, true, false);
+    /* two aesgcm entries share the outer prefix: the second one's key is found */
+    expect_class(t, buf_str(&vg2), "aesgcm", "g2", 0, true, false);
+    expect_class(t, STR_LIT("k8s:enc:aesgcm:v1:g1:x"), "aesgcm", "g1", 0, true, false);
+    expect_no_class(t, STR_LIT("k8s:enc:aescbc:v1:c2:0123456789abcdef"), EP_ERR_NOMATCH,
+                    "no matching prefix found", false);
+    expect_no_class(t, STR_LIT("k8s:enc:secretbox:v2:s1:x"), EP_ERR_NOMATCH,
+                    "no matching prefix found", false);
+    buf_free(&vs);
+    buf_free(&vc);
+    buf_free(&vg2);
+    crypto_transformer_free(ws);
+    crypto_transformer_free(wc);
+    crypto_transformer_free(wg2);
+    crypto_transformer_free(t);
+    free_provider(&sb);
+    free_provider(&cbc);
+    free_provider(&gcm);
+    free_provider(&gcm2);
+}
+
+static void test_classify_kms_v1(void **state) {
+    static const char *const k[] = {"k1"};
+    static const uint8_t fill[] = {1};
+    test_provider gcm;
+    make_provider(&gcm, CONFIG_PROVIDER_AESGCM, 1, k, fill);
+    config_provider v1 = ts_kms_config("old", 1, 0), other = ts_kms_config("new", 1, 0);
+    const config_provider *list[] = {&gcm.p, &v1}, *alone[] = {&v1, &other};
+    crypto_transformer *t = chain_new(list, 2), *t1 = chain_new(alone, 2);
+    /* kms v1 is classified by its prefix alone: the body is not looked at */
+    str value = STR_LIT("k8s:enc:kms:v1:old:\x00\x20not-a-real-envelope");
+    expect_class(t, value, "kms", "old", 1, true, false);
+    expect_class(t1, value, "kms", "old", 1, false, false);
+    expect_class(t1, STR_LIT("k8s:enc:kms:v1:new:"), "kms", "new", 1, true, false);
+    expect_no_class(t, STR_LIT("k8s:enc:kms:v1:other:xyz"), EP_ERR_NOMATCH,
+                    "no matching prefix found", false);
+    expect_no_class(t, STR_LIT("k8s:enc:kms:v2:old:xyz"), EP_ERR_NOMATCH,
+                    "no matching prefix found", false);
+    crypto_transformer_free(t);
+    crypto_transformer_free(t1);
+    free_provider(&gcm);
+}
+
+#define CLASSIFY_KEK "4kcSNIzqzbIRfasONbBVFrDjKZEvs+5bJUexDZ+P+xc="
+
+/* Installs a v2 write state under |key_id| (seed bytes |fill|), as the Status poller would
+ * after the fake plugin's Encrypt of the seed. */
+static void install_v2(crypto_kms_provider *k, const char *key_id, uint8_t fill) {
+    uint8_t seed[32], sealed[32 + FK_OVERHEAD];
+    memset(seed, fill, sizeof(seed));
+    size_t n = fk_seal("fake-kms-v2", CLASSIFY_KEK, str_make(seed, sizeof(seed)), str_cstr(key_id),
+                       sealed);
+    ep_err err;
+    assert_int_equal(crypto_kms_provider_set_v2_state(
+                         k, str_make(seed, sizeof(seed)), str_cstr(key_id), str_cstr(key_id),
+                         str_make(sealed, n), NULL, 0, 180ull * 1000000000, &err),
+                     EP_OK);
+}
+
+static void expect_v2(const crypto_transformer *t, str stored, const char *key_id, bool stale) {
+    expect_class(t, stored, "kms", "p", 2, stale, false);
+    crypto_stored_class c;
+    ep_err err;
+    assert_int_equal(crypto_transformer_classify(t, stored, &c, &err), EP_OK);
+    assert_int_equal(c.key_id_len, strlen(key_id));
+    assert_memory_equal(c.key_id, key_id, c.key_id_len);
+}
+
+static void test_classify_kms_v2(void **state) {
+    config_provider p = ts_kms_config("p", 2, 0);
+    test_provider id;
+    make_provider(&id, CONFIG_PROVIDER_IDENTITY, 0, NULL, NULL);
+    const config_provider *alone[] = {&p}, *after_identity[] = {&id.p, &p};
+    crypto_transformer *t = chain_new(alone, 1), *t2 = chain_new(after_identity, 2);
+    crypto_kms_provider *k = NULL, *k2 = NULL;
+    assert_int_equal(crypto_transformer_kms_providers(t, &k, 1), 1);
+    assert_int_equal(crypto_transformer_kms_providers(t2, &k2, 1), 1);
+
+    install_v2(k, "key-1", 1);
+    buf old = written_by(t);
+    expect_v2(t, buf_str(&old), "key-1", false); /* written under the current key ID */
+    install_v2(k, "key-2", 2);                   /* the plugin rotated */
+    expect_v2(t, buf_str(&old), "key-1", true);
+    buf cur = written_by(t);
+    expect_v2(t, buf_str(&cur), "key-2", false);
+
+    /* another provider "p" with no write state yet: nothing is called stale */
+    expect_v2(t2, buf_str(&cur), "key-2", true); /* ...but entry 2 of its chain is */
+    crypto_transformer *fresh = chain_new(alone, 1);
+    expect_v2(fresh, buf_str(&old), "key-1", false);
+    crypto_transformer_free(fresh);
+    install_v2(k2, "key-2", 2);
+    expect_v2(t2, buf_str(&old), "key-1", true);
+
+    /* an EncryptedObject that does not decode: EP_ERR_INVALID with the decoder's reason */
+    expect_no_class(t, STR_LIT("k8s:enc:kms:v2:p:"), EP_ERR_INVALID, "encrypted data is empty",
+                    false);
+    expect_no_class(t, STR_LIT("k8s:enc:kms:v2:p:\x0a\x05"), EP_ERR_INVALID, NULL, false);
+    /* identity refusing the marker does not hide the decoder's reason */
+    expect_no_class(t2, STR_LIT("k8s:enc:kms:v2:p:"), EP_ERR_INVALID, "encrypted data is empty",
+                    false);
+    expect_no_class(t, STR_LIT("k8s:enc:kms:v2:q:"), EP_ERR_NOMATCH, "no matching prefix found",
+                    false);
+
+    buf_free(&old);
+    buf_free(&cur);
+    crypto_transformer_free(t);
+    crypto_transformer_free(t2);
+}
+
 static crypto_transformer *shared;
 
 static void *thread_main(void *arg) {
@@ -461,6 +706,11 @@ int main(void) {
         cmocka_unit_test(test_identity_rules),
         cmocka_unit_test(test_refused_configs),
         cmocka_unit_test(test_alloc_failure),
+        cmocka_unit_test(test_classify_identity_first_or_last),
+        cmocka_unit_test(test_classify_plaintext_without_identity),
+        cmocka_unit_test(test_classify_ciphers),
+        cmocka_unit_test(test_classify_kms_v1),
+        cmocka_unit_test(test_classify_kms_v2),
         cmocka_unit_test(test_threads),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
