@@ -616,8 +616,8 @@ static int classify_entry(const tr_provider *p, size_t index, str body, crypto_s
             return EP_OK;
         }
     }
-    if (p->kms == NULL) {
-        return EP_ERR_NOMATCH;
+    if (p->kms == NULL) { /* the read walk's words for a key name it does not have */
+        return ep_err_set(err, EP_ERR_NOMATCH, "%s", p->kind->ciph->nomatch);
     }
     out->key_name = crypto_kms_provider_name(p->kms);
     out->kms_api_version = crypto_kms_provider_api_version(p->kms);
@@ -644,7 +644,8 @@ int crypto_transformer_classify(const crypto_transformer *t, str stored, crypto_
     out->key_id_len = 0;
     bool plaintext = !str_has_prefix(stored, STR_LIT(ENC_MARKER));
     int last = EP_ERR_NOMATCH;
-    ep_err first_invalid;
+    bool said = false; /* |err| holds the first refusal's reason */
+    ep_err entry;
     for (size_t i = 0; i < t->nproviders; i++) {
         const tr_provider *p = &t->providers[i];
         if (!str_has_prefix(stored, p->prefix)) {
@@ -653,12 +654,15 @@ int crypto_transformer_classify(const crypto_transformer *t, str stored, crypto_
         out->plaintext = plaintext;
         out->kms_api_version = 0;
         out->key_id_len = 0;
-        int rv = classify_entry(p, i, str_skip(stored, p->prefix.len), out, &first_invalid);
+        entry.msg[0] = '\0';
+        int rv = classify_entry(p, i, str_skip(stored, p->prefix.len), out, &entry);
         if (rv == EP_OK) {
             return EP_OK;
         }
-        if (rv == EP_ERR_INVALID && last != EP_ERR_INVALID) {
-            last = ep_err_set(err, rv, "%s", first_invalid.msg);
+        if ((rv == EP_ERR_INVALID && last != EP_ERR_INVALID) || (!said && entry.msg[0] != '\0')) {
+            last = rv == EP_ERR_INVALID ? rv : last;
+            ep_err_set(err, rv, "%s", entry.msg);
+            said = true;
         }
     }
     out->provider = NULL;
@@ -667,7 +671,7 @@ int crypto_transformer_classify(const crypto_transformer *t, str stored, crypto_
     out->key_id_len = 0;
     out->stale = false;
     out->plaintext = plaintext;
-    if (last == EP_ERR_NOMATCH) {
+    if (last == EP_ERR_NOMATCH && !said) {
         return ep_err_set(err, EP_ERR_NOMATCH, "no matching prefix found");
     }
     return last;

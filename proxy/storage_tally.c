@@ -41,7 +41,6 @@ typedef struct {
     tclass *classes;
     size_t nclasses;
     size_t last_class;
-    bool overflow; /* more classes than fit: counted in the last one */
 } tresource;
 
 typedef struct {
@@ -198,8 +197,11 @@ static tclass *class_of(tresource *r, const char *as, const crypto_stored_class 
         }
     }
     if (r->nclasses == STORAGE_TALLY_MAX_CLASSES) {
-        r->overflow = true;
-        return &r->classes[r->nclasses - 1];
+        return &r->classes[r->nclasses - 1]; /* "(other)" */
+    }
+    if (r->nclasses == STORAGE_TALLY_MAX_CLASSES - 1) {
+        as = "(other)"; /* the last slot counts every further way of storage */
+        cls = NULL;
     }
     tclass *c = &r->classes[r->nclasses];
     c->as = ep_strdup(as);

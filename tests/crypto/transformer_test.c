@@ -495,11 +495,14 @@ static void test_classify_identity_first_or_last(void **state) {
     expect_class(id_last, buf_str(&v1), "aesgcm", "k1", 0, true, false);
     expect_class(id_last, STR_LIT("{}"), "identity", "", 0, true, true);
     expect_class(id_last, STR_LIT("k8s:enc"), "identity", "", 0, true, true); /* no marker */
-    /* an encrypted value no entry takes: identity refuses the marker, no key matches */
+    /* an encrypted value no entry takes: identity refuses the marker, no key matches, and the
+     * reason is the read walk's (kube-apiserver's) for the entry whose prefix matched */
     expect_no_class(id_last, STR_LIT("k8s:enc:aesgcm:v1:k9:0123456789abcdef0123456789abcdef"),
-                    EP_ERR_NOMATCH, "no matching prefix found", false);
+                    EP_ERR_NOMATCH, "no matching key was found for the provided AES transformer",
+                    false);
     expect_no_class(id_last, STR_LIT("k8s:enc:aesgcm:v1:k2"), EP_ERR_NOMATCH,
-                    "no matching prefix found", false); /* key name without its ':' */
+                    "no matching key was found for the provided AES transformer",
+                    false); /* key name without its ':' */
     expect_no_class(id_first, STR_LIT("k8s:enc:rot13:v1:k:x"), EP_ERR_NOMATCH,
                     "no matching prefix found", false);
     expect_no_class(crypto_transformer_bare_identity(), buf_str(&v1), EP_ERR_NOMATCH,
@@ -549,7 +552,7 @@ static void test_classify_ciphers(void **state) {
     expect_class(t, buf_str(&vg2), "aesgcm", "g2", 0, true, false);
     expect_class(t, STR_LIT("k8s:enc:aesgcm:v1:g1:x"), "aesgcm", "g1", 0, true, false);
     expect_no_class(t, STR_LIT("k8s:enc:aescbc:v1:c2:0123456789abcdef"), EP_ERR_NOMATCH,
-                    "no matching prefix found", false);
+                    "no matching key was found for the provided AES transformer", false);
     expect_no_class(t, STR_LIT("k8s:enc:secretbox:v2:s1:x"), EP_ERR_NOMATCH,
                     "no matching prefix found", false);
     buf_free(&vs);

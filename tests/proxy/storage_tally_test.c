@@ -259,7 +259,8 @@ static const char scenario_json[] =
     "    }\n"
     "  ],\n"
     "  \"unreadable_keys\": [\n"
-    "    {\"key\": \"/registry/secrets/ns/e\", \"reason\": \"no matching prefix found\"},\n"
+    "    {\"key\": \"/registry/secrets/ns/e\", \"reason\": \"no matching key was found for the "
+    "provided AES transformer\"},\n"
     "    {\"key\": \"/registry/pods/ns/q\", \"reason\": \"no matching prefix found\"}\n"
     "  ],\n"
     "  \"unreadable_keys_truncated\": false,\n"
@@ -445,9 +446,11 @@ static void test_table_report(void **state) {
         }
         at = next + 1;
     }
-    assert_non_null(strstr(table, "\nunreadable keys:\n"
-                                  "  /registry/secrets/ns/e: no matching prefix found\n"
-                                  "  /registry/pods/ns/q: no matching prefix found\n"));
+    assert_non_null(strstr(
+        table,
+        "\nunreadable keys:\n"
+        "  /registry/secrets/ns/e: no matching key was found for the provided AES transformer\n"
+        "  /registry/pods/ns/q: no matching prefix found\n"));
     const char *result = "\nresult: NOT OK: 1 plaintext under an encrypting rule, 2 unreadable\n";
     assert_non_null(strstr(table, result));
     assert_string_equal(table + strlen(table) - strlen(result), result); /* the last line */
@@ -500,7 +503,7 @@ static void test_listed_keys_truncated(void **state) {
 }
 
 /* At most STORAGE_TALLY_MAX_CLASSES ways of storage are listed per resource; the counts stay
- * complete (what is past the limit is counted in the last entry). */
+ * complete (the last entry, "(other)", counts every way past the limit). */
 static void test_class_limit(void **state) {
     storage_tally *t = storage_tally_new(set);
     const int n = STORAGE_TALLY_MAX_CLASSES + 4;
@@ -527,8 +530,12 @@ static void test_class_limit(void **state) {
     }
     assert_int_equal(keys, n);
     assert_int_equal(bytes, 10 * n);
+    const cJSON *other = cJSON_GetArrayItem(stored, 0); /* '(' sorts first */
+    assert_string_equal(cJSON_GetObjectItemCaseSensitive(other, "as")->valuestring, "(other)");
+    assert_int_equal(cJSON_GetObjectItemCaseSensitive(other, "keys")->valuedouble,
+                     n - (STORAGE_TALLY_MAX_CLASSES - 1));
     assert_string_equal(
-        cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(stored, 0), "as")->valuestring,
+        cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(stored, 1), "as")->valuestring,
         "aesgcm:k000");
     cJSON_Delete(doc);
     free(json);
