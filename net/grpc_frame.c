@@ -13,13 +13,37 @@
 
 #include "common/alloc.h"
 
+/* A reassembly buffer larger than this is released after its message instead of kept. */
+#define KEEP_PENDING_MAX (1u << 20)
+
 void grpc_frame_reader_init(grpc_frame_reader *r, size_t max_message) {
     r->pending = (buf)BUF_INIT;
     r->max_message = max_message;
+    r->stored_bytes = false;
+}
+
+void grpc_frame_reader_init_stored(grpc_frame_reader *r, size_t max_message) {
+    grpc_frame_reader_init(r, max_message);
+    r->stored_bytes = true;
 }
 
 void grpc_frame_reader_free(grpc_frame_reader *r) {
-    buf_free_secure(&r->pending);
+    if (r->stored_bytes) {
+        buf_free(&r->pending);
+    } else {
+        buf_free_secure(&r->pending);
+    }
+}
+
+/* Empties the reassembly buffer after a message (or a failure). */
+static void pending_done(grpc_frame_reader *r) {
+    if (r->pending.cap > KEEP_PENDING_MAX) {
+        grpc_frame_reader_free(r); /* a LIST of hundreds of MB must not stay allocated */
+    } else if (r->stored_bytes) {
+        buf_reset(&r->pending);
+    } else {
+        buf_wipe(&r->pending);
+    }
 }
 
 int grpc_frame_reader_idle(const grpc_frame_reader *r) {
@@ -60,8 +84,6 @@ static void copy_in(buf *p, str *data, size_t n) {
 
 /* Moves bytes from |*data| into the pending message until it is complete or |*data| is used
  * up; delivers it when complete. Returns 0, the callback's value, or a parse_header error. */
-/* A reassembly buffer larger than this is released after its message instead of kept. */
-#define KEEP_PENDING_MAX (1u << 20)
 
 static int continue_pending(grpc_frame_reader *r, str *data, grpc_frame_cb cb, void *arg,
                             ep_err *err) {
@@ -77,13 +99,19 @@ static int continue_pending(grpc_frame_reader *r, str *data, grpc_frame_cb cb, v
     int rv = parse_header(r, p->data, &msg_len, err);
     size_t take = rv == EP_OK ? min_size(GRPC_FRAME_HEADER_LEN + msg_len - p->len, data->len) : 0;
     if (rv == EP_OK) {
-        rv = buf_reserve(p, take);
+        size_t want = take;
+        if (r->stored_bytes) { /* the whole message at once, within reason */
+            size_t whole = GRPC_FRAME_HEADER_LEN + msg_len - p->len;
+            want = whole < GRPC_FRAME_STORED_RESERVE ? whole : GRPC_FRAME_STORED_RESERVE;
+            want = want > take ? want : take;
+        }
+        rv = buf_reserve(p, want);
         if (rv != EP_OK) {
             ep_err_set(err, rv, "out of memory buffering a %zu-byte gRPC message", msg_len);
         }
     }
     if (rv != EP_OK) {
-        buf_wipe(p);
+        pending_done(r);
         return rv;
     }
     copy_in(p, data, take);
@@ -91,11 +119,7 @@ static int continue_pending(grpc_frame_reader *r, str *data, grpc_frame_cb cb, v
         return EP_OK;
     }
     rv = cb(arg, p->data[0], str_make(p->data + GRPC_FRAME_HEADER_LEN, msg_len));
-    if (p->cap > KEEP_PENDING_MAX) {
-        buf_free_secure(p); /* a LIST of hundreds of MB must not stay allocated per stream */
-    } else {
-        buf_wipe(p);
-    }
+    pending_done(r);
     return rv;
 }
 

@@ -8,6 +8,7 @@
 #ifndef EP_NET_GRPC_FRAME_H
 #define EP_NET_GRPC_FRAME_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -20,6 +21,7 @@
 typedef struct {
     buf pending;        /* bytes of an incomplete message (header included) */
     size_t max_message; /* larger messages are refused */
+    bool stored_bytes;  /* see grpc_frame_reader_init_stored */
 } grpc_frame_reader;
 
 /* Called for each complete message; |compressed| is the flag byte. A non-zero return stops
@@ -27,6 +29,16 @@ typedef struct {
 typedef int (*grpc_frame_cb)(void *arg, uint8_t compressed, str message);
 
 void grpc_frame_reader_init(grpc_frame_reader *r, size_t max_message);
+
+/* A reader for messages that carry only what etcd stores (its responses: values as stored,
+ * ciphertext under an encrypting rule): the reassembly buffer is not wiped (the bytes are on
+ * etcd's disk as they are), and once a header announces its length the buffer grows to that
+ * length in one step, up to GRPC_FRAME_STORED_RESERVE, instead of chunk by chunk. Plaintext the
+ * proxy produces from them lives in other buffers, which are wiped. */
+void grpc_frame_reader_init_stored(grpc_frame_reader *r, size_t max_message);
+
+/* The most a stored-bytes reader reserves on a header's word. */
+#define GRPC_FRAME_STORED_RESERVE (256u << 10)
 
 /* Feeds |data| and calls |cb| for every message it completes. Returns 0, the callback's
  * non-zero value, EP_ERR_RANGE when a message is longer than max_message (message in |err|),

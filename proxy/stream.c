@@ -80,7 +80,7 @@ proxy_stream *proxy_stream_new(const proxy_stream_env *env, proxy_conn *conn, up
     st->to_down = (h2_body){
         evbuffer_new(), false, false, proxy_stream_to_down_drained, proxy_stream_send_trailers, st};
     grpc_frame_reader_init(&st->request_reader, env->max_request_bytes);
-    grpc_frame_reader_init(&st->response_reader, MAX_RESPONSE_MESSAGE);
+    grpc_frame_reader_init_stored(&st->response_reader, MAX_RESPONSE_MESSAGE);
     st->set = env->set;
     st->kms = env->kms;
     st->gen = proxy_gen_ref(env->gen);
