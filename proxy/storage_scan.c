@@ -146,7 +146,9 @@ static void on_page(storage_walk *w, buf *msg, const etcd_kv_range_info *info, v
         sc->done = d;
     }
     sc->ndone = info->nkvs;
-    memset(sc->done, 0, sc->ndone);
+    if (sc->ndone > 0) {
+        memset(sc->done, 0, sc->ndone);
+    }
     sc->rounds = 0;
     process_page(sc);
 }
