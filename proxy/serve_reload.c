@@ -217,9 +217,11 @@ int serve_watch_config(server *sv) {
     char *copy = ep_strdup(sv->opts.config_path);
     int fd = copy ? inotify_init1(IN_NONBLOCK | IN_CLOEXEC) : -1;
     const char *dir = copy ? dirname(copy) : ".";
+    /* No IN_MODIFY: it fires on every write(2) to any file of the directory (a log appended
+     * there woke this thread once per line); a changed config is closed, renamed or linked. */
     if (fd >= 0 && inotify_add_watch(fd, dir,
                                      IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_DELETE |
-                                         IN_MODIFY | IN_ATTRIB | IN_MOVED_FROM) < 0) {
+                                         IN_ATTRIB | IN_MOVED_FROM) < 0) {
         close(fd);
         fd = -1;
     }
