@@ -35,6 +35,18 @@ void grpc_frame_reader_free(grpc_frame_reader *r) {
     }
 }
 
+bool grpc_frame_reader_take(grpc_frame_reader *r, str message, buf *out) {
+    buf *p = &r->pending;
+    if (!r->stored_bytes || p->len < GRPC_FRAME_HEADER_LEN ||
+        message.ptr != p->data + GRPC_FRAME_HEADER_LEN ||
+        message.len != p->len - GRPC_FRAME_HEADER_LEN) {
+        return false;
+    }
+    *out = *p;
+    *p = (buf)BUF_INIT;
+    return true;
+}
+
 /* Empties the reassembly buffer after a message (or a failure). */
 static void pending_done(grpc_frame_reader *r) {
     if (r->pending.cap > KEEP_PENDING_MAX) {

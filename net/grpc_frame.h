@@ -37,6 +37,13 @@ void grpc_frame_reader_init(grpc_frame_reader *r, size_t max_message);
  * proxy produces from them lives in other buffers, which are wiped. */
 void grpc_frame_reader_init_stored(grpc_frame_reader *r, size_t max_message);
 
+/* From inside the callback of a stored-bytes reader: when |message| is the message it
+ * reassembled, moves its buffer (the 5-byte header at offset 0, then the message) into |*out|
+ * for the caller to forward without a copy, and starts the next message in a new buffer.
+ * Returns true when it did, false (|*out| untouched) when |message| lies in the fed chunk or the
+ * reader is not a stored-bytes one. Never fails. */
+bool grpc_frame_reader_take(grpc_frame_reader *r, str message, buf *out);
+
 /* The most a stored-bytes reader reserves on a header's word. */
 #define GRPC_FRAME_STORED_RESERVE (256u << 10)
 

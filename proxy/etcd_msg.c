@@ -416,6 +416,9 @@ static int put_decrypted(rewriter *rw, str key, const pbwire_field *v) {
     }
     ep_err why = {{0}};
     rv = c->decrypt(c->ctx, key, v->payload, rw->out, &why);
+    if (rv == ETCD_VALUE_AS_STORED) {
+        return close_len(rw, &m);
+    }
     if (rv == EP_OK) {
         str plain = str_make(rw->out->data + m.start, rw->out->len - m.start);
         if (!str_eq(plain, v->payload)) {

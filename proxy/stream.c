@@ -198,7 +198,17 @@ static int finish(proxy_stream *st, bool request, str msg, int code, bool unchan
         code = GRPC_STATUS_UNAVAILABLE;
         why = "the KMS plugin's answers were not available";
     }
-    if (code == 0 && proxy_stream_queue_result(to->queue, msg, &st->scratch, unchanged) != 0) {
+    buf whole = BUF_INIT; /* an unchanged response etcd sent in pieces goes out in its buffer */
+    if (code == 0 && !request && unchanged &&
+        grpc_frame_reader_take(&st->response_reader, msg, &whole)) {
+        if (proxy_stream_queue_whole(to->queue, &whole) != 0) {
+            buf_free(&whole);
+            code = GRPC_STATUS_INTERNAL;
+            why = "out of memory";
+        }
+        buf_reset(&st->scratch);
+    } else if (code == 0 &&
+               proxy_stream_queue_result(to->queue, msg, &st->scratch, unchanged) != 0) {
         code = GRPC_STATUS_INTERNAL;
         why = "out of memory";
     }

@@ -56,6 +56,11 @@ int proxy_stream_begin_rewrite(buf *out, size_t expected_len);
  * sent. Returns 0 or EP_ERR_NOMEM (|out| is then unchanged). */
 int proxy_stream_queue_result(struct evbuffer *queue, str msg, buf *out, bool unchanged);
 
+/* Queues |whole| (a gRPC frame of etcd's stored bytes, header included, from
+ * grpc_frame_reader_take) by reference; |queue| then owns it and frees it once sent. Returns 0
+ * or EP_ERR_NOMEM (|whole| is then unchanged). */
+int proxy_stream_queue_whole(struct evbuffer *queue, buf *whole);
+
 /* The most incomplete request bytes one client connection may hold. Never fails. */
 size_t proxy_stream_conn_partial_max(const proxy_stream_env *env);
 

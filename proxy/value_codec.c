@@ -5,6 +5,12 @@
 
 #include "proxy/metrics.h"
 
+/* ETCD_VALUE_AS_STORED for a successful identity read (the empty prefix matched), else |rv|. */
+static int as_stored(int rv, const crypto_read_info *info) {
+    return rv == EP_OK && info->prefix != NULL && info->prefix[0] == '\0' ? ETCD_VALUE_AS_STORED
+                                                                          : rv;
+}
+
 static const crypto_transformer *transformer_for(void *ctx, str key) {
     return crypto_transformer_set_lookup((const crypto_transformer_set *)ctx, key);
 }
@@ -27,7 +33,10 @@ static int codec_encrypt(void *ctx, const void *writer, str key, str plain, buf 
 
 /* Returns 0, or the transformer's EP_ERR_* (message in |err|); etcd_msg wipes partial output. */
 static int codec_decrypt(void *ctx, str key, str stored, buf *out, ep_err *err) {
-    return crypto_transformer_decrypt(transformer_for(ctx, key), key, stored, out, NULL, NULL, err);
+    crypto_read_info info;
+    int rv =
+        crypto_transformer_decrypt(transformer_for(ctx, key), key, stored, out, &info, NULL, err);
+    return as_stored(rv, &info);
 }
 
 void value_codec_init(etcd_value_codec *codec, const crypto_transformer_set *set) {
@@ -91,7 +100,7 @@ static int bound_decrypt(void *ctx, str key, str stored, buf *out, ep_err *err) 
     crypto_read_info info;
     int rv = crypto_transformer_decrypt(t, key, stored, out, &info, vc->pending, err);
     observe(vc, t, key, false, rv, &info, start);
-    return settle(vc, rv, err);
+    return as_stored(settle(vc, rv, err), &info);
 }
 
 void value_codec_bind(value_codec *vc, const crypto_transformer_set *set,
