@@ -297,7 +297,63 @@ def report(args, paths, cells):
                 name, p.name, rps, rps / base if base else float("nan"),
                 statistics.median(c[2] for c in runs), statistics.median(c[3] for c in runs), cpu,
                 bad[0] if bad else "ok"))
+    targets(paths, cells)
     return kms_encrypt_check(paths) or failed
+
+
+def gcm_floor_us(values=100, size=1024):
+    """What `openssl speed` says AES-256-GCM decryption of |values| x |size| bytes costs on one
+    core (median of 3), the floor of a Range of that many encrypted values."""
+    rates = []
+    for _ in range(3):
+        out = subprocess.run(["openssl", "speed", "-decrypt", "-evp", "aes-256-gcm", "-bytes",
+                              str(size), "-seconds", "2"], capture_output=True, text=True).stdout
+        line = [l for l in out.splitlines() if l.lower().startswith("aes-256-gcm")][-1]
+        rates.append(float(line.split()[1].rstrip("k")) * 1000)  # bytes per second
+    return values * size / statistics.median(rates) * 1e6
+
+
+def med(cells, name, path, i):
+    runs = cells.get((name, path))
+    return statistics.median(c[i] for c in runs) if runs else None
+
+
+def cpu_per_req(cells, name, path):
+    runs = cells.get((name, path))
+    ok = sum(c[1] for c in runs) if runs else 0
+    return sum(c[4] for c in runs) * 1e6 / ok if ok else None
+
+
+def targets(paths, cells):
+    """The performance issue's targets, met or not, from this run."""
+    names = {p.name for p in paths}
+    if "proxy aesgcm" not in names or "nghttpx h2c" not in names:
+        return
+    floor = gcm_floor_us()
+    print()
+    print("Targets (proxy aesgcm against nghttpx in this run; Range 100's CPU bound is nghttpx's "
+          "plus the AES-GCM floor, %.0f us for 100 x 1 KiB by `openssl speed -decrypt`):" % floor)
+    print()
+    print("| workload | req/s proxy / nghttpx | CPU us/req proxy / bound | identity CPU / 0.7 x nghttpx |"
+          " met |")
+    print("|---|---|---|---|---|")
+    for name, *_ in WORKLOADS:
+        rp, rn = med(cells, name, "proxy aesgcm", 0), med(cells, name, "nghttpx h2c", 0)
+        cp, cn = cpu_per_req(cells, name, "proxy aesgcm"), cpu_per_req(cells, name, "nghttpx h2c")
+        ci = cpu_per_req(cells, name, "proxy identity")
+        if None in (rp, rn, cp, cn):
+            continue
+        bound = cn + (floor if name.startswith("Range 100") else 0)
+        met = rp >= rn and cp <= bound and (ci is None or ci <= 0.7 * cn)
+        print("| %s | %.0f / %.0f | %.0f / %.0f | %s | %s |" % (
+            name, rp, rn, cp, bound, "%.0f / %.0f" % (ci, 0.7 * cn) if ci is not None else "",
+            "yes" if met else "no"))
+    d50 = med(cells, "Put 1 KiB serial (1x1)", "etcd direct", 2)
+    p50 = med(cells, "Put 1 KiB serial (1x1)", "proxy aesgcm", 2)
+    if d50 is not None and p50 is not None:
+        print()
+        print("Serial Put p50: proxy %.0f us, direct %.0f us: %+.0f us (target within 50 us)." % (
+            p50 * 1000, d50 * 1000, (p50 - d50) * 1000))
 
 
 def kms_encrypt_check(paths):
