@@ -23,6 +23,7 @@ struct crypto_transformer_set {
     size_t ntransformers;
     crypto_kms_provider **kms; /* distinct by (apiVersion, name), in file order */
     size_t nkms;
+    size_t path_prefix_len; /* of the keymap's path prefix */
 };
 
 static bool kms_known(const crypto_transformer_set *s, const config_kms *k) {
@@ -89,6 +90,7 @@ static int build(crypto_transformer_set *s, int rv, const char *etcd_prefix,
         rv = config_keymap_build(s->config, etcd_prefix, &s->keymap, err);
     }
     if (rv == EP_OK) {
+        s->path_prefix_len = strlen(config_keymap_path_prefix(s->keymap));
         rv = build_kms(s, err);
     }
     if (rv == EP_OK) {
@@ -128,6 +130,36 @@ const crypto_transformer *crypto_transformer_set_lookup(const crypto_transformer
         return crypto_transformer_bare_identity();
     }
     return s->transformers[i];
+}
+
+/* Length of the path prefix and first two '/'-terminated segments of |key|, or 0 when it has
+ * fewer or they do not fit a memo. */
+static size_t lookup_head(const crypto_transformer_set *s, str key) {
+    const char *prefix = config_keymap_path_prefix(s->keymap);
+    size_t at = s->path_prefix_len, slashes = 0;
+    if (key.len < at || memcmp(key.ptr, prefix, at) != 0) {
+        return 0;
+    }
+    while (at < key.len && slashes < 2) {
+        slashes += key.ptr[at++] == '/';
+    }
+    return slashes == 2 && at <= CRYPTO_LOOKUP_HEAD_MAX ? at : 0;
+}
+
+const crypto_transformer *crypto_transformer_set_lookup_memo(const crypto_transformer_set *s,
+                                                             str etcd_key, crypto_lookup_memo *m) {
+    size_t n = lookup_head(s, etcd_key);
+    if (n > 0 && m->set == s && m->head_len == n && memcmp(m->head, etcd_key.ptr, n) == 0) {
+        return m->t;
+    }
+    const crypto_transformer *t = crypto_transformer_set_lookup(s, etcd_key);
+    if (n > 0) {
+        m->set = s;
+        m->t = t;
+        m->head_len = n;
+        memcpy(m->head, etcd_key.ptr, n);
+    }
+    return t;
 }
 
 crypto_kms_provider *const *crypto_transformer_set_kms_providers(const crypto_transformer_set *s,

@@ -31,6 +31,23 @@ int crypto_transformer_set_load_bytes(const char *name, const void *data, size_t
 const crypto_transformer *crypto_transformer_set_lookup(const crypto_transformer_set *s,
                                                         str etcd_key);
 
+/* A one-entry memo of crypto_transformer_set_lookup for a caller that looks up runs of keys of
+ * one resource (the values of a Range, the events of a watch): zero it, or reset it whenever the
+ * set it was used with may have been freed. */
+#define CRYPTO_LOOKUP_HEAD_MAX 128
+typedef struct {
+    const crypto_transformer_set *set;
+    const crypto_transformer *t;
+    size_t head_len; /* 0: empty */
+    uint8_t head[CRYPTO_LOOKUP_HEAD_MAX];
+} crypto_lookup_memo;
+
+/* crypto_transformer_set_lookup, answered from |m| when |etcd_key| starts with the same path
+ * prefix and first two '/'-terminated segments as the key that filled it: the keymap's lookup
+ * reads no further than that, so the answer is the same. Never fails, never NULL. */
+const crypto_transformer *crypto_transformer_set_lookup_memo(const crypto_transformer_set *s,
+                                                             str etcd_key, crypto_lookup_memo *m);
+
 /* Every kms provider of the configuration, once each (chains listing the same apiVersion and
  * name share it), in file order; |*n| gets the count. Owned by the set. Never fails. */
 crypto_kms_provider *const *crypto_transformer_set_kms_providers(const crypto_transformer_set *s,

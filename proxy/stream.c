@@ -202,7 +202,6 @@ static int finish(proxy_stream *st, bool request, str msg, int code, bool unchan
     if (code == 0 && !request && unchanged &&
         grpc_frame_reader_take(&st->response_reader, msg, &whole)) {
         if (proxy_stream_queue_whole(to->queue, &whole) != 0) {
-            buf_free(&whole);
             code = GRPC_STATUS_INTERNAL;
             why = "out of memory";
         }

@@ -42,9 +42,62 @@ static int queue_message(struct evbuffer *queue, str msg) {
     return 0;
 }
 
-static void release_message(const void *data, size_t len, void *extra) {
-    explicit_bzero((void *)data, len); /* may be plaintext */
-    ep_free((void *)data);
+/* A block queued by reference in slices of one HTTP/2 frame payload each: nghttp2 asks for a
+ * frame's worth at a time, and libevent moves a whole chain from the stream's queue to the
+ * socket's output without copying it, where it copies the part of a chain it splits. The block
+ * goes when its last slice was written. */
+#define SLICE (16 * 1024)
+
+typedef struct {
+    uint8_t *data;
+    size_t len;
+    size_t slices; /* not yet released */
+    bool wipe;     /* may hold plaintext */
+} shared_block;
+
+static void release_slice(const void *data, size_t len, void *extra) {
+    shared_block *b = extra;
+    if (--b->slices > 0) {
+        return;
+    }
+    if (b->wipe) {
+        explicit_bzero(b->data, b->len);
+    }
+    ep_free(b->data);
+    ep_free(b);
+}
+
+/* Queues |len| bytes at |data| (an ep_malloc'ed block) by reference; the block is the queue's
+ * from now on, also on failure (then freed, wiped if |wipe|). Returns 0 or EP_ERR_NOMEM (then
+ * nothing was queued). */
+static int queue_block(struct evbuffer *queue, uint8_t *data, size_t len, bool wipe) {
+    shared_block *b = ep_malloc(sizeof(*b));
+    struct evbuffer *tmp = b ? evbuffer_new() : NULL; /* all slices or none reach |queue| */
+    if (!tmp) {
+        ep_free(b);
+        if (wipe) {
+            explicit_bzero(data, len);
+        }
+        ep_free(data);
+        return EP_ERR_NOMEM;
+    }
+    /* one extra count held here, so a failure below releases the block exactly once */
+    *b = (shared_block){data, len, 1, wipe};
+    int rv = 0;
+    for (size_t off = 0; rv == 0 && off < len; off += SLICE) {
+        size_t n = len - off < SLICE ? len - off : SLICE;
+        b->slices++;
+        if (evbuffer_add_reference(tmp, data + off, n, release_slice, b) != 0) {
+            b->slices--;
+            rv = EP_ERR_NOMEM;
+        }
+    }
+    if (rv == 0 && evbuffer_add_buffer(queue, tmp) != 0) {
+        rv = EP_ERR_NOMEM;
+    }
+    evbuffer_free(tmp); /* empty when moved; else releases the slices it holds */
+    release_slice(data, len, b);
+    return rv;
 }
 
 int proxy_stream_begin_rewrite(buf *out, size_t expected_len) {
@@ -56,28 +109,21 @@ int proxy_stream_begin_rewrite(buf *out, size_t expected_len) {
     return 0;
 }
 
-/* Queues the message rewritten into |out| without copying it. Returns 0 or EP_ERR_NOMEM (|out|
- * is then unchanged). */
+/* Queues the message rewritten into |out| without copying it; |out| is emptied either way.
+ * Returns 0 or EP_ERR_NOMEM. */
 static int queue_rewritten(struct evbuffer *queue, buf *out) {
     size_t len = out->len - GRPC_FRAME_HEADER_LEN;
     grpc_frame_header(out->data, 0, (uint32_t)len);
-    if (evbuffer_add_reference(queue, out->data, out->len, release_message, NULL) != 0) {
-        return EP_ERR_NOMEM;
-    }
+    int rv = queue_block(queue, out->data, out->len, true);
     *out = (buf)BUF_INIT;
-    return 0;
-}
-
-static void release_stored(const void *data, size_t len, void *extra) {
-    ep_free((void *)data); /* etcd's own bytes: nothing to wipe that its disk does not hold */
+    return rv;
 }
 
 int proxy_stream_queue_whole(struct evbuffer *queue, buf *whole) {
-    if (evbuffer_add_reference(queue, whole->data, whole->len, release_stored, NULL) != 0) {
-        return EP_ERR_NOMEM;
-    }
+    /* etcd's own bytes: nothing to wipe that its disk does not hold */
+    int rv = queue_block(queue, whole->data, whole->len, false);
     *whole = (buf)BUF_INIT;
-    return 0;
+    return rv;
 }
 
 int proxy_stream_queue_result(struct evbuffer *queue, str msg, buf *out, bool unchanged) {

@@ -53,12 +53,12 @@ int proxy_stream_begin_rewrite(buf *out, size_t expected_len);
 
 /* Queues |msg| as it is, or the rewrite in |out| (after proxy_stream_begin_rewrite) when
  * |unchanged| is false, without copying it: |queue| then owns that memory and wipes it once
- * sent. Returns 0 or EP_ERR_NOMEM (|out| is then unchanged). */
+ * sent (|out| is emptied, also when that fails). Returns 0 or EP_ERR_NOMEM. */
 int proxy_stream_queue_result(struct evbuffer *queue, str msg, buf *out, bool unchanged);
 
 /* Queues |whole| (a gRPC frame of etcd's stored bytes, header included, from
- * grpc_frame_reader_take) by reference; |queue| then owns it and frees it once sent. Returns 0
- * or EP_ERR_NOMEM (|whole| is then unchanged). */
+ * grpc_frame_reader_take) by reference; |queue| then owns it and frees it once sent (|whole| is
+ * emptied, also when that fails). Returns 0 or EP_ERR_NOMEM. */
 int proxy_stream_queue_whole(struct evbuffer *queue, buf *whole);
 
 /* The most incomplete request bytes one client connection may hold. Never fails. */

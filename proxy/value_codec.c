@@ -61,7 +61,9 @@ static int settle(const value_codec *vc, int rv, ep_err *err) {
 }
 
 static const void *bound_writer(void *ctx, str key) {
-    return writer_of(((value_codec *)ctx)->set, key);
+    value_codec *vc = ctx;
+    const crypto_transformer *t = crypto_transformer_set_lookup_memo(vc->set, key, &vc->memo);
+    return crypto_transformer_writes_plaintext(t) ? NULL : t;
 }
 
 /* Returns 0, EP_ERR_AGAIN (calls recorded), or the transformer's EP_ERR_* (message in |err|). */
@@ -96,7 +98,7 @@ static int bound_encrypt(void *ctx, const void *writer, str key, str plain, buf 
 static int bound_decrypt(void *ctx, str key, str stored, buf *out, ep_err *err) {
     value_codec *vc = ctx;
     uint64_t start = vc->metrics ? proxy_metrics_now_ns() : 0;
-    const crypto_transformer *t = crypto_transformer_set_lookup(vc->set, key);
+    const crypto_transformer *t = crypto_transformer_set_lookup_memo(vc->set, key, &vc->memo);
     crypto_read_info info;
     int rv = crypto_transformer_decrypt(t, key, stored, out, &info, vc->pending, err);
     observe(vc, t, key, false, rv, &info, start);
@@ -114,4 +116,5 @@ void value_codec_bind(value_codec *vc, const crypto_transformer_set *set,
     vc->last_attempt = false;
     vc->metrics = NULL;
     vc->calls = NULL;
+    vc->memo = (crypto_lookup_memo){0}; /* the set it remembers may be gone */
 }

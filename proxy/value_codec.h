@@ -29,6 +29,7 @@ typedef struct {
     bool last_attempt;          /* the calls were performed already: a miss is EP_ERR_UNAVAILABLE */
     ep_metrics_shard *metrics;  /* where transformations are counted; NULL: not counted */
     proxy_metrics_calls *calls; /* the worker's series caches; NULL: none */
+    crypto_lookup_memo memo;    /* the values of one message mostly share a resource */
 } value_codec;
 
 /* Fills |codec| so that it encrypts and decrypts with the transformers of |set|, which must

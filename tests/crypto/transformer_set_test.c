@@ -85,6 +85,59 @@ static void test_lookup_picks_each_chain(void **state) {
     crypto_transformer_set_free(s);
 }
 
+/* The memo answers exactly what the lookup answers, in any order of keys: resources that
+ * share a first segment (services/specs vs services/endpoints), bare resource prefixes, keys
+ * outside the path prefix, heads too long to remember, and a fresh set at the same address. */
+static void test_lookup_memo_agrees(void **state) {
+    crypto_transformer_set *s = NULL;
+    ep_err err;
+    assert_int_equal(crypto_transformer_set_load(config_path, NULL, &s, &err), EP_OK);
+    char longkey[400];
+    snprintf(longkey, sizeof(longkey), "/registry/secrets/%0200d/x", 7);
+    const char *keys[] = {
+        "/registry/secrets/a/b",
+        "/registry/secrets/a/c",
+        "/registry/secrets/b/c",
+        "/registry/configmaps/a/b",
+        "/registry/secrets",
+        "/registry/secrets/",
+        "/registry/secrets/a",
+        "/registry/deployments/ns/d",
+        "/registry/apps/x",
+        "/registry/services/specs/ns/s",
+        "/registry/services/endpoints/ns/s",
+        "/registry/services/specs/ns/t",
+        "/registry/services/x",
+        "/other/secrets/a/b",
+        "/registry/example.apps/widgets/ns/w",
+        "/registry/example.apps/widgets",
+        longkey,
+        "/registry/secrets/a/b",
+        "",
+        "/registry/configmaps/a/b",
+    };
+    crypto_lookup_memo memo = {0};
+    for (int round = 0; round < 2; round++) {
+        for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+            size_t j = round == 0 ? i : sizeof(keys) / sizeof(keys[0]) - 1 - i;
+            const crypto_transformer *want = crypto_transformer_set_lookup(s, key(keys[j]));
+            assert_ptr_equal(crypto_transformer_set_lookup_memo(s, key(keys[j]), &memo), want);
+        }
+    }
+    assert_int_not_equal(memo.head_len, 0);
+    crypto_transformer_set_free(s);
+    s = NULL;
+    memo = (crypto_lookup_memo){0}; /* as value_codec_bind does when the set may be gone */
+    assert_int_equal(crypto_transformer_set_load(config_path, "/custom", &s, &err), EP_OK);
+    assert_ptr_equal(crypto_transformer_set_lookup_memo(s, key("/registry/secrets/a/b"), &memo),
+                     crypto_transformer_bare_identity());
+    assert_ptr_equal(crypto_transformer_set_lookup_memo(s, key("/custom/secrets/a/b"), &memo),
+                     crypto_transformer_set_lookup(s, key("/custom/secrets/a/b")));
+    assert_ptr_not_equal(crypto_transformer_set_lookup(s, key("/custom/secrets/a/b")),
+                         crypto_transformer_bare_identity());
+    crypto_transformer_set_free(s);
+}
+
 static void test_kms_provider_is_shared_by_name(void **state) {
     crypto_transformer_set *s = NULL;
     ep_err err;
@@ -148,6 +201,7 @@ static void test_allocation_failure(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_lookup_picks_each_chain),
+        cmocka_unit_test(test_lookup_memo_agrees),
         cmocka_unit_test(test_kms_provider_is_shared_by_name),
         cmocka_unit_test(test_custom_prefix),
         cmocka_unit_test(test_errors_are_located),
