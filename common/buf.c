@@ -6,17 +6,40 @@
 #include "common/alloc.h"
 #include "common/err.h"
 
-int buf_reserve(buf *b, size_t extra) {
-    if (b->cap - b->len >= extra) {
-        return EP_OK;
-    }
+/* The capacity |b| grows to for |extra| more bytes (doubling), or 0 when that overflows. */
+static size_t grown_cap(const buf *b, size_t extra) {
     if (extra > SIZE_MAX / 2 - b->len) {
-        return EP_ERR_NOMEM;
+        return 0;
     }
     size_t need = b->len + extra;
     size_t cap = b->cap ? b->cap : 64;
     while (cap < need) {
         cap *= 2;
+    }
+    return cap;
+}
+
+int buf_reserve_public(buf *b, size_t extra) {
+    if (b->cap - b->len >= extra) {
+        return EP_OK;
+    }
+    size_t cap = grown_cap(b, extra);
+    uint8_t *data = cap ? ep_realloc(b->data, cap) : NULL; /* may grow in place, no copy */
+    if (data == NULL) {
+        return EP_ERR_NOMEM;
+    }
+    b->data = data;
+    b->cap = cap;
+    return EP_OK;
+}
+
+int buf_reserve(buf *b, size_t extra) {
+    if (b->cap - b->len >= extra) {
+        return EP_OK;
+    }
+    size_t cap = grown_cap(b, extra);
+    if (cap == 0) {
+        return EP_ERR_NOMEM;
     }
     /* Not realloc: the old block may hold plaintext or key material, and realloc would free
      * it unwiped whenever it moves the data. */

@@ -25,6 +25,11 @@ typedef struct {
  * Returns 0 or EP_ERR_NOMEM (buffer unchanged). */
 int buf_reserve(buf *b, size_t extra);
 
+/* buf_reserve for bytes that are not secret (what etcd stores, say): grows with realloc, which
+ * can extend in place, instead of copying into a new block and wiping the old one. Returns 0
+ * or EP_ERR_NOMEM (|b| then unchanged). */
+int buf_reserve_public(buf *b, size_t extra);
+
 /* Appends |n| bytes. Returns 0 or EP_ERR_NOMEM (buffer unchanged). */
 int buf_append(buf *b, const void *p, size_t n);
 

@@ -117,7 +117,7 @@ static int continue_pending(grpc_frame_reader *r, str *data, grpc_frame_cb cb, v
             want = whole < GRPC_FRAME_STORED_RESERVE ? whole : GRPC_FRAME_STORED_RESERVE;
             want = want > take ? want : take;
         }
-        rv = buf_reserve(p, want);
+        rv = r->stored_bytes ? buf_reserve_public(p, want) : buf_reserve(p, want);
         if (rv != EP_OK) {
             ep_err_set(err, rv, "out of memory buffering a %zu-byte gRPC message", msg_len);
         }

@@ -104,6 +104,31 @@ static void test_reserve_overflow_is_refused(void **state) {
     buf_free(&b);
 }
 
+/* The public variant grows like buf_reserve (doubling, contents kept, overflow and allocation
+ * failure refused with the buffer unchanged) without the copy-and-wipe. */
+static void test_reserve_public(void **state) {
+    buf b = BUF_INIT;
+    assert_int_equal(buf_append(&b, "abc", 3), EP_OK);
+    assert_int_equal(buf_reserve_public(&b, 1000), EP_OK);
+    assert_true(b.cap >= 1003 && b.cap < 2 * 1003 + 64);
+    assert_memory_equal(b.data, "abc", 3);
+    assert_int_equal(buf_reserve_public(&b, 10), EP_OK); /* room already */
+    assert_int_equal(buf_reserve_public(&b, SIZE_MAX - 1), EP_ERR_NOMEM);
+    size_t cap = b.cap;
+    ep_alloc_fail_after(0);
+    assert_int_equal(buf_reserve_public(&b, cap * 4), EP_ERR_NOMEM);
+    ep_alloc_fail_reset();
+    assert_int_equal(b.len, 3);
+    assert_int_equal(b.cap, cap);
+    assert_memory_equal(b.data, "abc", 3);
+    buf_free(&b);
+    buf e = BUF_INIT; /* from nothing */
+    assert_int_equal(buf_reserve_public(&e, 5), EP_OK);
+    assert_non_null(e.data);
+    assert_int_equal(e.len, 0);
+    buf_free(&e);
+}
+
 static void test_wipe_zeroes(void **state) {
     buf b = BUF_INIT;
     assert_int_equal(buf_append(&b, "secret", 6), EP_OK);
@@ -149,6 +174,7 @@ int main(void) {
         cmocka_unit_test(test_reserve_overflow_is_refused),
         cmocka_unit_test(test_growth_wipes_the_old_block),
         cmocka_unit_test(test_percent_decoding),
+        cmocka_unit_test(test_reserve_public),
         cmocka_unit_test(test_wipe_zeroes),
         cmocka_unit_test(test_secret),
         cmocka_unit_test(test_err_helpers),
