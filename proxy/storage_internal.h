@@ -143,6 +143,38 @@ void storage_progress_update(storage_progress *p, uint64_t done, const char *det
 /* Clears the line. */
 void storage_progress_end(storage_progress *p);
 
+/* ---- keys listed by name (unreadable, failed) ---- */
+
+typedef struct {
+    char *key;
+    size_t key_len;
+    char *reason;
+} storage_listed_key;
+
+/* At most STORAGE_MAX_LISTED keys; zero-initialized it is empty. */
+typedef struct {
+    storage_listed_key *keys;
+    size_t n;
+    bool truncated; /* more were offered than kept */
+} storage_listed;
+
+/* Lists |key| with |reason| (NULL: ""), or only marks the list truncated when it is full.
+ * Returns 0 or EP_ERR_NOMEM (nothing listed). */
+int storage_listed_add(storage_listed *l, str key, const char *reason);
+
+/* Drops the entries after the first |n| and sets |truncated| back. Never fails. */
+void storage_listed_rewind(storage_listed *l, size_t n, bool truncated);
+
+void storage_listed_free(storage_listed *l);
+
+/* Writes `"NAME": [{"key": ..., "reason": ...}, ...],` and `"NAME_truncated": BOOL` (no comma
+ * after it), entries indented for a top-level field. Never fails. */
+void storage_listed_print_json(const storage_listed *l, const char *name, FILE *f);
+
+/* Writes one "PREFIXkey: reason" line per entry and, when truncated, how many are shown. Never
+ * fails. */
+void storage_listed_print_table(const storage_listed *l, const char *prefix, FILE *f);
+
 /* Writes |s| for a human: printable ASCII as is, other bytes as \xHH. Never fails. */
 void storage_print_key(FILE *f, str s);
 

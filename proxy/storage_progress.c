@@ -1,11 +1,15 @@
 /*
- * storage_progress: the progress line of scan and rewrite (stderr, terminals only, so pipes and
- * cron logs get only the result).
+ * storage_progress: what scan and rewrite tell a human: the progress line (stderr, terminals
+ * only, so pipes and cron logs get only the result), keys printed for reading, and the lists
+ * of keys they name in their reports.
  */
+#include <string.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
 
+#include "common/alloc.h"
 #include "common/clock.h"
+#include "common/json.h"
 #include "proxy/storage_internal.h"
 
 #define REDRAW_MS 200
@@ -66,5 +70,70 @@ void storage_print_key(FILE *f, str s) {
         } else {
             fprintf(f, "\\x%02x", c);
         }
+    }
+}
+
+/* ---- listed keys ---- */
+
+int storage_listed_add(storage_listed *l, str key, const char *reason) {
+    if (l->n == STORAGE_MAX_LISTED) {
+        l->truncated = true;
+        return 0;
+    }
+    if (!l->keys && !(l->keys = ep_calloc(STORAGE_MAX_LISTED, sizeof(*l->keys)))) {
+        return EP_ERR_NOMEM;
+    }
+    storage_listed_key *k = &l->keys[l->n];
+    k->key = ep_malloc(key.len + 1);
+    k->reason = ep_strdup(reason ? reason : "");
+    if (!k->key || !k->reason) {
+        ep_free(k->key);
+        ep_free(k->reason);
+        return EP_ERR_NOMEM;
+    }
+    if (key.len > 0) {
+        memcpy(k->key, key.ptr, key.len);
+    }
+    k->key_len = key.len;
+    l->n++;
+    return 0;
+}
+
+void storage_listed_rewind(storage_listed *l, size_t n, bool truncated) {
+    while (l->n > n) {
+        l->n--;
+        ep_free(l->keys[l->n].key);
+        ep_free(l->keys[l->n].reason);
+    }
+    l->truncated = truncated;
+}
+
+void storage_listed_free(storage_listed *l) {
+    storage_listed_rewind(l, 0, false);
+    ep_free(l->keys);
+    l->keys = NULL;
+}
+
+void storage_listed_print_json(const storage_listed *l, const char *name, FILE *f) {
+    fprintf(f, "\"%s\": [", name);
+    for (size_t i = 0; i < l->n; i++) {
+        fputs(i ? ",\n    {\"key\": " : "\n    {\"key\": ", f);
+        json_write_string(f, str_make(l->keys[i].key, l->keys[i].key_len));
+        fputs(", \"reason\": ", f);
+        json_write_cstring(f, l->keys[i].reason);
+        fputc('}', f);
+    }
+    fprintf(f, "%s],\n  \"%s_truncated\": %s", l->n ? "\n  " : "", name,
+            l->truncated ? "true" : "false");
+}
+
+void storage_listed_print_table(const storage_listed *l, const char *prefix, FILE *f) {
+    for (size_t i = 0; i < l->n; i++) {
+        fputs(prefix, f);
+        storage_print_key(f, str_make(l->keys[i].key, l->keys[i].key_len));
+        fprintf(f, ": %s\n", l->keys[i].reason);
+    }
+    if (l->truncated) {
+        fprintf(f, "%s... (only the first %d are listed)\n", prefix, STORAGE_MAX_LISTED);
     }
 }

@@ -71,12 +71,6 @@ typedef struct {
     uint64_t keys, rewritten, unchanged, skipped, failed, not_covered;
 } rw_counts;
 
-typedef struct {
-    char *key;
-    size_t key_len;
-    char *reason;
-} failed_key;
-
 struct rewrite {
     storage_session s;
     storage_walk *walk;
@@ -98,9 +92,7 @@ struct rewrite {
     bool stopping, interrupted, finished;
     int error; /* 2 once something stopped the run */
     rw_counts c;
-    failed_key failed[STORAGE_MAX_LISTED];
-    size_t nfailed;
-    bool failed_truncated;
+    storage_listed failed;
     buf plain;
 };
 
@@ -119,25 +111,6 @@ static void batch_free(batch *b) {
     ep_free(b->kvs);
     ep_free(b->items);
     ep_free(b);
-}
-
-static void list_failed(rewrite *rw, str key, const char *reason) {
-    if (rw->nfailed == STORAGE_MAX_LISTED) {
-        rw->failed_truncated = true;
-        return;
-    }
-    failed_key *f = &rw->failed[rw->nfailed];
-    f->key = ep_malloc(key.len + 1);
-    f->reason = ep_strdup(reason);
-    if (!f->key || !f->reason) {
-        ep_free(f->key);
-        ep_free(f->reason);
-        rw->failed_truncated = true;
-        return;
-    }
-    memcpy(f->key, key.ptr, key.len);
-    f->key_len = key.len;
-    rw->nfailed++;
 }
 
 /* Cuts the next batch from the page: covered keys only (the others are counted). Returns NULL
@@ -249,7 +222,9 @@ static int transform_one(rewrite *rw, batch *b, const etcd_kv *kv, pass_result *
         return 0;
     } else if (!storage_fatal(rv)) {
         r->failed++;
-        list_failed(rw, kv->key, err.msg);
+        if (storage_listed_add(&rw->failed, kv->key, err.msg) != 0) {
+            rw->failed.truncated = true; /* still counted; only its name is not kept */
+        }
         return 0;
     }
     fputs("rewrite: ", stderr);
@@ -264,8 +239,8 @@ static void on_kms_done(void *arg);
  * plugin calls are out. */
 static bool transform(rewrite *rw, batch *b) {
     pass_result r = {0, 0, false};
-    size_t listed = rw->nfailed;
-    bool truncated = rw->failed_truncated;
+    size_t listed = rw->failed.n;
+    bool truncated = rw->failed.truncated;
     b->nitems = 0;
     buf_wipe(&b->data);
     ep_free(b->items);
@@ -283,12 +258,7 @@ static bool transform(rewrite *rw, batch *b) {
     }
     buf_wipe(&rw->plain);
     if (r.again) {
-        while (rw->nfailed > listed) { /* listed again by the final pass */
-            rw->nfailed--;
-            ep_free(rw->failed[rw->nfailed].key);
-            ep_free(rw->failed[rw->nfailed].reason);
-        }
-        rw->failed_truncated = truncated;
+        storage_listed_rewind(&rw->failed, listed, truncated); /* the final pass lists them */
         if (++rw->rounds > MAX_KMS_ROUNDS ||
             kms_set_perform(rw->s.kms.kms, &rw->pending, on_kms_done, rw, NULL) != 0) {
             fprintf(stderr, "rewrite: the KMS plugins did not provide what the batch at ");
@@ -581,25 +551,17 @@ static void print_json(const rewrite *rw, int status, FILE *f) {
     json_write_cstring(f, config_keymap_path_prefix(crypto_transformer_set_keymap(s->set)));
     fputs(",\n  \"prefix\": ", f);
     json_write_string(f, buf_str(&s->range.prefix));
+    fprintf(
+        f,
+        ",\n  \"revision\": %lld,\n  \"dry_run\": %s,\n  \"keys\": %llu, \"rewritten\": %llu, "
+        "\"unchanged\": %llu, \"skipped\": %llu, \"failed\": %llu,\n  \"not_covered\": %llu,\n  ",
+        (long long)s->revision, s->o.dry_run ? "true" : "false", (unsigned long long)rw->c.keys,
+        (unsigned long long)rw->c.rewritten, (unsigned long long)rw->c.unchanged,
+        (unsigned long long)rw->c.skipped, (unsigned long long)rw->c.failed,
+        (unsigned long long)rw->c.not_covered);
+    storage_listed_print_json(&rw->failed, "failed_keys", f);
     fprintf(f,
-            ",\n  \"revision\": %lld,\n  \"dry_run\": %s,\n  \"keys\": %llu, \"rewritten\": %llu, "
-            "\"unchanged\": %llu, \"skipped\": %llu, \"failed\": %llu,\n  \"not_covered\": %llu,\n"
-            "  \"failed_keys\": [",
-            (long long)s->revision, s->o.dry_run ? "true" : "false", (unsigned long long)rw->c.keys,
-            (unsigned long long)rw->c.rewritten, (unsigned long long)rw->c.unchanged,
-            (unsigned long long)rw->c.skipped, (unsigned long long)rw->c.failed,
-            (unsigned long long)rw->c.not_covered);
-    for (size_t i = 0; i < rw->nfailed; i++) {
-        fputs(i ? ",\n    {\"key\": " : "\n    {\"key\": ", f);
-        json_write_string(f, str_make(rw->failed[i].key, rw->failed[i].key_len));
-        fputs(", \"reason\": ", f);
-        json_write_cstring(f, rw->failed[i].reason);
-        fputc('}', f);
-    }
-    fprintf(f,
-            "%s],\n  \"failed_keys_truncated\": %s,\n  \"interrupted\": %s,\n  \"resume_from\": ",
-            rw->nfailed ? "\n  " : "", rw->failed_truncated ? "true" : "false",
-            rw->interrupted ? "true" : "false");
+            ",\n  \"interrupted\": %s,\n  \"resume_from\": ", rw->interrupted ? "true" : "false");
     if (status == STORAGE_EXIT_ERROR || status == STORAGE_EXIT_INTERRUPTED) {
         json_write_string(f, resume);
     } else {
@@ -616,11 +578,7 @@ static void print_table(const rewrite *rw, int status, FILE *f) {
             (unsigned long long)rw->c.keys, (unsigned long long)rw->c.rewritten,
             (unsigned long long)rw->c.unchanged, (unsigned long long)rw->c.skipped,
             (unsigned long long)rw->c.failed, (unsigned long long)rw->c.not_covered);
-    for (size_t i = 0; i < rw->nfailed; i++) {
-        fputs("failed: ", f);
-        storage_print_key(f, str_make(rw->failed[i].key, rw->failed[i].key_len));
-        fprintf(f, ": %s\n", rw->failed[i].reason);
-    }
+    storage_listed_print_table(&rw->failed, "failed: ", f);
     if (status == STORAGE_EXIT_ERROR || status == STORAGE_EXIT_INTERRUPTED) {
         fprintf(f, "%s; resume with: --resume-from '",
                 status == STORAGE_EXIT_ERROR ? "stopped by an error" : "interrupted");
@@ -703,10 +661,7 @@ static void cleanup(rewrite *rw) {
         TAILQ_REMOVE(&rw->batches, b, link);
         batch_free(b);
     }
-    for (size_t i = 0; i < rw->nfailed; i++) {
-        ep_free(rw->failed[i].key);
-        ep_free(rw->failed[i].reason);
-    }
+    storage_listed_free(&rw->failed);
     struct event *evs[] = {rw->sigint, rw->sigterm, rw->pace};
     for (size_t i = 0; i < 3; i++) {
         if (evs[i]) {

@@ -43,12 +43,6 @@ typedef struct {
     size_t last_class;
 } tresource;
 
-typedef struct {
-    char *key;
-    size_t key_len;
-    char *reason;
-} listed_key;
-
 struct storage_tally {
     const crypto_transformer_set *set;
     const config_keymap *map;
@@ -57,9 +51,7 @@ struct storage_tally {
     size_t last;
     bool have_last;
     counts total;
-    listed_key *listed;
-    size_t nlisted;
-    bool truncated;
+    storage_listed unreadable;
 };
 
 /* "identity", "aesgcm:<key>", "kms:v2:<name>" into |out|. */
@@ -80,8 +72,7 @@ storage_tally *storage_tally_new(const crypto_transformer_set *set) {
         t->set = set;
         t->map = crypto_transformer_set_keymap(set);
         t->res = ep_calloc(STORAGE_TALLY_MAX_RESOURCES, sizeof(*t->res));
-        t->listed = ep_calloc(STORAGE_MAX_LISTED, sizeof(*t->listed));
-        if (!t->res || !t->listed) {
+        if (!t->res) {
             storage_tally_free(t);
             return NULL;
         }
@@ -106,12 +97,8 @@ void storage_tally_free(storage_tally *t) {
     for (size_t i = 0; t->res && i < t->nres; i++) {
         resource_free(&t->res[i]);
     }
-    for (size_t i = 0; t->listed && i < t->nlisted; i++) {
-        ep_free(t->listed[i].key);
-        ep_free(t->listed[i].reason);
-    }
+    storage_listed_free(&t->unreadable);
     ep_free(t->res);
-    ep_free(t->listed);
     ep_free(t);
 }
 
@@ -222,25 +209,6 @@ static tclass *class_of(tresource *r, const char *as, const crypto_stored_class 
     return c;
 }
 
-static int list_key(storage_tally *t, str key, const char *reason) {
-    if (t->nlisted == STORAGE_MAX_LISTED) {
-        t->truncated = true;
-        return 0;
-    }
-    listed_key *l = &t->listed[t->nlisted];
-    l->key = ep_malloc(key.len + 1);
-    l->reason = ep_strdup(reason ? reason : "");
-    if (!l->key || !l->reason) {
-        ep_free(l->key);
-        ep_free(l->reason);
-        return EP_ERR_NOMEM;
-    }
-    memcpy(l->key, key.ptr, key.len);
-    l->key_len = key.len;
-    t->nlisted++;
-    return 0;
-}
-
 static void count(counts *c, size_t bytes, bool stale, bool plaintext, bool unreadable) {
     c->keys++;
     c->bytes += bytes;
@@ -264,7 +232,7 @@ int storage_tally_add(storage_tally *t, str key, size_t bytes, const crypto_stor
     bool stale = cls && cls->stale;
     bool plaintext = r->encrypts && (cls ? cls->plaintext : false);
     tclass *c = class_of(r, as, cls, stale);
-    if (!c || (!cls && list_key(t, key, reason) != 0)) {
+    if (!c || (!cls && storage_listed_add(&t->unreadable, key, reason) != 0)) {
         return EP_ERR_NOMEM;
     }
     c->keys++;
@@ -367,17 +335,9 @@ void storage_tally_print_json(const storage_tally *t, const storage_tally_meta *
         print_resource_json(rs[i], f);
     }
     ep_free(rs);
-    fputs(t->nres ? "\n  ],\n  \"unreadable_keys\": [" : "],\n  \"unreadable_keys\": [", f);
-    for (size_t i = 0; i < t->nlisted; i++) {
-        fputs(i ? ",\n    {\"key\": " : "\n    {\"key\": ", f);
-        json_write_string(f, str_make(t->listed[i].key, t->listed[i].key_len));
-        fputs(", \"reason\": ", f);
-        json_write_cstring(f, t->listed[i].reason);
-        fputc('}', f);
-    }
-    fprintf(f, "%s],\n  \"unreadable_keys_truncated\": %s,\n  \"ok\": %s\n}\n",
-            t->nlisted ? "\n  " : "", t->truncated ? "true" : "false",
-            storage_tally_ok(t, m->fail_on_stale) ? "true" : "false");
+    fputs(t->nres ? "\n  ],\n  " : "],\n  ", f);
+    storage_listed_print_json(&t->unreadable, "unreadable_keys", f);
+    fprintf(f, ",\n  \"ok\": %s\n}\n", storage_tally_ok(t, m->fail_on_stale) ? "true" : "false");
 }
 
 static void print_resource_table(const tresource *r, FILE *f) {
@@ -414,17 +374,10 @@ void storage_tally_print_table(const storage_tally *t, const storage_tally_meta 
         print_resource_table(rs[i], f);
     }
     ep_free(rs);
-    if (t->nlisted > 0) {
+    if (t->unreadable.n > 0) {
         fputs("\nunreadable keys:\n", f);
     }
-    for (size_t i = 0; i < t->nlisted; i++) {
-        fputs("  ", f);
-        storage_print_key(f, str_make(t->listed[i].key, t->listed[i].key_len));
-        fprintf(f, ": %s\n", t->listed[i].reason);
-    }
-    if (t->truncated) {
-        fprintf(f, "  ... (only the first %d are listed)\n", STORAGE_MAX_LISTED);
-    }
+    storage_listed_print_table(&t->unreadable, "  ", f);
     if (storage_tally_ok(t, m->fail_on_stale)) {
         fputs("\nresult: OK\n", f);
         return;
