@@ -22,6 +22,7 @@
  * handshake_timeout_ms is closed.
  */
 #include "net/h2_session.h"
+#include "net/h2_session_internal.h"
 
 #include <errno.h>
 #include <netinet/in.h>
@@ -39,48 +40,12 @@
 #include "common/clock.h"
 
 #define OUTPUT_LOW_WATER (64 * 1024)
-#define READS_PER_WAKE 4
-#define LINGER_MS 1000
 #define SEND_ROUNDS 8 /* output buffers written in one go before yielding to the loop */
 
-struct h2_session {
-    nghttp2_session *ng;
-    struct bufferevent *bev;
-    struct event *flush_ev;
-    struct event *read_ev;  /* plaintext sockets: read directly, not through the bufferevent */
-    struct evbuffer *out;   /* plaintext sockets: written directly from here (see flush_out) */
-    struct event *write_ev; /* |out| waits for the socket to take more */
-    bool blocked;           /* the last nghttp2_session_send stopped at a full output */
-    h2_role role;
-    bool tls;
-    bool up;        /* handshake done, nghttp2 session running */
-    bool closing;   /* on_close is due */
-    bool reported;  /* on_close was called */
-    bool finishing; /* nghttp2 is done: close once the output drained */
-    bool calmed;    /* GOAWAY(ENHANCE_YOUR_CALM) sent: input is discarded */
-    bool lingering; /* calmed, written out, write side shut: waiting for the peer to close */
-    struct event *linger_ev;
-    bool greeted; /* server: the client's SETTINGS arrived */
-    struct event *handshake_ev;
-    int64_t abuse_millitokens;
-    int64_t abuse_refilled_ms;
-    const char *close_reason;
-    h2_settings settings;
-    const h2_session_handler *h;
-    void *arg;
-};
-
-static void send_now(h2_session *s);
-static void finish(h2_session *s);
 static void arm_linger(h2_session *s, int ms);
-static int read_directly(h2_session *s);
-
-static struct evbuffer *output(h2_session *s) {
-    return s->out ? s->out : bufferevent_get_output(s->bev);
-}
 
 static bool output_full(h2_session *s) {
-    bool full = evbuffer_get_length(output(s)) >= s->settings.max_output_buffer;
+    bool full = evbuffer_get_length(h2_session_output(s)) >= s->settings.max_output_buffer;
     s->blocked = s->blocked || full;
     return full;
 }
@@ -91,7 +56,7 @@ static ssize_t on_send(nghttp2_session *ng, const uint8_t *data, size_t len, int
     if (output_full(s)) {
         return NGHTTP2_ERR_WOULDBLOCK;
     }
-    if (evbuffer_add(output(s), data, len) != 0) {
+    if (evbuffer_add(h2_session_output(s), data, len) != 0) {
         return NGHTTP2_ERR_CALLBACK_FAILURE;
     }
     return (ssize_t)len;
@@ -104,8 +69,8 @@ static int on_send_data(nghttp2_session *ng, nghttp2_frame *frame, const uint8_t
     if (output_full(s)) {
         return NGHTTP2_ERR_WOULDBLOCK;
     }
-    if (evbuffer_add(output(s), framehd, 9) != 0 ||
-        evbuffer_remove_buffer(body->queue, output(s), length) != (int)length) {
+    if (evbuffer_add(h2_session_output(s), framehd, 9) != 0 ||
+        evbuffer_remove_buffer(body->queue, h2_session_output(s), length) != (int)length) {
         return NGHTTP2_ERR_CALLBACK_FAILURE;
     }
     if (body->on_drain) {
@@ -351,14 +316,14 @@ static void go_up(h2_session *s) {
     }
     bufferevent_set_timeouts(s->bev, NULL, NULL); /* connect/handshake timeouts end here */
     s->up = true;
-    if (!s->tls && read_directly(s) != 0) {
+    if (!s->tls && h2_socket_attach(s) != 0) {
         h2_session_close(s, "out of memory");
         return;
     }
     if (s->h->on_connected) {
         s->h->on_connected(s, s->arg);
     }
-    send_now(s);
+    h2_session_send_now(s);
 }
 
 static void on_linger_end(evutil_socket_t fd, short what, void *arg) {
@@ -380,7 +345,7 @@ static void arm_linger(h2_session *s, int ms) {
  * usually still sending: closing now, with its bytes unread, would make the kernel answer
  * with a reset that can destroy the GOAWAY before the peer reads it. So the write side is
  * shut (FIN after the GOAWAY) and input is discarded until the peer closes or LINGER_MS. */
-static void finish(h2_session *s) {
+void h2_session_finish(h2_session *s) {
     evutil_socket_t fd = bufferevent_getfd(s->bev);
     if (!s->calmed || s->lingering || fd < 0) {
         h2_session_close(s, "connection finished");
@@ -391,49 +356,7 @@ static void finish(h2_session *s) {
     arm_linger(s, LINGER_MS);
 }
 
-/* Writes what |out| holds straight to the socket: the bufferevent would instead add EPOLLOUT
- * interest, wait a loop iteration for it, write, and drop the interest again (two epoll_ctl
- * and an extra wakeup per write, a third of a small request's system calls). What the socket
- * does not take waits for |write_ev|. Returns false when the session was closed. */
-static bool flush_out(h2_session *s) {
-    evutil_socket_t fd = bufferevent_getfd(s->bev);
-    while (evbuffer_get_length(s->out) > 0) {
-        int n = evbuffer_write_atmost(s->out, fd, -1);
-        if (n > 0) {
-            continue;
-        }
-        if (n < 0 && errno == EINTR) {
-            continue;
-        }
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            break;
-        }
-        h2_session_close(s, "socket error");
-        return false;
-    }
-    bool waiting = evbuffer_get_length(s->out) > 0;
-    if (waiting != (event_pending(s->write_ev, EV_WRITE, NULL) != 0)) {
-        if (waiting ? event_add(s->write_ev, NULL) != 0 : event_del(s->write_ev) != 0) {
-            h2_session_close(s, "cannot wait for the socket");
-            return false;
-        }
-    }
-    return true;
-}
-
-static void on_socket_write(evutil_socket_t fd, short what, void *arg) {
-    h2_session *s = arg;
-    if (s->closing || !flush_out(s)) {
-        return;
-    }
-    if (s->finishing && evbuffer_get_length(s->out) == 0) {
-        finish(s);
-        return;
-    }
-    send_now(s);
-}
-
-static void send_now(h2_session *s) {
+void h2_session_send_now(h2_session *s) {
     if (!s->up || s->closing || s->lingering) {
         return;
     }
@@ -447,7 +370,7 @@ static void send_now(h2_session *s) {
             h2_session_close(s, nghttp2_strerror(rv));
             return;
         }
-        if (s->out && !flush_out(s)) {
+        if (s->out && !h2_socket_flush(s)) {
             return;
         }
         if (!s->out || !s->blocked || evbuffer_get_length(s->out) > 0) {
@@ -459,8 +382,8 @@ static void send_now(h2_session *s) {
         }
     }
     if (!nghttp2_session_want_read(s->ng) && !nghttp2_session_want_write(s->ng)) {
-        if (evbuffer_get_length(output(s)) == 0) {
-            finish(s);
+        if (evbuffer_get_length(h2_session_output(s)) == 0) {
+            h2_session_finish(s);
         } else if (!s->finishing) {
             s->finishing = true;
             bufferevent_setwatermark(s->bev, EV_WRITE, 0, 0);
@@ -469,7 +392,7 @@ static void send_now(h2_session *s) {
 }
 
 /* Feeds received bytes to nghttp2. Returns false when the session was closed. */
-static bool feed(h2_session *s, const uint8_t *data, size_t len) {
+bool h2_session_feed(h2_session *s, const uint8_t *data, size_t len) {
     ssize_t rv = nghttp2_session_mem_recv(s->ng, data, len);
     if ((rv == NGHTTP2_ERR_FLOODED || rv == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS) &&
         s->role == H2_ROLE_SERVER) {
@@ -486,65 +409,15 @@ static bool feed(h2_session *s, const uint8_t *data, size_t len) {
 }
 
 /* Feeds and drains what |in| holds. Returns false when the session was closed. */
-static bool feed_evbuffer(h2_session *s, struct evbuffer *in) {
+bool h2_session_feed_evbuffer(h2_session *s, struct evbuffer *in) {
     size_t n;
     while (!s->closing && !s->calmed && (n = evbuffer_get_contiguous_space(in)) > 0) {
-        if (!feed(s, evbuffer_pullup(in, (ssize_t)n), n)) {
+        if (!h2_session_feed(s, evbuffer_pullup(in, (ssize_t)n), n)) {
             return false;
         }
         evbuffer_drain(in, n);
     }
     return !s->closing;
-}
-
-/* One read buffer per thread: a session consumes all it reads before returning to the loop. */
-#define READ_BUF_LEN (256 * 1024)
-static _Thread_local uint8_t read_buf[READ_BUF_LEN];
-
-/* Plaintext sockets are read with read(2) straight into read_buf: the bufferevent path costs an
- * ioctl(FIONREAD) and a copy into an evbuffer for every read, which showed as a quarter of the
- * proxy's system calls on large responses. */
-static void on_socket_read(evutil_socket_t fd, short what, void *arg) {
-    h2_session *s = arg;
-    int reads = 0;
-    while (!s->closing) {
-        ssize_t n = read(fd, read_buf, sizeof(read_buf));
-        if (n > 0) {
-            /* Level-triggered: what is left is read on the next loop iteration, after the
-             * other connections had their turn. A calmed peer's bytes are discarded. */
-            if ((!s->calmed && !feed(s, read_buf, (size_t)n)) || (size_t)n < sizeof(read_buf) ||
-                ++reads == READS_PER_WAKE) {
-                break;
-            }
-            continue;
-        }
-        if (n == 0) {
-            h2_session_close(s, "peer closed the connection");
-        } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-            h2_session_close(s, "socket error");
-        } else if (errno == EINTR) {
-            continue;
-        }
-        break;
-    }
-    send_now(s);
-}
-
-/* Moves reading and writing of a plaintext session off the bufferevent. Returns 0 or
- * EP_ERR_NOMEM. */
-static int read_directly(h2_session *s) {
-    evutil_socket_t fd = bufferevent_getfd(s->bev);
-    struct event_base *base = bufferevent_get_base(s->bev);
-    s->read_ev = event_new(base, fd, EV_READ | EV_PERSIST, on_socket_read, s);
-    s->write_ev = event_new(base, fd, EV_WRITE | EV_PERSIST, on_socket_write, s);
-    s->out = evbuffer_new();
-    if (!s->read_ev || !s->write_ev || !s->out || event_add(s->read_ev, NULL) != 0 ||
-        evbuffer_add_buffer(s->out, bufferevent_get_output(s->bev)) != 0) {
-        return EP_ERR_NOMEM;
-    }
-    bufferevent_disable(s->bev, EV_READ | EV_WRITE);
-    feed_evbuffer(s, bufferevent_get_input(s->bev)); /* e.g. a client preface already read */
-    return 0;
 }
 
 static void on_read(struct bufferevent *bev, void *arg) {
@@ -553,18 +426,18 @@ static void on_read(struct bufferevent *bev, void *arg) {
     if (s->calmed) {
         evbuffer_drain(in, evbuffer_get_length(in));
     } else {
-        feed_evbuffer(s, in);
+        h2_session_feed_evbuffer(s, in);
     }
-    send_now(s);
+    h2_session_send_now(s);
 }
 
 static void on_write(struct bufferevent *bev, void *arg) {
     h2_session *s = arg;
-    if (s->finishing && evbuffer_get_length(output(s)) == 0) {
-        finish(s);
+    if (s->finishing && evbuffer_get_length(h2_session_output(s)) == 0) {
+        h2_session_finish(s);
         return;
     }
-    send_now(s);
+    h2_session_send_now(s);
 }
 
 static void on_event(struct bufferevent *bev, short what, void *arg) {
@@ -609,7 +482,7 @@ static void on_flush(evutil_socket_t fd, short what, void *arg) {
         }
         return;
     }
-    send_now(s);
+    h2_session_send_now(s);
 }
 
 int h2_session_new(h2_session **out, struct bufferevent *bev, h2_role role, bool connected,

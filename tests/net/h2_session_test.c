@@ -22,7 +22,13 @@
 #include <errno.h>
 #include <fcntl.h>
 
-#include "net/h2_session.c"
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+
+#include "common/alloc.h"
+#include "net/h2_session.h"
+#include "net/h2_session_internal.h"
 #include "tests/support/h2_frame.h"
 #include "tests/support/test_files.h"
 
@@ -325,7 +331,7 @@ static const h2_session_handler handler_no_data = {
 static void o_drain(h2_body *b, void *arg) {
     owner *o = arg;
     o->drains++;
-    size_t queued = evbuffer_get_length(output(o->s));
+    size_t queued = evbuffer_get_length(h2_session_output(o->s));
     if (queued > o->max_output_seen) {
         o->max_output_seen = queued;
     }
