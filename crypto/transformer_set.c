@@ -132,9 +132,7 @@ const crypto_transformer *crypto_transformer_set_lookup(const crypto_transformer
     return s->transformers[i];
 }
 
-/* Length of the path prefix and first two '/'-terminated segments of |key|, or 0 when it has
- * fewer or they do not fit a memo. */
-static size_t lookup_head(const crypto_transformer_set *s, str key) {
+size_t crypto_transformer_set_head_len(const crypto_transformer_set *s, str key) {
     const char *prefix = config_keymap_path_prefix(s->keymap);
     size_t at = s->path_prefix_len, slashes = 0;
     if (key.len < at || memcmp(key.ptr, prefix, at) != 0) {
@@ -148,7 +146,7 @@ static size_t lookup_head(const crypto_transformer_set *s, str key) {
 
 const crypto_transformer *crypto_transformer_set_lookup_memo(const crypto_transformer_set *s,
                                                              str etcd_key, crypto_lookup_memo *m) {
-    size_t n = lookup_head(s, etcd_key);
+    size_t n = crypto_transformer_set_head_len(s, etcd_key);
     if (n > 0 && m->set == s && m->head_len == n && memcmp(m->head, etcd_key.ptr, n) == 0) {
         return m->t;
     }

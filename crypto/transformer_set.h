@@ -42,6 +42,12 @@ typedef struct {
     uint8_t head[CRYPTO_LOOKUP_HEAD_MAX];
 } crypto_lookup_memo;
 
+/* The length of |etcd_key|'s path prefix and first two '/'-terminated segments, the part the
+ * keymap reads ("/registry/secrets/ns/"): keys with the same head have the same transformer
+ * and resource. 0 when the key has fewer segments or the head is longer than
+ * CRYPTO_LOOKUP_HEAD_MAX. Never fails. */
+size_t crypto_transformer_set_head_len(const crypto_transformer_set *s, str etcd_key);
+
 /* crypto_transformer_set_lookup, answered from |m| when |etcd_key| starts with the same path
  * prefix and first two '/'-terminated segments as the key that filled it: the keymap's lookup
  * reads no further than that, so the answer is the same. Never fails, never NULL. */

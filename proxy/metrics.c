@@ -174,21 +174,6 @@ static bool keyed_provider(const char *provider) {
            strcmp(provider, "secretbox") == 0;
 }
 
-/* The part of |etcd_key| the resource label depends on: the path prefix and the next two
- * segments ("/registry/secrets/ns/", "/registry/example.com/widgets/"). Empty when it does not
- * fit the cache (then nothing is cached). */
-static str key_head(const crypto_transformer_set *set, str etcd_key) {
-    const char *prefix = config_keymap_path_prefix(crypto_transformer_set_keymap(set));
-    size_t at = strlen(prefix), slashes = 0;
-    if (!str_has_prefix(etcd_key, str_cstr(prefix))) {
-        at = 0;
-    }
-    while (at < etcd_key.len && slashes < 2) {
-        slashes += etcd_key.ptr[at++] == '/';
-    }
-    return at <= PROXY_METRICS_HEAD_MAX ? str_make(etcd_key.ptr, at) : str_make(NULL, 0);
-}
-
 static bool cache_hit(const proxy_metrics_cache *c, const crypto_transformer *t, bool write, int rv,
                       const crypto_read_info *used, str head) {
     return c != NULL && c->valid && c->t == t && c->write == write && c->rv == rv &&
@@ -242,7 +227,7 @@ void proxy_metrics_transformation(ep_metrics_shard *m, proxy_metrics_cache *cach
         used.prefix = NULL;
         used.provider = used.key_name = "";
     }
-    str head = key_head(set, etcd_key);
+    str head = str_make(etcd_key.ptr, crypto_transformer_set_head_len(set, etcd_key));
     proxy_metrics_cache local;
     proxy_metrics_cache *c = cache != NULL ? cache : &local;
     if (!cache_hit(cache, t, write, rv, &used, head)) {

@@ -48,7 +48,7 @@ int proxy_metrics_new(ep_metrics_shard **out);
  * key names none. Never fails. */
 str proxy_metrics_resource(const crypto_transformer_set *set, str etcd_key, char *tmp, size_t cap);
 
-#define PROXY_METRICS_HEAD_MAX 128
+#define PROXY_METRICS_HEAD_MAX CRYPTO_LOOKUP_HEAD_MAX /* crypto_transformer_set_head_len */
 
 /* The series the last transformation of one codec updated: a LIST or a watch reads value after
  * value of one resource through one provider, so the next value usually updates the same ones
