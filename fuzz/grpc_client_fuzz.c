@@ -54,7 +54,10 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    grpc_channel_config cfg = {socket_name, "kms", "fuzz plugin", MAX_RESPONSE};
+    grpc_channel_config cfg = {.socket_path = socket_name,
+                               .authority = "kms",
+                               .log_name = "fuzz plugin",
+                               .max_response = MAX_RESPONSE};
     grpc_channel *ch = NULL;
     ep_err err;
     if (grpc_channel_new(base, &cfg, &ch, &err) != 0) {

@@ -3,7 +3,10 @@
  * bytes is one response or request body; the first 8 bytes seed how it is cut into chunks
  * (sizes 0..4 KiB, zero-length chunks included). Fed chunk by chunk, the reader must deliver
  * exactly the messages, flags and errors that one pass over the whole buffer finds, and end
- * idle exactly when the body ends on a message boundary.
+ * idle exactly when the body ends on a message boundary. Half the inputs (by the seed) use a
+ * stored-bytes reader whose callback takes every other reassembled message out of it
+ * (grpc_frame_reader_take): the taken buffer must hold exactly header and message, and the
+ * messages after it must still come out right.
  */
 #include <stdbool.h>
 #include <stddef.h>
@@ -17,7 +20,9 @@
 #define MAX_MESSAGE 65536
 
 typedef struct {
-    buf seen; /* flag, u32 length, bytes: per message */
+    buf seen;              /* flag, u32 length, bytes: per message */
+    grpc_frame_reader *rd; /* a stored-bytes reader to take messages from, or NULL */
+    unsigned count;
 } record;
 
 static int on_message(void *arg, uint8_t flag, str msg) {
@@ -26,6 +31,14 @@ static int on_message(void *arg, uint8_t flag, str msg) {
                       (uint8_t)(msg.len >> 8), (uint8_t)msg.len};
     if (buf_append(&r->seen, hdr, 5) != 0 || buf_append_str(&r->seen, msg) != 0) {
         abort();
+    }
+    buf whole = BUF_INIT;
+    if (r->rd && r->count++ % 2 == 1 && grpc_frame_reader_take(r->rd, msg, &whole)) {
+        if (whole.len != 5 + msg.len || memcmp(whole.data, hdr, 5) != 0 ||
+            (msg.len && memcmp(whole.data + 5, r->seen.data + r->seen.len - msg.len, msg.len))) {
+            abort();
+        }
+        buf_free(&whole);
     }
     return 0;
 }
@@ -68,12 +81,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     memcpy(&seed, data, 8);
     seed |= 1;
     str body = str_make(data + 8, size - 8);
-    record want = {BUF_INIT}, got = {BUF_INIT};
+    record want = {BUF_INIT, NULL, 0}, got = {BUF_INIT, NULL, 0};
     bool boundary = false;
     int want_rv = reference(body, &want, &boundary);
 
     grpc_frame_reader r;
-    grpc_frame_reader_init(&r, MAX_MESSAGE);
+    if (seed & 2) {
+        grpc_frame_reader_init_stored(&r, MAX_MESSAGE);
+        got.rd = &r;
+    } else {
+        grpc_frame_reader_init(&r, MAX_MESSAGE);
+    }
     int rv = 0;
     size_t off = 0;
     while (rv == 0 && off < body.len) {
